@@ -1,0 +1,107 @@
+"""`info` and `convert`: look at and convert stamp files (and describe model directories)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from hits_stamps.cli._app import app, console
+from hits_stamps.io import read_stamps, write_stamps
+
+
+@app.command()
+def info(
+    path: Path = typer.Argument(..., help="A stamp file (.npz, .h5, ...) or a model directory."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow reading pickle files (they can run code)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Shape, channels, class balance, kinds, NaN count and value ranges (or a model's summary)."""
+    from hits_stamps.training.modeldir import is_model_dir
+
+    if is_model_dir(path):
+        _model_info(path, as_json)
+        return
+    stamps = read_stamps(path, trust_pickle=trust_pickle)
+    s = stamps.summary()
+    if as_json:
+        console.print_json(json.dumps(s))
+        return
+    n, (h, w, c) = s["n"], s["shape"]
+    console.print(f"[bold]{path}[/bold]: {n} stamps of {h}x{w}x{c}")
+    console.print(f"channels: {', '.join(s['channels'])}")
+    bal = s["class_balance"]
+    console.print(f"labels: real {bal['real']}, bogus {bal['bogus']}, unknown {bal['unknown']}")
+    if s["kinds"]:
+        console.print("kinds: " + ", ".join(f"{k} {v}" for k, v in s["kinds"].items()))
+    console.print(f"non-finite pixels: {s['nan_count']} (in {s['stamps_with_nan']} stamps)")
+    table = Table("channel", "min", "max")
+    for ch, (lo, hi) in s["ranges"].items():
+        table.add_row(ch, f"{lo:.4g}", f"{hi:.4g}")
+    console.print(table)
+    if s["columns"]:
+        console.print("columns: " + ", ".join(s["columns"]))
+
+
+def _model_info(path: Path, as_json: bool) -> None:
+    from hits_stamps.training.modeldir import METRICS, load_model
+
+    model = load_model(path)
+    cfg = model.config
+    metrics_path = path / METRICS
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+    data = cfg.get("training_data", {})
+    summary = {
+        "model": model.name,
+        "parameters": model.n_parameters,
+        "channels": cfg["input"]["channels"],
+        "input_size": cfg["input"]["size"],
+        "training_data": data,
+        "epochs_completed": cfg.get("epochs_completed"),
+        "metrics": metrics,
+    }
+    if as_json:
+        console.print_json(json.dumps(summary, default=str))
+        return
+    console.print(f"model: {model.name}")
+    console.print(f"parameters: {model.n_parameters}")
+    console.print(f"channels: {', '.join(cfg['input']['channels'])}")
+    console.print(f"input size: {cfg['input']['size'][0]}x{cfg['input']['size'][1]}")
+    console.print(
+        f"training data: {data.get('path')} (sha256 {data.get('sha256')}, "
+        f"{data.get('n_train')} train / {data.get('n_val')} val)"
+    )
+    console.print(f"epochs completed: {cfg.get('epochs_completed')}")
+    if metrics:
+        keys = ("n", "accuracy", "f1", "roc_auc", "fnr_at_fpr_1pct", "ece")
+        console.print("metrics: " + ", ".join(
+            f"{k} {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float))
+        ))
+    else:
+        console.print("metrics: none stored (run `hits-stamps evaluate`)")
+
+
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="Input: .npz, .h5, Deep-HiTS/course pickle, FITS cube or folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npz or .h5."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow reading pickle files (they can run code)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+) -> None:
+    """Convert a stamp file to the safe schema (.npz or .h5)."""
+    from hits_stamps.io import WRITE_FORMATS, _suffix
+    from hits_stamps.io.atomic import check_writable
+
+    if _suffix(out) not in WRITE_FORMATS:
+        from hits_stamps.errors import StampFileError
+
+        raise StampFileError(out, None, f"an output extension in {sorted(WRITE_FORMATS)}",
+                             f"extension {_suffix(out) or '(none)'!r}")
+    check_writable(out, overwrite)
+    stamps = read_stamps(src, trust_pickle=trust_pickle)
+    write_stamps(stamps, out, overwrite=overwrite)
+    bal = stamps.class_balance()
+    console.print(f"wrote {out}: {len(stamps)} stamps (real {bal['real']}, bogus {bal['bogus']}, "
+                  f"unknown {bal['unknown']})")

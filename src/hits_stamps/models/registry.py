@@ -1,0 +1,125 @@
+"""Name -> (builder, recipe, objective) for every model the CLI can train.
+
+A model module registers itself at import with `register(ModelSpec(...))`; `get_spec(name)` imports
+the built-in modules on first use so that the registry is complete.
+
+Contracts
+---------
+builder(in_channels: int, size: tuple[int, int], **kwargs) -> torch.nn.Module
+    Classifiers' `forward(x)` takes (B, C, H, W) float32 and returns logits (B, K).
+objective(model, x, y, n_train) -> ObjectiveOutput
+    `loss` is the scalar to minimise for this batch (for variational models the per-batch share
+    of the negative ELBO: `nll_mean + kl_sum / n_train`); `logits` (B, K) or None when the model
+    is not a classifier; `parts` named scalar terms (floats) for the history.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+
+from hits_stamps.errors import HitsStampsError
+
+BUILTIN_MODULES = (
+    "hits_stamps.models.cnn",
+    "hits_stamps.models.bayesian",
+    "hits_stamps.models.cvae",
+)
+
+
+class ObjectiveOutput(NamedTuple):
+    loss: torch.Tensor  # scalar
+    logits: torch.Tensor | None  # (B, K) for classifiers
+    parts: dict[str, float]  # e.g. {"nll": ..., "kl": ...}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training defaults of one model (each may be overridden from the CLI or API)."""
+
+    optimizer: str = "adam"  # "adam" | "adamw" | "rmsprop" | "sgd"
+    lr: float = 1e-3  # learning rate
+    batch_size: int = 64  # stamps per step
+    epochs: int = 10  # passes over the training set
+    weight_decay: float = 0.0  # decoupled for adamw, L2 otherwise
+    momentum: float = 0.0  # sgd momentum
+    rmsprop_alpha: float = 0.9  # RMSprop decay (Keras' rho)
+    eps: float = 1e-7  # optimizer epsilon (Keras default 1e-7)
+    scaling: str = "minmax"  # preprocessing scaling, see hits_stamps.preprocess
+    nan_policy: str = "zero"  # preprocessing NaN policy
+    augment: str = "none"  # "none" | "dihedral" (random rotations by 90 deg and flips)
+    lr_schedule: str = "constant"  # "constant" | "cosine"
+    clip_grad_norm: float | None = None  # clip the gradient norm if set
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # user-facing name, e.g. "rotinv-cnn"
+    task: str  # "classifier" | "bayesian-classifier" | "generator"
+    builder: Callable[..., torch.nn.Module]
+    objective: Callable[..., ObjectiveOutput]
+    recipe: Recipe
+    description: str = ""
+    default_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_LOADED = False
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_builtins() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    for mod in BUILTIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise
+    _LOADED = True
+
+
+def get_spec(name: str) -> ModelSpec:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise HitsStampsError(f"unknown model {name!r}; choose one of {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def model_names() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+class _Names:
+    """Lazy list of registered names (for help texts)."""
+
+    def __iter__(self):
+        return iter(model_names())
+
+    def __repr__(self) -> str:
+        return repr(model_names())
+
+
+MODEL_NAMES = _Names()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Trainable parameters, counted as the model defines them.
+
+    A module may define `count_parameters()` to count as its reference framework does (e.g. TFP's
+    Flipout layers count kernel loc + kernel scale + bias loc).
+    """
+    if hasattr(model, "count_parameters"):
+        return int(model.count_parameters())
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))

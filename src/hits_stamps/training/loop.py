@@ -1,0 +1,346 @@
+"""The training loop shared by every model (classifiers, Bayesian networks, the VAE).
+
+Reproducible: the shuffling of epoch e comes from `default_rng([seed, e])`, torch's RNG is seeded
+once and its state is checkpointed, so `--resume` after an interruption gives the same final
+weights as an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hits_stamps import __version__
+from hits_stamps.errors import HitsStampsError
+from hits_stamps.io.atomic import atomic_path
+from hits_stamps.models.registry import Recipe, count_parameters, get_spec
+from hits_stamps.preprocess import PreprocessConfig, Preprocessor
+from hits_stamps.stamps import StampSet
+from hits_stamps.training import modeldir
+from hits_stamps.training.augment import augment_batch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train and how; `None` fields take the model's recipe default."""
+
+    model: str  # registered model name, e.g. "rotinv-cnn"
+    seed: int = 0  # seeds weights, shuffling, dropout and weight sampling
+    epochs: int | None = None  # passes over the training set
+    batch_size: int | None = None
+    lr: float | None = None
+    steps_per_epoch: int | None = None  # fixed optimizer steps per epoch (None: one pass)
+    val_fraction: float = 0.2  # held out from the training file when no validation set is given
+    early_stopping_patience: int | None = None  # epochs without val-loss improvement; None: off
+    device: str = "auto"  # "cpu" | "cuda" | "auto"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model builder
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)  # any other Recipe field
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise HitsStampsError(f"device must be cpu, cuda or auto; got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise HitsStampsError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_recipe(cfg: TrainConfig) -> Recipe:
+    recipe = get_spec(cfg.model).recipe
+    over = dict(cfg.recipe_overrides)
+    for key in ("epochs", "batch_size", "lr"):
+        if getattr(cfg, key) is not None:
+            over[key] = getattr(cfg, key)
+    unknown = set(over) - {f.name for f in dataclasses.fields(Recipe)}
+    if unknown:
+        raise HitsStampsError(f"unknown recipe keys {sorted(unknown)}")
+    return dataclasses.replace(recipe, **over)
+
+
+def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
+    name = recipe.optimizer
+    if name == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, eps=recipe.eps, weight_decay=recipe.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, eps=recipe.eps, weight_decay=recipe.weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=recipe.lr, alpha=recipe.rmsprop_alpha, eps=recipe.eps,
+            weight_decay=recipe.weight_decay,
+        )
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
+    raise HitsStampsError(f"unknown optimizer {name!r}")
+
+
+def _labelled(stamps: StampSet, what: str) -> StampSet:
+    keep = stamps.labels >= 0
+    if not keep.any():
+        raise HitsStampsError(f"{what} has no labelled stamps (labels 0 or 1)")
+    return stamps if keep.all() else stamps[keep]
+
+
+def fit(
+    cfg: TrainConfig,
+    train: StampSet,
+    out_dir: str | os.PathLike,
+    val: StampSet | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    data_path: str | os.PathLike | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> modeldir.TrainedModel:
+    """Train `cfg.model` on `train` and write a model directory to `out_dir`.
+
+    Without `val`, a stratified `cfg.val_fraction` of `train` is held out (seeded). Unknown labels
+    (-1) are dropped with a count in the history metadata. Returns the trained model, loaded back
+    from its directory.
+    """
+    spec = get_spec(cfg.model)
+    recipe = resolve_recipe(cfg)
+    device = resolve_device(cfg.device)
+    out = Path(out_dir)
+    ckpt_path = out / modeldir.CHECKPOINT
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise HitsStampsError(
+            f"{out}: model directory exists; pass --resume to continue or --overwrite to replace it"
+        )
+    if resume and not ckpt_path.exists():
+        raise HitsStampsError(f"{out}: nothing to resume (no {modeldir.CHECKPOINT})")
+    out.mkdir(parents=True, exist_ok=True)
+
+    train = _labelled(train, "training data")
+    if val is None:
+        if not 0 < cfg.val_fraction < 1:
+            raise HitsStampsError(f"val_fraction must be in (0, 1); got {cfg.val_fraction}")
+        train, val = train.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)
+    else:
+        val = _labelled(val, "validation data")
+    if val.size != train.size or val.n_channels != train.n_channels:
+        raise HitsStampsError(
+            f"validation stamps {val.shape[1:]} differ from training stamps {train.shape[1:]}"
+        )
+
+    pre = Preprocessor(PreprocessConfig(nan_policy=recipe.nan_policy, scaling=recipe.scaling))
+    pre.fit(train.images, train.channels)
+    x_train = torch.from_numpy(pre.transform(train.images))
+    y_train = torch.from_numpy(train.labels)
+    x_val = torch.from_numpy(pre.transform(val.images, report=False))
+    y_val = torch.from_numpy(val.labels)
+
+    torch.manual_seed(cfg.seed)
+    kwargs = {**spec.default_kwargs, **cfg.model_kwargs}
+    model = spec.builder(in_channels=train.n_channels, size=train.size, **kwargs).to(device)
+    optimizer = make_optimizer(recipe, model.parameters())
+    n_train = len(train)
+    steps = cfg.steps_per_epoch or math.ceil(n_train / recipe.batch_size)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps * recipe.epochs)
+        if recipe.lr_schedule == "cosine"
+        else None
+    )
+
+    config = {
+        "model": spec.name,
+        "task": spec.task,
+        "model_kwargs": kwargs,
+        "input": {"size": list(train.size), "channels": list(train.channels)},
+        "class_names": list(modeldir.CLASS_NAMES),
+        "recipe": dataclasses.asdict(recipe),
+        "train_config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "model_kwargs"},
+        "preprocess": pre.to_dict(),
+        "seed": cfg.seed,
+        "n_parameters": count_parameters(model),
+        "training_data": {
+            "path": str(data_path) if data_path else None,
+            "sha256": modeldir.file_sha256(data_path) if data_path else None,
+            "n_train": n_train,
+            "n_val": len(val),
+            "class_balance_train": train.class_balance(),
+        },
+        "package_version": __version__,
+    }
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    best = {"val_loss": math.inf, "epoch": -1, "state": None, "bad_epochs": 0}
+    if resume:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and "scheduler" in ckpt:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        history = list(ckpt["history"])
+        start_epoch = int(ckpt["epoch"]) + 1
+        best = dict(ckpt["best"])
+    modeldir.write_json(out / modeldir.CONFIG, config)
+
+    bar = _Progress(progress, recipe.epochs, steps, spec.name)
+    with bar:
+        for epoch in range(start_epoch, recipe.epochs):
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([cfg.seed, epoch])
+            order = _epoch_order(rng, n_train, steps * recipe.batch_size)
+            model.train()
+            sums = {"loss": 0.0, "correct": 0, "n": 0}
+            parts_sum: dict[str, float] = {}
+            bar.start_epoch(epoch)
+            for step in range(steps):
+                idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
+                if len(idx) == 0:
+                    break
+                xb = x_train[idx]
+                if recipe.augment != "none":
+                    xb = augment_batch(xb, recipe.augment, rng)
+                xb, yb = xb.to(device), y_train[idx].to(device)
+                res = spec.objective(model, xb, yb, n_train)
+                optimizer.zero_grad(set_to_none=True)
+                res.loss.backward()
+                if recipe.clip_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                b = len(idx)
+                loss_value = float(res.loss.detach())
+                if not math.isfinite(loss_value):
+                    raise HitsStampsError(
+                        f"{spec.name}: loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; "
+                        "try a lower learning rate"
+                    )
+                sums["loss"] += loss_value * b
+                sums["n"] += b
+                if res.logits is not None:
+                    sums["correct"] += int((res.logits.argmax(-1) == yb).sum())
+                for k, v in res.parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v) * b
+                bar.step(sums["loss"] / sums["n"], sums["correct"] / sums["n"] if res.logits is not None else None)
+            row: dict[str, Any] = {"epoch": epoch + 1, "loss": sums["loss"] / sums["n"]}
+            if spec.task != "generator":
+                row["accuracy"] = sums["correct"] / sums["n"]
+            row.update({k: v / sums["n"] for k, v in parts_sum.items()})
+            row.update(evaluate_objective(spec, model, x_val, y_val, n_train, recipe.batch_size, device))
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            bar.end_epoch(row)
+            if row["val_loss"] < best["val_loss"]:
+                best = {
+                    "val_loss": row["val_loss"], "epoch": epoch, "bad_epochs": 0,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                }
+            else:
+                best["bad_epochs"] += 1
+            stop = (
+                cfg.early_stopping_patience is not None
+                and best["bad_epochs"] >= cfg.early_stopping_patience
+            )
+            _save_checkpoint(ckpt_path, epoch, model, optimizer, scheduler, history, best)
+            if on_epoch is not None:
+                on_epoch(row)
+            if stop:
+                break
+
+    if cfg.early_stopping_patience is not None and best["state"] is not None:
+        model.load_state_dict(best["state"])
+        config["restored_best_epoch"] = best["epoch"] + 1
+    modeldir.save_weights(model, out / modeldir.WEIGHTS)
+    config["epochs_completed"] = len(history)
+    modeldir.write_json(out / modeldir.CONFIG, config)
+    modeldir.write_json(out / modeldir.HISTORY, history)
+    return modeldir.load_model(out)
+
+
+def _epoch_order(rng: np.random.Generator, n: int, total: int) -> np.ndarray:
+    """Indices for one epoch: whole permutations of 0..n-1, concatenated up to `total`."""
+    reps = max(1, math.ceil(total / n))
+    return np.concatenate([rng.permutation(n) for _ in range(reps)])[: max(total, 0)]
+
+
+@torch.no_grad()
+def evaluate_objective(spec, model, x, y, n_train, batch_size, device) -> dict[str, float]:
+    """Validation loss (and accuracy for classifiers), in eval mode."""
+    model.eval()
+    total, correct, n = 0.0, 0, 0
+    for start in range(0, len(x), max(batch_size, 256)):
+        xb = x[start : start + max(batch_size, 256)].to(device)
+        yb = y[start : start + max(batch_size, 256)].to(device)
+        res = spec.objective(model, xb, yb, n_train)
+        total += float(res.loss) * len(xb)
+        n += len(xb)
+        if res.logits is not None:
+            correct += int((res.logits.argmax(-1) == yb).sum())
+    out = {"val_loss": total / max(n, 1)}
+    if spec.task != "generator":
+        out["val_accuracy"] = correct / max(n, 1)
+    return out
+
+
+def _save_checkpoint(path, epoch, model, optimizer, scheduler, history, best) -> None:
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+        "best": best,
+    }
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    with atomic_path(path, overwrite=True) as tmp:
+        torch.save(state, tmp)
+
+
+class _Progress:
+    """A rich progress bar with live metrics; silent when disabled."""
+
+    def __init__(self, enabled: bool, epochs: int, steps: int, name: str):
+        self.enabled = enabled
+        self.epochs, self.steps, self.name = epochs, steps, name
+        self._p = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._p = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(),
+                TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                TextColumn("{task.fields[metrics]}"), transient=False,
+            )
+            self._p.__enter__()
+            self._task = self._p.add_task(self.name, total=self.steps, metrics="")
+        return self
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+    def start_epoch(self, epoch: int) -> None:
+        if self._p is not None:
+            self._p.reset(self._task, total=self.steps,
+                          description=f"{self.name} epoch {epoch + 1}/{self.epochs}")
+
+    def step(self, loss: float, acc: float | None) -> None:
+        if self._p is not None:
+            m = f"loss {loss:.4f}" + (f" acc {acc:.4f}" if acc is not None else "")
+            self._p.update(self._task, advance=1, metrics=m)
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        if self._p is not None:
+            m = "  ".join(f"{k} {v:.4f}" for k, v in row.items()
+                          if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+            self._p.console.print(f"{self.name} epoch {row['epoch']}/{self.epochs}: {m}")
