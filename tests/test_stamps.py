@@ -60,3 +60,39 @@ def test_other_sizes_and_channels():
     s = make_synthetic_stamps(n=10, size=63, channels=3)
     assert s.shape == (10, 63, 63, 3)
     assert s.channels == ("ch0", "ch1", "ch2")
+
+
+def test_string_labels_are_a_value_error():
+    with pytest.raises(ValueError, match=r"labels must be integers in \{-1, 0, 1\}; got dtype <U1"):
+        StampSet(images=np.zeros((2, 5, 5, 1), np.float32), labels=np.array(["a", "b"]))
+
+
+def test_summary_counts_non_finite_per_channel():
+    s = make_synthetic_stamps(n=8, seed=2)
+    s.images[1, :, :, 3] = np.nan
+    s.images[4, 0, 0, 3] = -np.inf
+    s.images[4, 2, 2, 0] = np.nan
+    summ = s.summary()
+    assert summ["nan_count"] == 443 and summ["stamps_with_nan"] == 2
+    assert summ["nan_count_per_channel"] == {"template": 1, "science": 0, "difference": 0, "snr": 442}
+    assert summ["stamps_with_nan_per_channel"] == {"template": 1, "science": 0, "difference": 0, "snr": 2}
+    finite = s.images[..., 3][np.isfinite(s.images[..., 3])]
+    assert summ["ranges"]["snr"] == (float(finite.min()), float(finite.max()))
+    s.images[..., 2] = np.nan
+    assert s.summary()["ranges"]["difference"] is None
+
+
+def test_group_split_uses_majority_label_per_group():
+    labels = np.array([1, 1, 0, 0, 0, 1, -1, -1, 0, 1] * 10)
+    groups = np.repeat(np.arange(50), 2)
+    s = StampSet(images=np.zeros((100, 5, 5, 1), np.float32), labels=labels)
+    a, b = s.split((0.5, 0.5), seed=1, groups=groups)
+    owner = dict(zip(s.ids, groups, strict=True))
+    assert not {owner[i] for i in a.ids} & {owner[i] for i in b.ids}
+    assert len(a) + len(b) == 100
+    # pairs (1,1), (0,0), (0,1), (-1,-1), (0,1): majorities 1, 0, 0 (tie -> lower), -1, 0; 10 / 30 / 10 groups
+    majority = {0: 1, 1: 0, 2: 0, 3: -1, 4: 0}
+    for part in (a, b):
+        groups_in = {owner[i] for i in part.ids}
+        counts = {lab: sum(majority[g % 5] == lab for g in groups_in) for lab in (-1, 0, 1)}
+        assert counts == {-1: 5, 0: 15, 1: 5}

@@ -63,8 +63,8 @@ class StampSet:
         labels = np.asarray(self.labels)
         if labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},) to match images; got {labels.shape}")
-        if labels.size and not np.issubdtype(labels.dtype, np.integer):
-            if not np.all(np.equal(np.mod(labels, 1), 0)):
+        if labels.size and labels.dtype.kind not in "iub":
+            if labels.dtype.kind != "f" or not np.all(np.equal(np.mod(labels, 1), 0)):
                 raise ValueError(f"labels must be integers in {{-1, 0, 1}}; got dtype {labels.dtype}")
         labels = labels.astype(np.int64)
         bad = ~np.isin(labels, (-1, 0, 1))
@@ -205,32 +205,42 @@ class StampSet:
             if groups.shape != (len(self),):
                 raise ValueError(f"groups must have shape ({len(self)},); got {groups.shape}")
             uniq, inverse = np.unique(groups, return_inverse=True)
-            g_label = np.array(
-                [np.bincount(self.labels[inverse == g] + 1, minlength=3).argmax() - 1
-                 for g in range(len(uniq))]
-            )
+            counts = np.zeros((len(uniq), 3), dtype=np.int64)  # (G, 3): labels -1, 0, 1 per group
+            np.add.at(counts, (inverse, self.labels + 1), 1)
+            g_label = counts.argmax(axis=1) - 1  # majority label; ties go to the lower label
             parts = _stratified_parts(g_label if stratify else np.zeros(len(uniq)), fr, rng)
             return [self[np.flatnonzero(np.isin(inverse, p))] for p in parts]
         strat = self.labels if stratify else np.zeros(len(self), dtype=np.int64)
         return [self[np.sort(p)] for p in _stratified_parts(strat, fr, rng)]
 
     def summary(self) -> dict[str, Any]:
+        """A JSON-ready description: size, channels, class balance, kinds, non-finite counts, ranges.
+
+        `nan_count` counts non-finite pixels (NaN or +-inf) in all channels; `nan_count_per_channel`
+        and `stamps_with_nan_per_channel` break it down by channel name. `ranges` gives
+        (min, max) of the finite pixels per channel, or None for a channel with no finite pixel.
+        """
         n, h, w, c = self.images.shape
         finite = np.isfinite(self.images)
-        ranges = {}
+        ranges: dict[str, tuple[float, float] | None] = {}
         for i, ch in enumerate(self.channels):
             vals = self.images[..., i][finite[..., i]]
-            ranges[ch] = (
-                (float(vals.min()), float(vals.max())) if vals.size else (float("nan"),) * 2
-            )
+            ranges[ch] = (float(vals.min()), float(vals.max())) if vals.size else None
+        bad = ~finite
+        bad_per_channel = bad.sum(axis=(0, 1, 2))  # (C,)
+        stamps_per_channel = bad.any(axis=(1, 2)).sum(axis=0)  # (C,)
         return {
             "n": n,
             "shape": [h, w, c],
             "channels": list(self.channels),
             "class_balance": self.class_balance(),
             "kinds": self.kind_counts(),
-            "nan_count": int((~finite).sum()),
-            "stamps_with_nan": int((~finite).any(axis=(1, 2, 3)).sum()),
+            "nan_count": int(bad_per_channel.sum()),
+            "stamps_with_nan": int(bad.any(axis=(1, 2, 3)).sum()),
+            "nan_count_per_channel": {ch: int(k) for ch, k in zip(self.channels, bad_per_channel, strict=True)},
+            "stamps_with_nan_per_channel": {
+                ch: int(k) for ch, k in zip(self.channels, stamps_per_channel, strict=True)
+            },
             "ranges": ranges,
             "columns": sorted(self.columns),
         }

@@ -11,6 +11,8 @@ import pkgutil
 import sys
 import warnings
 
+from rich.markup import escape
+
 from hits_stamps.cli._app import app, console_err
 from hits_stamps.errors import HitsStampsError
 
@@ -19,7 +21,7 @@ for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    console_err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    console_err.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, prog_name="hits-stamps", standalone_mode=False)
     except HitsStampsError as exc:
-        console_err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console_err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console_err.print("[red]interrupted[/red]; finished outputs are kept")

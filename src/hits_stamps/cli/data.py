@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from hits_stamps.cli._app import app, console
@@ -18,7 +20,11 @@ def info(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow reading pickle files (they can run code)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Shape, channels, class balance, kinds, NaN count and value ranges (or a model's summary)."""
+    """Shape, channels, class balance, kinds, non-finite counts and value ranges per channel.
+
+    On a model directory: the model's summary. `--json` prints the same facts as strict JSON
+    (a channel with no finite pixel has range null).
+    """
     from hits_stamps.training.modeldir import is_model_dir
 
     if is_model_dir(path):
@@ -27,22 +33,25 @@ def info(
     stamps = read_stamps(path, trust_pickle=trust_pickle)
     s = stamps.summary()
     if as_json:
-        console.print_json(json.dumps(s))
+        console.print_json(json.dumps(s, allow_nan=False))
         return
     n, (h, w, c) = s["n"], s["shape"]
-    console.print(f"[bold]{path}[/bold]: {n} stamps of {h}x{w}x{c}")
-    console.print(f"channels: {', '.join(s['channels'])}")
+    say = functools.partial(console.print, soft_wrap=True, highlight=False)
+    say(f"[bold]{escape(str(path))}[/bold]: {n} stamps of {h}x{w}x{c}")
+    say(f"channels: {escape(', '.join(s['channels']))}")
     bal = s["class_balance"]
-    console.print(f"labels: real {bal['real']}, bogus {bal['bogus']}, unknown {bal['unknown']}")
+    say(f"labels: real {bal['real']}, bogus {bal['bogus']}, unknown {bal['unknown']}")
     if s["kinds"]:
-        console.print("kinds: " + ", ".join(f"{k} {v}" for k, v in s["kinds"].items()))
-    console.print(f"non-finite pixels: {s['nan_count']} (in {s['stamps_with_nan']} stamps)")
-    table = Table("channel", "min", "max")
-    for ch, (lo, hi) in s["ranges"].items():
-        table.add_row(ch, f"{lo:.4g}", f"{hi:.4g}")
+        say(escape("kinds: " + ", ".join(f"{k} {v}" for k, v in s["kinds"].items())))
+    say(f"non-finite pixels: {s['nan_count']} (in {s['stamps_with_nan']} stamps)")
+    table = Table("channel", "min", "max", "non-finite pixels", "stamps with non-finite")
+    for ch, rng in s["ranges"].items():
+        lo, hi = ("-", "-") if rng is None else (f"{rng[0]:.4g}", f"{rng[1]:.4g}")
+        table.add_row(escape(ch), lo, hi, str(s["nan_count_per_channel"][ch]),
+                      str(s["stamps_with_nan_per_channel"][ch]))
     console.print(table)
     if s["columns"]:
-        console.print("columns: " + ", ".join(s["columns"]))
+        say(escape("columns: " + ", ".join(s["columns"])))
 
 
 def _model_info(path: Path, as_json: bool) -> None:
@@ -99,9 +108,11 @@ def convert(
 
         raise StampFileError(out, None, f"an output extension in {sorted(WRITE_FORMATS)}",
                              f"extension {_suffix(out) or '(none)'!r}")
-    check_writable(out, overwrite)
+    check_writable(out, overwrite, make_parent=False)  # refuse before reading: nothing is written
     stamps = read_stamps(src, trust_pickle=trust_pickle)
     write_stamps(stamps, out, overwrite=overwrite)
     bal = stamps.class_balance()
-    console.print(f"wrote {out}: {len(stamps)} stamps (real {bal['real']}, bogus {bal['bogus']}, "
-                  f"unknown {bal['unknown']})")
+    n, h, w, c = stamps.shape
+    message = (f"wrote {out}: {n} stamps of {h}x{w}x{c} "
+               f"(real {bal['real']}, bogus {bal['bogus']}, unknown {bal['unknown']})")
+    console.print(escape(message), soft_wrap=True, highlight=False)

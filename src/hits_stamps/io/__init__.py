@@ -18,7 +18,7 @@ WRITE_FORMATS = {".npz": "npz", ".h5": "h5", ".hdf5": "h5"}
 READ_FORMATS = {
     **WRITE_FORMATS,
     ".pkl": "pickle", ".pickle": "pickle", ".pkl.gz": "pickle", ".pickle.gz": "pickle",
-    ".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fz": "fits",
+    ".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fit.gz": "fits", ".fz": "fits",
 }
 
 
