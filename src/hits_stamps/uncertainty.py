@@ -2,11 +2,29 @@
 
 Sampling is explicit: each call seeds its own generator, and every forward pass of a Bayesian
 (Flipout) module draws new weights, in train() and eval() mode alike.
+
+All measures take Monte-Carlo class probabilities `probs` of shape (S, N, K) (S samples, N stamps,
+K classes) and work on probabilities, never on averaged log-probabilities:
+
+    mean_k(n)   = (1/S) sum_s p_snk                         predictive mean        (N, K)
+    std_k(n)    = sqrt((1/S) sum_s (p_snk - mean_k(n))^2)   predictive std (population)  (N, K)
+    H(n)        = -sum_k mean_k log mean_k                  predictive entropy     (N,)
+    E[H](n)     = -(1/S) sum_s sum_k p_snk log p_snk        expected entropy       (N,)
+    MI(n)       = H(n) - E[H](n)                            mutual information (BALD; Houlsby et al. 2011)
+
+Entropies are in nats; 0 log 0 = 0.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from hits_stamps.stamps import StampSet
+    from hits_stamps.training.modeldir import TrainedModel
 
 
 @torch.no_grad()
@@ -16,11 +34,118 @@ def mc_predict_proba(
     """Class probabilities of `n_samples` stochastic forward passes.
 
     x: (N, C, H, W) -> (S, N, K). Seeded: the same seed gives the same samples, and the global
-    torch RNG state is restored afterwards.
+    torch RNG state is restored afterwards. A module that defines `mc_logits(x, n_samples) -> (S, N,
+    K)` (the Bayesian models in `hits_stamps.models.bayesian`) draws all samples at once from the
+    same per-stamp distribution, reusing the parts that do not depend on the weight sample;
+    otherwise `module(x)` is called `n_samples` times.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1; got {n_samples}")
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
+        if hasattr(module, "mc_logits"):
+            return torch.softmax(module.mc_logits(x, n_samples), dim=-1)
         return torch.stack([torch.softmax(module(x), dim=-1) for _ in range(n_samples)])
+
+
+def mc_predict_stamps(
+    model: TrainedModel,
+    stamps: StampSet | np.ndarray,
+    n_samples: int,
+    batch_size: int = 1024,
+    seed: int = 0,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Monte-Carlo class probabilities (S, N, K) of a trained model over a StampSet, in batches.
+
+    Batches are seeded as in `TrainedModel.predict_proba` (batch starting at stamp i uses seed
+    `seed + i`), so `mc_predict_stamps(m, s, S).mean(0)` equals
+    `m.predict_proba(s, mc_samples=S, seed=seed)` for the same batch size. A deterministic model
+    returns its softmax once, shape (1, N, K).
+    """
+    from hits_stamps.errors import HitsStampsError
+    from hits_stamps.stamps import StampSet
+
+    if n_samples < 1:
+        raise HitsStampsError(f"n_samples must be >= 1; got {n_samples}")
+    if batch_size < 1:
+        raise HitsStampsError(f"batch_size must be >= 1; got {batch_size}")
+    if model.spec.task == "generator":
+        raise HitsStampsError(f"{model.name} is a generator; it does not classify stamps")
+    if isinstance(stamps, StampSet):
+        model.check_input(stamps)
+        images = stamps.images
+    else:
+        images = np.asarray(stamps)
+    module = model.module.to(device).eval()
+    bayesian = model.spec.task == "bayesian-classifier"
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = model.inputs(images[start : start + batch_size]).to(device)  # (B, C, H, W)
+            if bayesian:
+                p = mc_predict_proba(module, x, n_samples=n_samples, seed=seed + start)  # (S, B, K)
+            else:
+                p = torch.softmax(module(x), dim=-1)[None]  # (1, B, K)
+            out.append(p.cpu().numpy())
+    if not out:
+        s = n_samples if bayesian else 1
+        return np.zeros((s, 0, len(model.config.get("class_names", (0, 1)))), dtype=np.float32)
+    return np.concatenate(out, axis=1)
+
+
+def _check_probs(probs) -> np.ndarray:
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 3:
+        raise ValueError(f"probs must have shape (S, N, K); got {p.shape}")
+    return p
+
+
+def _xlogx(p: np.ndarray) -> np.ndarray:
+    """p log p with 0 log 0 = 0 (elementwise)."""
+    return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+
+
+def predictive_mean(probs) -> np.ndarray:
+    """(S, N, K) -> (N, K): the Monte-Carlo average of the class probabilities."""
+    return _check_probs(probs).mean(axis=0)
+
+
+def predictive_std(probs) -> np.ndarray:
+    """(S, N, K) -> (N, K): the spread (population std over samples) of each class probability."""
+    return _check_probs(probs).std(axis=0)
+
+
+def predictive_entropy(probs) -> np.ndarray:
+    """(S, N, K) -> (N,): entropy of the mean prediction, H[y | x, D] in nats (total uncertainty)."""
+    return -_xlogx(predictive_mean(probs)).sum(axis=-1)
+
+
+def expected_entropy(probs) -> np.ndarray:
+    """(S, N, K) -> (N,): mean over samples of each sample's entropy (aleatoric part), nats."""
+    return -_xlogx(_check_probs(probs)).sum(axis=-1).mean(axis=0)
+
+
+def mutual_information(probs) -> np.ndarray:
+    """(S, N, K) -> (N,): BALD mutual information I[y; w | x, D] = H - E[H] (epistemic part), nats.
+
+    Clipped at 0 against round-off; exactly 0 when all samples agree.
+    """
+    p = _check_probs(probs)
+    return np.maximum(predictive_entropy(p) - expected_entropy(p), 0.0)
+
+
+def summarize(probs) -> dict[str, np.ndarray]:
+    """All measures at once: mean (N, K), std (N, K), entropy (N,), expected_entropy (N,), mutual_information (N,)."""
+    p = _check_probs(probs)
+    mean = p.mean(axis=0)
+    h = -_xlogx(mean).sum(axis=-1)
+    eh = -_xlogx(p).sum(axis=-1).mean(axis=0)
+    return {
+        "mean": mean,
+        "std": p.std(axis=0),
+        "entropy": h,
+        "expected_entropy": eh,
+        "mutual_information": np.maximum(h - eh, 0.0),
+    }
