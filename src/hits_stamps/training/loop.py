@@ -121,6 +121,16 @@ def fit(
         )
     if resume and not ckpt_path.exists():
         raise HitsStampsError(f"{out}: nothing to resume (no {modeldir.CHECKPOINT})")
+    stored_kwargs = None
+    if resume and (out / modeldir.CONFIG).exists():
+        stored_cfg = modeldir.read_json(out / modeldir.CONFIG)
+        if stored_cfg.get("model") != spec.name:
+            raise HitsStampsError(f"{out}: cannot resume {stored_cfg.get('model')!r} training as model {spec.name!r}")
+        stored_kwargs = stored_cfg.get("model_kwargs")
+    if overwrite and not resume:
+        # a replaced model must not keep the old one's weights, history, metrics or checkpoint
+        for name in (modeldir.WEIGHTS, modeldir.HISTORY, modeldir.METRICS, modeldir.CHECKPOINT):
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
     train = _labelled(train, "training data")
@@ -144,7 +154,21 @@ def fit(
 
     torch.manual_seed(cfg.seed)
     kwargs = {**spec.default_kwargs, **cfg.model_kwargs}
-    model = spec.builder(in_channels=train.n_channels, size=train.size, **kwargs).to(device)
+    if stored_kwargs is not None and stored_kwargs != kwargs:
+        if cfg.model_kwargs:
+            raise HitsStampsError(
+                f"{out}: resume with the model arguments it was started with: {stored_kwargs}; got {kwargs}"
+            )
+        kwargs = dict(stored_kwargs)  # resuming without model arguments: take the stored ones
+    try:
+        model = spec.builder(in_channels=train.n_channels, size=train.size, **kwargs).to(device)
+    except (TypeError, ValueError) as exc:
+        raise HitsStampsError(
+            f"{spec.name}: cannot build the model for {train.size[0]}x{train.size[1]}x{train.n_channels} "
+            f"stamps with arguments {kwargs}: {exc}"
+        ) from exc
+    if hasattr(model, "fit_input_stats"):  # models that hold their own invertible input scaling (cvae)
+        model.fit_input_stats(x_train)
     optimizer = make_optimizer(recipe, model.parameters())
     n_train = len(train)
     steps = cfg.steps_per_epoch or math.ceil(n_train / recipe.batch_size)

@@ -42,6 +42,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; a malformed file raises StampFileError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise StampFileError(path, None, "valid JSON", str(exc)) from exc
+
+
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()

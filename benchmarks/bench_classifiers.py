@@ -1,0 +1,551 @@
+"""Classifier benchmarks: rotinv-cnn ablation, seed-cnn vs deephits vs rotinv-cnn, speed vs tf_keras.
+
+Subcommands (run heavy ones with `nice`; every result is a JSON file, `table` prints markdown):
+
+    data      simulate train/test stamps and build the real-pixel HiTS 2015 set
+              python benchmarks/bench_classifiers.py data --out /tmp/clfbench --n-train 40000 --n-test 20000
+    ablation  rotinv-cnn variants trained on a training subset, scored on a held-out validation split
+              python benchmarks/bench_classifiers.py ablation --data /tmp/clfbench --out /tmp/clfbench/ablation.json
+    compare   the three classifiers trained on simulation, tested on simulated and real-pixel stamps, and
+              trained/tested on the real-pixel set split by object
+              python benchmarks/bench_classifiers.py compare --data /tmp/clfbench --work /tmp/clfbench/work \\
+                  --out /tmp/clfbench/compare.json
+    speed     seed-cnn training s/epoch (4,026 stamps, batch 50) and inference stamps/s (batch 1024), ours
+              vs tf_keras in the same run, and inference as a fraction of the measured sgemm FLOP/s
+              python benchmarks/bench_classifiers.py speed --out /tmp/clfbench/speed.json
+    figures   ROC curves of the three models and selected evaluation figures for the docs
+              python benchmarks/bench_classifiers.py figures --work /tmp/clfbench/work --out docs/figures
+    table     markdown tables from the JSON files
+              python benchmarks/bench_classifiers.py table /tmp/clfbench/*.json
+
+The tf_keras side runs in a separate throwaway virtual environment (default /tmp/tfvenv, created with
+tensorflow==2.21.0 and tf-keras==2.21.0 when missing); it is never a project dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+# PyTorch's OpenMP threads spin-wait by default; on a shared, oversubscribed machine a spinning
+# thread starves its partner and a 2-thread training step gets >10x slower. Passive waiting (set
+# before torch loads OpenMP) removes that; TensorFlow's own thread pool does not need it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from hits_stamps.evaluation.metrics import classification_metrics  # noqa: E402
+from hits_stamps.io import read_stamps, write_stamps  # noqa: E402
+from hits_stamps.stamps import StampSet  # noqa: E402
+from hits_stamps.training import TrainConfig, fit  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*non-finite pixels.*")
+KEYS = ("accuracy", "f1", "roc_auc", "fnr_at_fpr_1pct", "fpr", "fnr")
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        cpu = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "load_average": os.getloadavg()}
+
+
+def _write(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    print(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------- data
+def cmd_data(args) -> None:
+    from hits_stamps.simulate import simulate_stamps
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_stamps(simulate_stamps(args.n_train, seed=args.seed), out / "sim_train.npz", overwrite=True)
+    write_stamps(simulate_stamps(args.n_test, seed=args.test_seed), out / "sim_test.npz", overwrite=True)
+    seq = Path(args.sequences)
+    if seq.exists():
+        from hits_stamps.realdata import build_real
+
+        write_stamps(build_real(seq), out / "real.npz", overwrite=True)
+    else:
+        print(f"{seq} not found: no real-pixel set")
+
+
+# ----------------------------------------------------------------------------- training helpers
+def train_and_score(model: str, train: StampSet, val: StampSet, tests: dict[str, StampSet], out_dir: Path,
+                    epochs: int | None, seed: int, model_kwargs: dict | None = None,
+                    recipe: dict | None = None, eval_dir: Path | None = None) -> dict:
+    """Fit with the shared loop (validation set `val`), then score every test set.
+
+    With `eval_dir`, each test set goes through `evaluate_model` (metrics.json, predictions and
+    figures in eval_dir/<test name>); otherwise only `classification_metrics` is computed.
+    """
+    cfg = TrainConfig(model=model, epochs=epochs, seed=seed, model_kwargs=model_kwargs or {},
+                      recipe_overrides=recipe or {})
+    t0 = time.perf_counter()
+    trained = fit(cfg, train, out_dir, val=val, overwrite=True, progress=False)
+    train_s = time.perf_counter() - t0
+    res = {"model": model, "model_kwargs": model_kwargs or {}, "recipe": recipe or {}, "seed": seed,
+           "epochs": len(trained.history), "train_seconds": train_s, "n_train": len(train), "n_val": len(val),
+           "n_parameters": trained.n_parameters, "model_dir": str(out_dir), "history": trained.history,
+           "tests": {}}
+    for name, stamps in tests.items():
+        if eval_dir is not None:
+            from hits_stamps.evaluation.evaluate import evaluate_model
+
+            m = evaluate_model(trained, stamps, eval_dir / name, progress=False)
+        else:
+            p = trained.predict_proba(stamps)[:, 1]
+            m = classification_metrics(stamps.labels, p, snr=stamps.snr, kind=stamps.kind)
+        keep = (*KEYS, "n", "by_snr", "by_kind", "threshold_at_fpr_1pct", "ece", "nll", "accuracy_at_10pct_referral")
+        res["tests"][name] = {k: m.get(k) for k in keep}
+    short = ", ".join(f"{n}: acc {t['accuracy']:.4f} auc {t['roc_auc']:.4f} fnr@1% {t['fnr_at_fpr_1pct']:.4f}"
+                      for n, t in res["tests"].items())
+    print(f"{model} {model_kwargs or ''} {recipe or ''} seed {seed}: {train_s:.0f} s; {short}", flush=True)
+    return res
+
+
+def _labelled(s: StampSet) -> StampSet:
+    return s[s.labels >= 0]
+
+
+# ----------------------------------------------------------------------------- ablation
+BASE = {"group": "c4", "batch_norm": False, "dropout": 0.3, "widths": [16, 32, 64], "hidden": 64}
+BASE_RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 128, "scaling": "minmax", "lr_schedule": "constant"}
+ABLATION = [
+    ("cyclic average pooling, C4 (Reyes et al. 2018 style)", {}, {}),
+    ("+ batch norm", {"batch_norm": True}, {}),
+    ("+ batch norm + D4 (flips)", {"batch_norm": True, "group": "d4"}, {}),
+    ("+ batch norm + C4 + flip augmentation", {"batch_norm": True}, {"augment": "dihedral"}),
+    ("+ batch norm + D4 + robust scaling", {"batch_norm": True, "group": "d4"}, {"scaling": "robust"}),
+    ("+ batch norm + D4 + entropy 0.1", {"batch_norm": True, "group": "d4", "entropy_weight": 0.1}, {}),
+    ("+ batch norm + D4 + AdamW 3e-3 cosine", {"batch_norm": True, "group": "d4"},
+     {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "lr_schedule": "cosine"}),
+    ("+ batch norm + D4 + widths 32/64/64", {"batch_norm": True, "group": "d4", "widths": [32, 64, 64]}, {}),
+    ("+ batch norm + D4 + raw pixels, in-network robust asinh", {"batch_norm": True, "group": "d4",
+                                                                 "input_norm": "robust_asinh"},
+     {"scaling": "none", "nan_policy": "median"}),
+    ("+ batch norm + C4 + raw pixels, in-network robust asinh", {"batch_norm": True, "input_norm": "robust_asinh"},
+     {"scaling": "none", "nan_policy": "median"}),
+    ("+ batch norm + D4 + AdamW 3e-3 cosine + entropy 0.1", {"batch_norm": True, "group": "d4", "entropy_weight": 0.1},
+     {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "lr_schedule": "cosine"}),
+    ("+ batch norm + D4 + AdamW 3e-3 cosine + raw pixels, in-network min-max & robust asinh",
+     {"batch_norm": True, "group": "d4", "input_norm": "minmax+robust_asinh"},
+     {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "lr_schedule": "cosine", "scaling": "none",
+      "nan_policy": "median"}),
+]
+
+
+def cmd_ablation(args) -> None:
+    data = Path(args.data)
+    full = _labelled(read_stamps(data / "sim_train.npz"))
+    sub = full[np.random.default_rng(0).permutation(len(full))[: args.n_train + args.n_val]]
+    train, val = sub.split((args.n_train, args.n_val), seed=0)
+    only = set(args.only.split(",")) if args.only else None
+    rows = json.loads(Path(args.out).read_text())["rows"] if args.append and Path(args.out).exists() else []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, kw, rec) in enumerate(ABLATION):
+            if only is not None and str(i) not in only:
+                continue
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                res = train_and_score("rotinv-cnn", train, val, {"val": val}, Path(tmp) / f"m{i}_{seed}",
+                                      args.epochs, seed, {**BASE, **kw}, {**BASE_RECIPE, **rec})
+                res["label"] = label
+                res["variant"] = i
+                rows.append(res)
+                _write(Path(args.out), {"machine": machine(), "n_train": len(train), "n_val": len(val),
+                                        "epochs": args.epochs, "rows": rows})
+
+
+# ----------------------------------------------------------------------------- compare
+def object_groups(stamps: StampSet) -> np.ndarray:
+    """One group per astronomical object: the `object_index` column, else the id before ':'."""
+    if "object_index" in stamps.columns:
+        return np.asarray(stamps.columns["object_index"])
+    return np.array([i.split(":")[0] for i in stamps.ids])
+
+
+def cmd_compare(args) -> None:
+    """Models trained on simulation (tested on simulated and real-pixel stamps), and trained on the
+    real-pixel set split by object (70% of objects train+validation, 30% test)."""
+    data, work = Path(args.data), Path(args.work)
+    sim_train = _labelled(read_stamps(data / "sim_train.npz"))
+    train, val = sim_train.split((0.8, 0.2), seed=0)
+    tests = {"sim_test": _labelled(read_stamps(data / "sim_test.npz"))}
+    real = _labelled(read_stamps(data / "real.npz")) if (data / "real.npz").exists() else None
+    if real is not None:
+        tests["real"] = real
+    models = args.models.split(",")
+    epochs = json.loads(args.epochs) if args.epochs else {}
+    out = Path(args.out)
+    rows = json.loads(out.read_text())["rows"] if args.append and out.exists() else []
+    done = {(r["setting"], r["model"], r["seed"]) for r in rows}
+    settings = args.settings.split(",")
+    runs = []
+    if "sim" in settings:
+        runs.append(("trained on simulation", "sim", train, val, tests))
+    if "real" in settings and real is not None:
+        r_train, r_test = real.split((0.7, 0.3), seed=0, groups=object_groups(real))
+        r_tr, r_val = r_train.split((0.8, 0.2), seed=0, groups=object_groups(r_train))
+        assert not set(object_groups(r_test)) & set(object_groups(r_train))
+        runs.append(("real-pixel set split by object (70/30)", "real", r_tr, r_val, {"real_by_object": r_test}))
+    for setting, tag, tr, va, te in runs:
+        for name in models:
+            for seed in range(args.seeds):
+                if (setting, name, seed) in done:
+                    continue
+                res = train_and_score(name, tr, va, te, work / "models" / f"{tag}_{name}_s{seed}", epochs.get(name),
+                                      seed, eval_dir=work / "eval" / f"{tag}_{name}_s{seed}")
+                res["setting"] = setting
+                rows.append(res)
+                _write(out, {"machine": machine(), "rows": rows})
+
+
+# ----------------------------------------------------------------------------- speed
+TF_SCRIPT = textwrap.dedent('''
+    import json, os, sys, time
+    import numpy as np
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import tf_keras as keras
+    threads, epochs, rounds = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    d = np.load(sys.argv[1])
+    x, y, xi = d["x"], d["y"], d["x_infer"]
+    h, w, c = x.shape[1:]
+    L = keras.layers
+    model = keras.Sequential([keras.Input((h, w, c))] + [
+        layer for _ in range(4) for layer in (L.Conv2D(64, 2, padding="same", activation="relu"), L.MaxPooling2D(2))
+    ] + [L.Flatten(), L.Dense(64, activation="sigmoid"), L.Dense(64, activation="sigmoid"),
+         L.Dense(64, activation="sigmoid"), L.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=1e-3, rho=0.9, epsilon=1e-7),
+                  loss="binary_crossentropy", metrics=["accuracy"])
+    yy = keras.utils.to_categorical(y, 2)
+    class T(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None): self.t = time.perf_counter()
+        def on_epoch_end(self, e, logs=None): times.append(time.perf_counter() - self.t)
+    times = []
+    model.fit(x, yy, batch_size=50, epochs=epochs, shuffle=True, verbose=0, callbacks=[T()])
+    model.predict(xi[:1024], batch_size=1024, verbose=0)
+    pred, call = [], []
+    f = tf.function(lambda t: model(t, training=False))
+    f(tf.constant(xi[:1024]))
+    for _ in range(rounds):
+        t = time.perf_counter(); model.predict(xi, batch_size=1024, verbose=0); pred.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for s in range(0, len(xi), 1024):
+            f(tf.constant(xi[s:s + 1024])).numpy()
+        call.append(time.perf_counter() - t)
+    if len(sys.argv) > 5:  # trained weights and probabilities, for the layer-by-layer equivalence check
+        np.savez(sys.argv[5], probs=model.predict(xi[:256], verbose=0),
+                 **{f"w{i}": w for i, w in enumerate(model.get_weights())})
+    print(json.dumps({"epoch_seconds": times, "predict_seconds": pred, "call_seconds": call,
+                      "n_params": int(model.count_params()), "tf": tf.__version__, "tf_keras": keras.__version__}))
+''')
+
+
+def sgemm_flops(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def ensure_tf(python: Path) -> Path | None:
+    if python.exists():
+        return python
+    venv = python.parent.parent
+    print(f"creating {venv} with tensorflow==2.21.0 and tf-keras==2.21.0 (throwaway)", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "tensorflow==2.21.0", "tf-keras==2.21.0"],
+                       check=True)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"tf_keras install failed: {exc}")
+        return None
+    return python
+
+
+def _ours_training_epochs(images: np.ndarray, labels: np.ndarray, epochs: int, seed: int) -> list[float]:
+    """Seconds per epoch of seed-cnn in the shared loop on all given stamps (batch 50, recipe defaults)."""
+    from hits_stamps.datasets import make_synthetic_stamps
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(model="seed-cnn", epochs=epochs, seed=seed)
+        # a tiny separate validation set, so that every one of the stamps is trained on
+        trained = fit(cfg, StampSet(images=images, labels=labels), Path(tmp) / "m",
+                      val=make_synthetic_stamps(64, seed=5), progress=False, overwrite=True)
+        return [row["seconds"] for row in trained.history]
+
+
+def keras_equivalence(weights: Path, x_nhwc: np.ndarray) -> float:
+    """Max |p_ours - p_keras| after loading the Keras seed network's weights into our SeedCNN."""
+    from hits_stamps.models.cnn import SeedCNN
+
+    d = np.load(weights)
+    w = [d[f"w{i}"] for i in range(len([k for k in d.files if k.startswith("w")]))]
+    model = SeedCNN(x_nhwc.shape[-1], x_nhwc.shape[1:3]).eval()
+    state = {}
+    for i in range(4):  # Keras conv kernels (kh, kw, in, out) -> (out, in, kh, kw)
+        state[f"convs.{i}.weight"] = torch.from_numpy(w[2 * i].transpose(3, 2, 0, 1).copy())
+        state[f"convs.{i}.bias"] = torch.from_numpy(w[2 * i + 1])
+    for i in range(3):  # Keras dense kernels (in, out) -> (out, in)
+        state[f"dense.{i}.weight"] = torch.from_numpy(w[8 + 2 * i].T.copy())
+        state[f"dense.{i}.bias"] = torch.from_numpy(w[9 + 2 * i])
+    state["out.weight"], state["out.bias"] = torch.from_numpy(w[14].T.copy()), torch.from_numpy(w[15])
+    model.load_state_dict(state)
+    with torch.no_grad():
+        p = torch.softmax(model(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))), -1).numpy()
+    return float(np.abs(p - d["probs"]).max())
+
+
+def _tf_run(tf_python: Path, data: Path, script: Path, threads: int, epochs: int, rounds: int,
+            weights: Path | None = None) -> dict:
+    cmd = [str(tf_python), str(script), str(data), str(threads), str(epochs), str(rounds)]
+    proc = subprocess.run(cmd + ([str(weights)] if weights else []), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cmd_speed(args) -> None:
+    """Ours and tf_keras alternate `--repeats` times in one run; medians over all measurements."""
+    from hits_stamps.datasets import make_synthetic_stamps
+    from hits_stamps.models.cnn import forward_flops
+    from hits_stamps.models.registry import get_spec
+    from hits_stamps.preprocess import scale
+
+    threads = torch.get_num_threads()
+    n_train, n_infer = 4026, args.n_infer
+    train = make_synthetic_stamps(n_train, seed=0)
+    x = scale(train.images, "minmax")  # (N, H, W, C): the network input both frameworks see
+    xi = scale(make_synthetic_stamps(n_infer, seed=1).images, "minmax")
+    y = train.labels
+    result = {"machine": machine(), "n_train": n_train, "batch_train": 50, "n_infer": n_infer,
+              "batch_infer": 1024, "threads": threads, "repeats": args.repeats, "epochs_per_repeat": args.epochs}
+    module = get_spec("seed-cnn").builder(4, (21, 21)).eval()
+    xt = torch.from_numpy(np.ascontiguousarray(xi.transpose(0, 3, 1, 2)))  # (N, C, H, W)
+    flops = forward_flops(module, 4, (21, 21))
+    tf_python = ensure_tf(Path(args.tf_python))
+    ours = {"epoch_seconds": [], "infer_seconds": []}
+    tk: dict = {"epoch_seconds": [], "predict_seconds": [], "call_seconds": []}
+    gemm = [sgemm_flops()]
+    with tempfile.TemporaryDirectory() as tmp:
+        data, script = Path(tmp) / "d.npz", Path(tmp) / "tfbench.py"
+        np.savez(data, x=x, y=y, x_infer=xi)
+        script.write_text(TF_SCRIPT)
+        for rep in range(args.repeats):
+            ours["epoch_seconds"] += _ours_training_epochs(train.images, y, args.epochs, rep)[1:]  # drop warm-up
+            with torch.inference_mode():
+                module(xt[:1024])
+                for _ in range(args.rounds):
+                    t = time.perf_counter()
+                    for s in range(0, n_infer, 1024):
+                        torch.softmax(module(xt[s:s + 1024]), -1)
+                    ours["infer_seconds"].append(time.perf_counter() - t)
+            if tf_python is not None:
+                weights = Path(tmp) / "keras_weights.npz" if rep == 0 else None
+                try:
+                    r = _tf_run(tf_python, data, script, threads, args.epochs, args.rounds, weights)
+                except RuntimeError as exc:
+                    print(exc)
+                    tk["error"] = str(exc)[-500:]
+                    tf_python = None
+                    continue
+                if weights is not None:
+                    result["keras_weights_in_ours_max_abs_prob_diff"] = keras_equivalence(weights, xi[:256])
+                tk["epoch_seconds"] += r["epoch_seconds"][1:]
+                tk["predict_seconds"] += r["predict_seconds"]
+                tk["call_seconds"] += r["call_seconds"]
+                tk.update({k: r[k] for k in ("n_params", "tf", "tf_keras")})
+            print(f"repeat {rep + 1}/{args.repeats} done", flush=True)
+    gemm.append(sgemm_flops())
+    g = statistics.median(gemm)
+    ours["median_epoch_s"] = statistics.median(ours["epoch_seconds"])
+    ours["infer_stamps_per_s"] = n_infer / statistics.median(ours["infer_seconds"])
+    ours["fraction_of_sgemm"] = flops * ours["infer_stamps_per_s"] / g
+    result.update({"flops_per_stamp": flops, "sgemm_flops_per_s": gemm, "ours": ours})
+    if tk["epoch_seconds"]:
+        tk["median_epoch_s"] = statistics.median(tk["epoch_seconds"])
+        tk["predict_stamps_per_s"] = n_infer / statistics.median(tk["predict_seconds"])
+        tk["call_stamps_per_s"] = n_infer / statistics.median(tk["call_seconds"])
+        tk["fraction_of_sgemm"] = flops * max(tk["predict_stamps_per_s"], tk["call_stamps_per_s"]) / g
+        result["epoch_time_ratio_ours_over_tf"] = ours["median_epoch_s"] / tk["median_epoch_s"]
+        result["inference_ratio_ours_over_tf_predict"] = ours["infer_stamps_per_s"] / tk["predict_stamps_per_s"]
+        result["inference_ratio_ours_over_tf_call"] = ours["infer_stamps_per_s"] / tk["call_stamps_per_s"]
+    result["tf_keras"] = tk
+    _write(Path(args.out), result)
+
+
+# ----------------------------------------------------------------------------- figures
+def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import csv
+
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return np.array([int(r["label"]) for r in rows]), np.array([float(r["p_real"]) for r in rows])
+
+
+def cmd_figures(args) -> None:
+    """ROC curves of the three models per test set, and copies of selected evaluation figures."""
+    import shutil
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_curve
+
+    work, out = Path(args.work), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = args.models.split(",")
+    panels = [("sim", "sim_test", "simulated test set (trained on simulation)"),
+              ("sim", "real", "real-pixel HiTS 2015 set (trained on simulation)"),
+              ("real", "real_by_object", "real-pixel set, split by object")]
+    fig = Figure(figsize=(13, 4.2))
+    axes = fig.subplots(1, 3)
+    for ax, (tag, test, title) in zip(axes, panels, strict=True):
+        for name in models:
+            pred = work / "eval" / f"{tag}_{name}_s0" / test / "predictions.csv"
+            if not pred.exists():
+                continue
+            y, p = _read_predictions(pred)
+            fpr, tpr, _ = roc_curve(y, p)
+            floor = 0.5 / max(int(np.sum(y == 0)), 1)
+            ax.plot(np.maximum(fpr, floor), tpr, label=name)
+        ax.axvline(0.01, color="grey", ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="lower right")
+    FigureCanvasAgg(fig)
+    fig.savefig(out / "clf_roc.png", dpi=100, bbox_inches="tight")
+    print(f"wrote {out / 'clf_roc.png'}")
+    for src, dst in ((work / "eval" / "sim_seed-cnn_s0" / "sim_test" / "training_curves.png",
+                      out / "clf_seed_cnn_training_curves.png"),
+                     (work / "eval" / "sim_rotinv-cnn_s0" / "sim_test" / "training_curves.png",
+                      out / "clf_rotinv_training_curves.png"),
+                     (work / "eval" / "sim_rotinv-cnn_s0" / "sim_test" / "misclassified.png",
+                      out / "clf_rotinv_misclassified.png")):
+        if src.exists():
+            shutil.copyfile(src, dst)
+            print(f"wrote {dst}")
+
+
+# ----------------------------------------------------------------------------- tables
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def cmd_table(args) -> None:
+    for path in args.files:
+        res = json.loads(Path(path).read_text())
+        print(f"\n### {Path(path).name}\n")
+        if "rows" in res and res["rows"] and "variant" in res["rows"][0]:
+            by: dict[int, list] = {}
+            for r in res["rows"]:
+                by.setdefault(r["variant"], []).append(r)
+            print("| variant | seeds | val accuracy | val AUC | val FNR at FPR=1% | val loss (last) | train s |")
+            print("|---|---|---|---|---|---|---|")
+            for _, rs in sorted(by.items()):
+                t = [r["tests"]["val"] for r in rs]
+
+                def mean(k, t=t):
+                    return float(np.mean([x[k] for x in t]))
+                print(f"| {rs[0]['label']} | {len(rs)} | {mean('accuracy'):.4f} | {mean('roc_auc'):.4f} | "
+                      f"{mean('fnr_at_fpr_1pct'):.4f} | {np.mean([r['history'][-1]['val_loss'] for r in rs]):.4f} | "
+                      f"{np.mean([r['train_seconds'] for r in rs]):.0f} |")
+        elif "rows" in res:
+            print("| setting | test set | model | seed | epochs | accuracy | F1 | ROC AUC | FNR at FPR=1% | train s |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
+            for r in res["rows"]:
+                for name, t in r["tests"].items():
+                    print(f"| {r['setting']} | {name} | {r['model']} | {r['seed']} | {r['epochs']} | "
+                          f"{_fmt(t['accuracy'])} | {_fmt(t['f1'])} | {_fmt(t['roc_auc'])} | "
+                          f"{_fmt(t['fnr_at_fpr_1pct'])} | {r['train_seconds']:.0f} |")
+        else:
+            print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=1))
+            for k in ("ours", "tf_keras"):
+                if k in res:
+                    print(k, json.dumps({a: b for a, b in res[k].items() if not isinstance(b, list)}, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("data")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-train", type=int, default=40000)
+    p.add_argument("--n-test", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=101, help="simulation seed of the training file")
+    p.add_argument("--test-seed", type=int, default=202, help="simulation seed of the test file")
+    p.add_argument("--sequences", default=str(Path(__file__).resolve().parents[2] / "shared/data/hits2015/"
+                                              "hits2015_sequences.npz"))
+    p = sub.add_parser("ablation")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-train", type=int, default=16000)
+    p.add_argument("--n-val", type=int, default=8000)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--only", default="", help="comma-separated variant indices")
+    p.add_argument("--append", action="store_true", help="add rows to an existing --out file")
+    p = sub.add_parser("compare")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", default="seed-cnn,deephits,rotinv-cnn")
+    p.add_argument("--epochs", default="", help='JSON, e.g. {"deephits": 5}; default: each recipe')
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--settings", default="sim,real", help="sim (train on simulation), real (real set by object)")
+    p.add_argument("--work", required=True, help="folder for the model directories and evaluation outputs")
+    p.add_argument("--append", action="store_true", help="keep rows of an existing --out; skip runs already in it")
+    p = sub.add_parser("speed")
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=4, help="epochs per training run (the first is dropped)")
+    p.add_argument("--rounds", type=int, default=3, help="inference passes per repeat")
+    p.add_argument("--repeats", type=int, default=3, help="alternating ours / tf_keras repeats")
+    p.add_argument("--n-infer", type=int, default=20480)
+    p.add_argument("--tf-python", default="/tmp/tfvenv/bin/python")
+    p = sub.add_parser("figures")
+    p.add_argument("--work", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", default="seed-cnn,deephits,rotinv-cnn")
+    p = sub.add_parser("table")
+    p.add_argument("files", nargs="+")
+    for p in sub.choices.values():
+        p.add_argument("--threads", type=int, default=0,
+                       help="torch intra-op threads (0: torch's default); 1 is faster on a loaded shared machine")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    {"data": cmd_data, "ablation": cmd_ablation, "compare": cmd_compare, "speed": cmd_speed,
+     "figures": cmd_figures, "table": cmd_table}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Metrics on hand-checked inputs, plots, and `evaluate_model` end to end on a tiny trained model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hits_stamps.datasets import make_synthetic_stamps
+from hits_stamps.evaluation import plots
+from hits_stamps.evaluation.evaluate import evaluate_model
+from hits_stamps.evaluation.metrics import classification_metrics, fnr_at_fpr
+from hits_stamps.training import TrainConfig, fit, load_model
+
+Y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+P = np.array([0.1, 0.2, 0.6, 0.3, 0.9, 0.4, 0.8, 0.7])
+
+
+def test_metrics_on_known_inputs():
+    m = classification_metrics(Y, P)
+    # predicted real: 0.6 (bogus), 0.9, 0.8, 0.7 (real); 0.4 (real) missed
+    assert m["confusion_matrix"] == [[3, 1], [1, 3]]
+    for key in ("accuracy", "precision", "recall", "f1"):
+        assert m[key] == pytest.approx(0.75)
+    assert m["fpr"] == pytest.approx(0.25) and m["fnr"] == pytest.approx(0.25)
+    assert m["roc_auc"] == pytest.approx(15 / 16)  # 15 of 16 real-bogus pairs ordered correctly
+    # with 4 bogus stamps any false positive is 25% > 1%: the threshold must clear 0.6
+    assert m["threshold_at_fpr_1pct"] == pytest.approx(0.7)
+    assert m["fnr_at_fpr_1pct"] == pytest.approx(0.25)
+    assert m["n"] == 8 and m["by_snr"] is None and m["by_kind"] is None
+
+
+def test_fnr_at_fpr_when_top_score_is_bogus():
+    fnr, thr = fnr_at_fpr(np.array([0, 1, 1]), np.array([0.9, 0.5, 0.4]), 0.01)
+    assert fnr == 1.0 and thr > 0.9
+
+
+def test_metrics_by_snr_and_kind():
+    snr = np.array([6, 12, 30, 60, 7, 15, 55, 3.0])
+    kind = np.array(["cr", "cr", "dipole", "dipole", "sn", "sn", "sn", "sn"])
+    m = classification_metrics(Y, P, snr=snr, kind=kind)
+    assert list(m["by_snr"]) == ["5-10", "10-20", "20-50", ">50"]
+    assert m["by_snr"]["5-10"] == {"n": 2, "n_real": 1, "accuracy": 1.0, "fnr": 0.0}
+    assert m["by_snr"]["10-20"]["fnr"] == 1.0  # the real stamp at snr 15 has p 0.4
+    assert m["by_snr"]["20-50"]["fnr"] is None  # no real stamps there
+    assert m["n_outside_snr_bins"] == 1
+    assert m["by_kind"]["sn"] == {"n": 4, "label": "real", "accuracy": 0.75, "fnr": 0.25}
+    assert m["by_kind"]["dipole"] == {"n": 2, "label": "bogus", "accuracy": 0.5, "fpr": 0.5}
+    assert m["by_kind"]["cr"]["fpr"] == 0.0
+
+
+def test_single_class_is_handled():
+    m = classification_metrics(np.ones(5, int), np.full(5, 0.8))
+    assert m["roc_auc"] is None and m["fnr_at_fpr_1pct"] is None and m["fpr"] is None
+    assert m["accuracy"] == 1.0 and m["recall"] == 1.0
+    assert any("only one class" in note for note in m["notes"])
+
+
+@pytest.mark.parametrize("y,p,match", [
+    ([0, 1, -1], [0.1, 0.2, 0.3], "labels 0"),
+    ([0, 1], [0.1, 1.5], r"\[0, 1\]"),
+    ([0, 1], [0.1], "same length"),
+])
+def test_metrics_validate_input(y, p, match):
+    with pytest.raises(ValueError, match=match):
+        classification_metrics(y, p)
+
+
+def test_gallery_and_curves_write_pngs(tmp_path):
+    s = make_synthetic_stamps(10, seed=0)
+    p = np.linspace(0, 1, 10)
+    out = plots.plot_misclassified(s, p, tmp_path / "mis.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    hist = [{"epoch": 1, "loss": 0.5, "accuracy": 0.8, "val_loss": 0.4, "val_accuracy": 0.85},
+            {"epoch": 2, "loss": 0.3, "accuracy": 0.9, "val_loss": 0.35, "val_accuracy": 0.88}]
+    assert plots.plot_training_curves(hist, tmp_path / "curves.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("m") / "seed"
+    train = make_synthetic_stamps(150, seed=2)
+    return fit(TrainConfig(model="seed-cnn", epochs=1, seed=0), train, d, progress=False, data_path=None)
+
+
+def test_evaluate_model_writes_metrics_and_plots(tiny_model, tmp_path):
+    test = make_synthetic_stamps(100, seed=5)
+    test.labels[:3] = -1  # unlabelled stamps are skipped and counted
+    with pytest.warns(UserWarning, match="3 unlabelled"):
+        m = evaluate_model(tiny_model, test, tmp_path / "ev", progress=False, data_path="test.npz")
+    required = {"n", "accuracy", "precision", "recall", "f1", "roc_auc", "fpr", "fnr", "fnr_at_fpr_1pct",
+                "threshold_at_fpr_1pct", "confusion_matrix", "by_snr", "by_kind", "ece", "nll",
+                "accuracy_at_10pct_referral"}
+    on_disk = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert required <= set(on_disk)
+    assert on_disk["n"] == 97 and m["n_unlabelled_skipped"] == 3
+    for name in ("roc.png", "confusion_matrix.png", "training_curves.png", "misclassified.png", "predictions.csv"):
+        assert (tmp_path / "ev" / name).exists(), name
+    stored = json.loads((tiny_model.path / "metrics.json").read_text())
+    assert stored["data"] == "test.npz" and stored["accuracy"] == on_disk["accuracy"]
+    # the metrics agree with the model's own predictions
+    p = load_model(tiny_model.path).predict_proba(test[test.labels >= 0])[:, 1]
+    assert on_disk["accuracy"] == pytest.approx(np.mean((p >= 0.5) == test.labels[test.labels >= 0]))
