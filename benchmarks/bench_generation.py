@@ -1,0 +1,224 @@
+"""Benchmark of the conditional VAE: training time, generation speed, the judging numbers, augmentation.
+
+Runs on the simulated set (`hits_stamps.simulate.simulate_stamps`) and on the real-pixel HiTS 2015
+set (`hits_stamps.realdata.build_real`, split by object so no source is on both sides), and writes
+OUT/bench_generation.json plus the figures (OUT/<set>/judge/gen_*.png, OUT/augmentation/...).
+Copy the figures to docs/figures with --docs-figures.
+
+    nice .venv/bin/python benchmarks/bench_generation.py --out bench_out/generation --docs-figures
+
+Sizes are modest on purpose (2 shared CPU cores); every size is an argument and is recorded in the
+JSON. Speed is measured as a ratio in one run: generated stamps/s of the cvae against simulated
+stamps/s of the simulator (the other way to get new labelled stamps), medians of --repeats runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hits_stamps.generation import generate, load_generator
+from hits_stamps.generation.augment import augmentation_experiment
+from hits_stamps.generation.judge import evaluate_generator, negative_elbo
+from hits_stamps.io import read_stamps, write_stamps
+from hits_stamps.stamps import StampSet
+from hits_stamps.training import TrainConfig, fit
+from hits_stamps.training.modeldir import write_json
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        cpu = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version()}
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def data_sets(args) -> dict[str, tuple[StampSet, StampSet]]:
+    """{'simulated': (train, test), 'real': (train, test)} (real only when the sequence file is found)."""
+    from hits_stamps.simulate import simulate_stamps
+
+    cache = Path(args.out) / "data"
+    cache.mkdir(parents=True, exist_ok=True)
+    sets = {}
+    paths = {"train": cache / f"sim_train_{args.n_train}.npz", "test": cache / f"sim_test_{args.n_test}.npz"}
+    if not paths["train"].exists():
+        write_stamps(simulate_stamps(args.n_train, seed=args.seed), paths["train"], overwrite=True)
+    if not paths["test"].exists():
+        write_stamps(simulate_stamps(args.n_test, seed=args.seed + 2), paths["test"], overwrite=True)
+    sets["simulated"] = (read_stamps(paths["train"]), read_stamps(paths["test"]))
+    if not args.skip_real:
+        try:
+            from hits_stamps.realdata import build_real
+
+            real = build_real()
+        except Exception as exc:  # noqa: BLE001 - the real set is optional; say why it is missing
+            print(f"real-pixel set not built: {exc}")
+        else:
+            train, test = real.split((0.7, 0.3), seed=args.seed, groups=real.columns["object_index"])
+            sets["real"] = (train, test)
+    return sets
+
+
+DEFAULT_VARIANTS = json.dumps([
+    {"likelihood": "gaussian"}, {"likelihood": "laplace"}, {"likelihood": "student_t"}, {"likelihood": "mvn"},
+    {"likelihood": "mvn", "subtract_channels": [[1, 0]]},
+    {"likelihood": "mvn", "subtract_channels": [[1, 0]], "min_scale": 0.002},
+])
+
+
+def train_judge(train: StampSet, args, out: Path):
+    t0 = time.perf_counter()
+    judge = fit(TrainConfig(model=args.judge_model, seed=args.seed, epochs=args.judge_epochs), train,
+                out / "judge_classifier", overwrite=True, progress=args.progress)
+    return judge, time.perf_counter() - t0
+
+
+def select(train: StampSet, val: StampSet, judge, args, out: Path) -> list[dict]:
+    """Each cvae variant trained with the same budget, scored on validation stamps (never the test set)."""
+    from hits_stamps.generation.judge import classifier_features, frechet_distance
+
+    rows = []
+    sub = train[: args.select_n]
+    for k, kwargs in enumerate(json.loads(args.select_variants)):
+        t0 = time.perf_counter()
+        cvae = fit(TrainConfig(model="cvae", seed=args.seed, epochs=args.select_epochs, model_kwargs=kwargs),
+                   sub, out / f"variant_{k}", overwrite=True, progress=args.progress)
+        row = {"model_kwargs": kwargs, "train_seconds": time.perf_counter() - t0,
+               "val": negative_elbo(cvae, val, seed=args.seed)}
+        for name, lab in (("real", 1), ("bogus", 0)):
+            real = val[val.labels == lab]
+            gen = generate(cvae, len(real), lab, seed=args.seed)
+            row[f"agreement_{name}"] = float(np.mean(judge.predict(gen) == lab))
+            row[f"frechet_{name}"] = frechet_distance(classifier_features(judge, gen), classifier_features(judge, real))
+        print("variant", row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def run_set(name: str, train: StampSet, test: StampSet, judge, args, out: Path) -> dict:
+    res: dict = {"n_train": len(train), "n_test": len(test), "class_balance_train": train.class_balance(),
+                 "class_balance_test": test.class_balance()}
+    cvae_kwargs = json.loads(args.cvae_kwargs)
+    t0 = time.perf_counter()
+    cvae = fit(TrainConfig(model="cvae", seed=args.seed, epochs=args.cvae_epochs, model_kwargs=cvae_kwargs),
+               train, out / "cvae", overwrite=True, progress=args.progress)
+    res["cvae"] = {"train_seconds": time.perf_counter() - t0, "epochs": args.cvae_epochs,
+                   "n_parameters": cvae.n_parameters, "model_kwargs": cvae.config["model_kwargs"],
+                   "final": cvae.history[-1]}
+    res["cvae"]["seconds_per_epoch"] = res["cvae"]["train_seconds"] / args.cvae_epochs
+    res["judging"] = evaluate_generator(
+        cvae, test, out / "judge", classifier=judge.path, seed=args.seed, progress=args.progress, train=train,
+        max_per_class=args.max_per_class, mode=args.mode, temperature=args.temperature,
+    )
+    return res
+
+
+def speed(args, cvae_dir: Path) -> dict:
+    from hits_stamps.simulate import simulate_stamps
+
+    tm = load_generator(cvae_dir)
+    n = args.speed_n
+    generate(tm, 256, "real")  # warm-up
+    t_gen, _ = timed(lambda: generate(tm, n, "real", seed=1), args.repeats)
+    t_loc, _ = timed(lambda: generate(tm, n, "real", seed=1, mode="loc"), args.repeats)
+    t_sim, _ = timed(lambda: simulate_stamps(n, seed=5), args.repeats)
+    return {"n": n, "repeats": args.repeats, "cvae_stamps_per_s": n / t_gen, "cvae_loc_stamps_per_s": n / t_loc,
+            "simulator_stamps_per_s": n / t_sim, "cvae_over_simulator": t_sim / t_gen}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n-train", type=int, default=12000)
+    p.add_argument("--n-test", type=int, default=4000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cvae-epochs", type=int, default=15)
+    p.add_argument("--cvae-kwargs", default="{}", help="JSON dict of cvae builder arguments")
+    p.add_argument("--judge-model", default="rotinv-cnn")
+    p.add_argument("--judge-epochs", type=int, default=5)
+    p.add_argument("--max-per-class", type=int, default=1000)
+    p.add_argument("--mode", default="sample")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--select-variants", default=DEFAULT_VARIANTS, help="JSON list of cvae kwargs ('[]': skip)")
+    p.add_argument("--select-n", type=int, default=5000)
+    p.add_argument("--select-epochs", type=int, default=4)
+    p.add_argument("--n-val", type=int, default=2000)
+    p.add_argument("--speed-n", type=int, default=4096)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--aug-fractions", default="0.05,0.1,0.25,1.0")
+    p.add_argument("--aug-epochs", type=int, default=3)
+    p.add_argument("--skip-real", action="store_true")
+    p.add_argument("--skip-augmentation", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--docs-figures", action="store_true", help="copy the figures to docs/figures/gen_*.png")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"machine": machine(), "args": vars(args), "sets": {}}
+    sets = data_sets(args)
+    for name, (train, test) in sets.items():
+        print(f"== {name}: {len(train)} train / {len(test)} test", flush=True)
+        judge, judge_seconds = train_judge(train, args, out / name)
+        if name == "simulated" and json.loads(args.select_variants):
+            from hits_stamps.simulate import simulate_stamps
+
+            val = simulate_stamps(args.n_val, seed=args.seed + 1)
+            result["selection"] = {"n_train": args.select_n, "epochs": args.select_epochs, "n_val": len(val),
+                                   "variants": select(train, val, judge, args, out / "selection")}
+            write_json(out / "bench_generation.json", result)
+        result["sets"][name] = run_set(name, train, test, judge, args, out / name)
+        result["sets"][name]["judge_train_seconds"] = judge_seconds
+        write_json(out / "bench_generation.json", result)
+    result["speed"] = speed(args, out / "simulated" / "cvae")
+    write_json(out / "bench_generation.json", result)
+    if not args.skip_augmentation:
+        train, test = sets["simulated"]
+        fractions = tuple(float(f) for f in args.aug_fractions.split(","))
+        result["augmentation"] = augmentation_experiment(
+            train, test, out / "simulated" / "cvae", fractions=fractions, seed=args.seed, epochs=args.aug_epochs,
+            out_dir=out / "augmentation", progress=args.progress, temperature=args.temperature,
+        )
+        write_json(out / "bench_generation.json", result)
+    if args.docs_figures:
+        docs = Path(__file__).resolve().parents[1] / "docs" / "figures"
+        docs.mkdir(parents=True, exist_ok=True)
+        for name in result["sets"]:
+            for png in sorted((out / name / "judge").glob("gen_*.png")):
+                shutil.copy(png, docs / f"gen_{name}_{png.name[4:]}")
+        aug = out / "augmentation" / "gen_augmentation.png"
+        if aug.exists():
+            shutil.copy(aug, docs / "gen_augmentation.png")
+    print(json.dumps({k: v for k, v in result.items() if k != "sets"}, indent=1, default=str))
+    for name, r in result["sets"].items():
+        j = r["judging"]
+        print(name, {k: round(j[k], 4) if isinstance(j[k], float) else j[k] for k in (
+            "agreement_real", "agreement_bogus", "frechet_real", "frechet_floor_real", "frechet_bogus",
+            "frechet_floor_bogus", "tstr_over_trtr")})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""`generate`: sample new stamps of one class from a trained conditional VAE."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from hits_stamps.cli._app import app, console
+
+
+@app.command()
+def generate(
+    model_dir: Path = typer.Argument(..., help="A trained generator directory (hits-stamps train --model cvae)."),
+    n: int = typer.Option(..., "--n", help="Number of stamps to generate."),
+    label: str = typer.Option(..., "--label", help="Class of the new stamps: real or bogus."),
+    kind: str | None = typer.Option(None, "--kind", help="Stamp kind (only for generators conditioned on kind)."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same stamps."),
+    mode: str = typer.Option("sample", "--mode", help="sample: draw pixels from the decoder; loc: its location."),
+    temperature: float = typer.Option(
+        1.0, "--temperature", help="0..1: scale of the pixel deviations from the decoder location (1: as learned)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output stamp file (.npz or .h5)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+) -> None:
+    """Write N generated stamps of one class (kind 'generated', unique ids) in the stamp-file schema."""
+    from hits_stamps.errors import HitsStampsError, StampFileError
+    from hits_stamps.generation.sample import generate as generate_stamps
+    from hits_stamps.generation.sample import load_generator
+    from hits_stamps.io import WRITE_FORMATS, _suffix, write_stamps
+    from hits_stamps.io.atomic import check_writable
+
+    if n < 1:
+        raise HitsStampsError(f"--n must be >= 1; got {n}")
+    if _suffix(out) not in WRITE_FORMATS:
+        raise StampFileError(out, None, f"an output extension in {sorted(WRITE_FORMATS)}",
+                             f"extension {_suffix(out) or '(none)'!r}")
+    check_writable(out, overwrite)
+    model = load_generator(model_dir)
+    t0 = time.perf_counter()
+    stamps = generate_stamps(model, n, label, kind=kind, seed=seed, mode=mode, temperature=temperature)
+    seconds = time.perf_counter() - t0
+    write_stamps(stamps, out, overwrite=overwrite)
+    h, w = stamps.size
+    console.print(f"wrote {out}: {len(stamps)} generated {stamps.meta['label']} stamps of {h}x{w}x{stamps.n_channels} "
+                  f"in {seconds:.2f} s ({len(stamps) / max(seconds, 1e-9):.0f} stamps/s)")

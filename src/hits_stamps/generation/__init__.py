@@ -1,0 +1,10 @@
+"""Sampling from a trained conditional VAE, judging the samples, and training with them.
+
+- `sample`: `generate`, `reconstruct`, `interpolate` (a trained `cvae` directory -> StampSet);
+- `judge`: `evaluate_generator`, the independent-classifier judgement written to generation.json;
+- `augment`: `augmentation_experiment`, classifiers trained with and without generated stamps.
+"""
+
+from hits_stamps.generation.sample import generate, interpolate, load_generator, reconstruct
+
+__all__ = ["generate", "interpolate", "load_generator", "reconstruct"]

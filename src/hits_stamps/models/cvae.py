@@ -1,0 +1,441 @@
+"""`cvae`: a convolutional variational autoencoder conditioned on the class (real / bogus).
+
+Generative model (Kingma & Welling 2014; conditional form: Sohn et al. 2015)::
+
+    z ~ N(0, I_d)                                   prior, d = latent_dim
+    t = T(x)                                        invertible per-channel input transform
+    p(t | z, y) = prod_{h,w} D(t_hw; z, y)          per-pixel decoder distribution over the C channels
+    q(z | x, y) = N(mu(x, y), diag sigma(x, y)^2)   encoder (diagonal Gaussian posterior)
+
+with y the class one-hot. `likelihood` chooses D, always with parameters predicted per pixel:
+- "gaussian", "laplace", "student_t": the C channels independent, each with a learned location
+  and scale (Student-t: plus learned degrees of freedom per channel, df = 2 + softplus(.));
+- "mvn": a C-variate Gaussian per pixel with a full learned covariance L L^T (L lower-triangular,
+  positive diagonal), so the decoder can express that the difference, science - template and
+  SNR of one pixel move together.
+This is the PyTorch counterpart of TensorFlow Probability's probabilistic output layers: the
+decoder returns a `torch.distributions` object with event shape (H, W, C) (channels last, as in
+stamp files).
+
+Loss (per stamp, averaged over the batch; `cvae_objective`)::
+
+    loss = mean_b[ -log p(t_b | z_b, y_b) ] + beta * mean_b[ KL(q(z | x_b, y_b) || N(0, I)) ]
+    z_b = mu_b + sigma_b * eps,  eps ~ N(0, I)        (one reparameterised sample)
+    KL  = 1/2 sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2)     (closed form)
+
+`beta` is `kl_weight` (default 1: the plain negative ELBO; below 1 a beta-VAE, Higgins et al.
+2017, which puts more information in z at the price of a looser bound); with `kl_warmup_steps` > 0
+it rises linearly from kl_weight/kl_warmup_steps to kl_weight over the first `kl_warmup_steps`
+training steps (Bowman et al. 2016). The
+step counter is a buffer of the module (`train_steps`), advanced by the objective once per
+training batch, so it is saved in checkpoints and a resumed run continues the same schedule.
+Validation always uses beta = 1, so the validation loss is the negative ELBO. The NLL is measured
+in transformed units t; it differs from the NLL in data units by the log-Jacobian of T, which
+does not depend on the model's parameters.
+
+Input transform T (exactly invertible; generated stamps come back in the training file's units)::
+
+    t = asinh((x - center_c) / scale_c)       ("asinh", default), or
+    t = (x - center_c) / scale_c              ("standardize")
+    x = center_c + scale_c * sinh(t)          (inverse, resp. center_c + scale_c * t)
+
+`center_c` is the median of all training pixels of channel c. For "asinh", `scale_c` is
+`asinh_softening` (default 5) x the typical noise of channel c: the median over training stamps of
+1.4826 x the within-stamp median absolute deviation. Pixel noise then stays in the nearly linear
+part of asinh (a 3-sigma pixel is compressed by about 5%), so a Gaussian in t is close to Gaussian
+noise in data units, while bright stars (thousands of sigma) are compressed logarithmically
+(Lupton, Gunn & Szalay 1999). For "standardize", `scale_c` is 1.4826 x the MAD of all pixels. The
+statistics are buffers in the state dict. The training loop calls `fit_input_stats(x_train)` once
+before training; a module that was never fitted fits itself from its first training batch
+instead. The recipe therefore uses `scaling="none"`: the loop's per-stamp scalings cannot be
+inverted for new samples.
+
+Conditioning on `kind` or an SNR bin is not implemented: the training loop passes only (x, y) to
+the objective, so the class label is the only condition.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import distributions as D
+from torch import nn
+
+from hits_stamps.models.registry import ModelSpec, ObjectiveOutput, Recipe, register
+
+LIKELIHOODS = ("gaussian", "laplace", "student_t", "mvn")
+INPUT_TRANSFORMS = ("asinh", "standardize")
+
+
+class CVAEOutput(NamedTuple):
+    dist: D.Distribution  # p(t | z, y): batch shape (B,), event shape (H, W, C)
+    target: torch.Tensor  # (B, H, W, C) the input in transformed units t = T(x), channels last
+    z_mean: torch.Tensor  # (B, d) posterior mean
+    z_log_std: torch.Tensor  # (B, d) posterior log standard deviation
+    z: torch.Tensor  # (B, d) the reparameterised sample that was decoded
+
+
+class ChannelTransform(nn.Module):
+    """Invertible transform: optional channel differences, then a per-channel asinh / affine map.
+
+    `forward(x)`: (B, C, H, W) data units -> model units; `inverse(t)`: back to data units.
+    `subtract` lists (i, j) pairs: channel i is first replaced by x_i - x_j (e.g. (1, 0): science
+    minus template); a channel j that is subtracted may not itself be replaced, so the inverse adds
+    the x_j back exactly. The statistics of `fit` are those of the differenced channels.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kind: str = "asinh",
+        softening: float = 5.0,
+        subtract: tuple[tuple[int, int], ...] | list = (),
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        if kind not in INPUT_TRANSFORMS:
+            raise ValueError(f"input_transform must be one of {INPUT_TRANSFORMS}; got {kind!r}")
+        if not softening > 0:
+            raise ValueError(f"asinh_softening must be > 0; got {softening}")
+        pairs = tuple((int(i), int(j)) for i, j in subtract)
+        targets = {i for i, _ in pairs}
+        for i, j in pairs:
+            if not (0 <= i < channels and 0 <= j < channels) or i == j or j in targets or len(targets) != len(pairs):
+                raise ValueError(
+                    f"subtract_channels must be (i, j) pairs of distinct channels in 0..{channels - 1}, each i once "
+                    f"and no j replaced itself; got {[list(p) for p in pairs]}"
+                )
+        self.kind, self.softening, self.eps, self.subtract = kind, float(softening), eps, pairs
+        self.register_buffer("center", torch.zeros(channels))
+        self.register_buffer("scale", torch.ones(channels))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def fit(self, x: torch.Tensor) -> ChannelTransform:
+        """Set `center` and `scale` per channel from training stamps x (N, C, H, W) (statistics in the module doc).
+
+        center_c: median of all finite pixels of channel c. scale_c: for "asinh", `softening` x the
+        median over stamps of the within-stamp noise 1.4826 MAD; for "standardize", 1.4826 MAD of
+        all pixels. A scale that is not positive falls back to the standard deviation, then to 1.
+        """
+        if x.ndim != 4 or x.shape[1] != self.center.numel():
+            raise ValueError(f"expected (N, {self.center.numel()}, H, W); got {tuple(x.shape)}")
+        arr = self._mix(x.detach().to("cpu", torch.float64)).numpy()
+        n_ch = arr.shape[1]
+        center, scale = np.zeros(n_ch), np.ones(n_ch)
+        for c in range(n_ch):
+            plane = arr[:, c].reshape(len(arr), -1)  # (N, H*W)
+            finite = np.isfinite(plane)
+            values = plane[finite]
+            if values.size == 0:
+                continue
+            center[c] = np.median(values)
+            if self.kind == "asinh":
+                plane = np.where(finite, plane, np.nan)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # stamps with no finite pixel
+                    per_stamp = np.nanmedian(np.abs(plane - np.nanmedian(plane, axis=1, keepdims=True)), axis=1)
+                robust = self.softening * 1.4826 * (np.nanmedian(per_stamp) if np.isfinite(per_stamp).any() else 0.0)
+            else:
+                robust = 1.4826 * np.median(np.abs(values - center[c]))
+            std = values.std()
+            floor = self.eps * max(1.0, abs(center[c]))
+            scale[c] = robust if robust > floor else (std if std > floor else 1.0)
+        self.center.copy_(torch.as_tensor(center))
+        self.scale.copy_(torch.as_tensor(scale))
+        self.fitted.fill_(True)
+        return self
+
+    def _affine(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return self.center.view(shape).to(x.dtype), self.scale.view(shape).to(x.dtype)
+
+    def _mix(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.subtract:
+            return x
+        out = x.clone()
+        for i, j in self.subtract:
+            out[:, i] = x[:, i] - x[:, j]
+        return out
+
+    def _unmix(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.subtract:
+            return x
+        out = x.clone()
+        for i, j in self.subtract:
+            out[:, i] = x[:, i] + x[:, j]  # x[:, j] is never replaced, so it is the original channel
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        center, scale = self._affine(x)
+        u = (self._mix(x) - center) / scale
+        return torch.asinh(u) if self.kind == "asinh" else u
+
+    def log_abs_det_jacobian(self, x: torch.Tensor) -> torch.Tensor:
+        """log |det dt/dx| per stamp, (B, C, H, W) -> (B,): sum over pixels of -log scale_c [- 1/2 log(1 + u^2)].
+
+        The channel differences have determinant 1. NLL in data units = NLL in t - this.
+        """
+        center, scale = self._affine(x)
+        u = (self._mix(x) - center) / scale
+        logdet = -torch.log(scale).expand_as(u)
+        if self.kind == "asinh":
+            logdet = logdet - 0.5 * torch.log1p(u * u)
+        return logdet.flatten(1).sum(1)
+
+    def inverse(self, t: torch.Tensor) -> torch.Tensor:
+        center, scale = self._affine(t)
+        u = torch.sinh(t) if self.kind == "asinh" else t
+        return self._unmix(center + scale * u)
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1)
+
+
+class ConditionalVAE(nn.Module):
+    """Convolutional conditional VAE for (B, C, H, W) stamps of any size and channel count.
+
+    Encoder: [t, one-hot maps] -> conv3x3 -> (stride-2 conv3x3, conv3x3) per level, halving the
+    size until it is <= `min_size` -> dense(hidden) -> (mu, log sigma) of d = `latent_dim`.
+    Decoder: [z, one-hot] -> dense(hidden) -> dense -> per level (upsample to the encoder's size at
+    that level, conv3x3, conv3x3) -> conv1x1 -> per-pixel distribution parameters for C channels.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 4,
+        size: tuple[int, int] = (21, 21),
+        latent_dim: int = 16,
+        base_channels: int = 32,
+        max_channels: int = 128,
+        hidden: int = 256,
+        min_size: int = 6,
+        n_classes: int = 2,
+        likelihood: str = "mvn",
+        input_transform: str = "asinh",
+        asinh_softening: float = 5.0,
+        subtract_channels: tuple[tuple[int, int], ...] | list = (),
+        min_scale: float = 1e-2,
+        kl_warmup_steps: int = 0,
+        kl_weight: float = 1.0,
+    ):
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}; got {likelihood!r}")
+        h, w = (int(size[0]), int(size[1]))
+        if min(h, w) < 3 or in_channels < 1 or latent_dim < 1 or n_classes < 1:
+            raise ValueError(
+                f"need size >= 3, channels >= 1, latent_dim >= 1, n_classes >= 1; got "
+                f"size {size}, channels {in_channels}, latent_dim {latent_dim}, n_classes {n_classes}"
+            )
+        self.in_channels, self.size = in_channels, (h, w)
+        self.latent_dim, self.n_classes = latent_dim, n_classes
+        self.likelihood, self.min_scale = likelihood, min_scale
+        self.kl_warmup_steps = int(kl_warmup_steps)
+        if not kl_weight > 0:
+            raise ValueError(f"kl_weight must be > 0; got {kl_weight}")
+        self.kl_weight_final = float(kl_weight)
+        self.transform = ChannelTransform(in_channels, input_transform, asinh_softening, subtract_channels)
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+
+        # spatial sizes of the encoder levels, e.g. 21x21 -> [(21, 21), (11, 11), (6, 6)]
+        sizes = [(h, w)]
+        while max(sizes[-1]) > min_size:
+            sh, sw = sizes[-1]
+            sizes.append(((sh + 1) // 2, (sw + 1) // 2))
+        self.level_sizes = sizes
+        widths = [min(base_channels * 2**i, max_channels) for i in range(len(sizes))]
+
+        enc: list[nn.Module] = [_conv(in_channels + n_classes, widths[0]), nn.SiLU()]
+        for i in range(1, len(sizes)):
+            enc += [_conv(widths[i - 1], widths[i], stride=2), nn.SiLU(), _conv(widths[i], widths[i]), nn.SiLU()]
+        self.encoder = nn.Sequential(*enc)
+        flat = widths[-1] * sizes[-1][0] * sizes[-1][1]
+        self.enc_head = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, hidden), nn.SiLU(), nn.Linear(hidden, 2 * latent_dim)
+        )
+
+        self.dec_head = nn.Sequential(
+            nn.Linear(latent_dim + n_classes, hidden), nn.SiLU(), nn.Linear(hidden, flat), nn.SiLU()
+        )
+        self._dec_shape = (widths[-1], *sizes[-1])
+        self.dec_levels = nn.ModuleList()
+        for i in range(len(sizes) - 1, 0, -1):
+            w_in, w_out = widths[i], widths[i - 1]
+            self.dec_levels.append(nn.Sequential(_conv(w_in, w_out), nn.SiLU(), _conv(w_out, w_out), nn.SiLU()))
+        # per pixel: C locations, C scales (the diagonal of L for "mvn"), and for "mvn" the
+        # C (C - 1) / 2 entries of L below its diagonal
+        self.n_offdiag = in_channels * (in_channels - 1) // 2 if likelihood == "mvn" else 0
+        self.dec_out = nn.Conv2d(widths[0], 2 * in_channels + self.n_offdiag, kernel_size=1)
+        if likelihood == "student_t":
+            # degrees of freedom per channel: df = 2 + softplus(raw), initialised at df = 5
+            self.raw_df = nn.Parameter(torch.full((in_channels,), math.log(math.expm1(3.0))))
+
+    # ------------------------------------------------------------------ input statistics
+    @property
+    def stats_fitted(self) -> bool:
+        return bool(self.transform.fitted)
+
+    def fit_input_stats(self, x: torch.Tensor) -> ConditionalVAE:
+        """Fit the input transform on training stamps x (N, C, H, W) in data units; returns self."""
+        self.transform.fit(x)
+        return self
+
+    def to_model_units(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) data units -> transformed units t."""
+        return self.transform(x)
+
+    def to_data_units(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) transformed units -> data units (the exact inverse of `to_model_units`)."""
+        return self.transform.inverse(t)
+
+    # ------------------------------------------------------------------ conditioning
+    def condition(self, y: torch.Tensor) -> torch.Tensor:
+        """Class labels (B,) int -> one-hot (B, K); a float (B, K) tensor passes through (soft labels)."""
+        if y.ndim == 2 and y.is_floating_point():
+            if y.shape[1] != self.n_classes:
+                raise ValueError(f"condition must have {self.n_classes} columns; got {tuple(y.shape)}")
+            return y
+        y = y.long()
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+            raise ValueError(f"class labels must be in 0..{self.n_classes - 1}; got {y.unique().tolist()}")
+        return F.one_hot(y, self.n_classes).float()
+
+    # ------------------------------------------------------------------ encoder / decoder
+    def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) in data units, y (B,) -> posterior (mu, log sigma), each (B, d)."""
+        t = self.to_model_units(x)
+        return self._encode_t(t, self.condition(y).to(t.dtype))
+
+    def _encode_t(self, t: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = onehot[:, :, None, None].expand(-1, -1, *t.shape[-2:])  # (B, K, H, W)
+        stats = self.enc_head(self.encoder(torch.cat([t, maps], dim=1)))  # (B, 2d)
+        mu, log_std = stats.chunk(2, dim=-1)
+        return mu, log_std.clamp(-10.0, 5.0)
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor) -> D.Distribution:
+        """z (B, d), y (B,) or (B, K) -> p(t | z, y), batch shape (B,), event shape (H, W, C)."""
+        onehot = self.condition(y).to(z.dtype)
+        hid = self.dec_head(torch.cat([z, onehot], dim=-1)).view(-1, *self._dec_shape)  # (B, W_L, h_L, w_L)
+        for level, target in zip(self.dec_levels, reversed(self.level_sizes[:-1]), strict=True):
+            hid = level(F.interpolate(hid, size=target, mode="nearest"))
+        params = self.dec_out(hid).permute(0, 2, 3, 1)  # (B, H, W, 2C [+ C(C-1)/2])
+        c = self.in_channels
+        loc, raw_scale, off = params[..., :c], params[..., c : 2 * c], params[..., 2 * c :]
+        scale = F.softplus(raw_scale) + self.min_scale  # (B, H, W, C)
+        if self.likelihood == "mvn":
+            rows, cols = torch.tril_indices(c, c, offset=-1, device=params.device)
+            tril = torch.diag_embed(scale)  # (B, H, W, C, C)
+            tril[..., rows, cols] = off
+            return D.Independent(D.MultivariateNormal(loc, scale_tril=tril), 2)
+        if self.likelihood == "gaussian":
+            base: D.Distribution = D.Normal(loc, scale)
+        elif self.likelihood == "laplace":
+            base = D.Laplace(loc, scale)
+        else:
+            df = (2.0 + F.softplus(self.raw_df)).expand_as(loc)
+            base = D.StudentT(df, loc, scale)
+        return D.Independent(base, 3)
+
+    @staticmethod
+    def location(dist: D.Distribution) -> torch.Tensor:
+        """The decoder's per-pixel location (B, H, W, C): the mean (Gaussian, MVN, Student-t) or median (Laplace)."""
+        return dist.base_dist.loc
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> CVAEOutput:
+        """x (B, C, H, W) data units, y (B,) -> reconstruction distribution and posterior."""
+        t = self.to_model_units(x)
+        mu, log_std = self._encode_t(t, self.condition(y).to(t.dtype))
+        z = mu + log_std.exp() * torch.randn_like(mu)
+        return CVAEOutput(self.decode(z, y), t.permute(0, 2, 3, 1), mu, log_std, z)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self, y: torch.Tensor, mode: str = "sample", z: torch.Tensor | None = None, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Stamps in data units (B, C, H, W) for labels y (B,) (or soft (B, K)).
+
+        z defaults to draws from the prior N(0, I). `mode="sample"` draws every pixel from the
+        decoder distribution, t = loc + temperature * (t_drawn - loc) (temperature 1: the model's
+        own distribution; below 1: pixel deviations shrunk towards the location); `mode="loc"`
+        returns the location (noise-free). Uses torch's global RNG: seed it (or use
+        `torch.random.fork_rng`) for reproducible draws.
+        """
+        if mode not in ("sample", "loc"):
+            raise ValueError(f"mode must be 'sample' or 'loc'; got {mode!r}")
+        if not 0.0 <= temperature <= 1.0:
+            raise ValueError(f"temperature must be in [0, 1]; got {temperature}")
+        if z is None:
+            z = torch.randn(len(y), self.latent_dim, device=self.transform.center.device)
+        dist = self.decode(z, y)
+        loc = self.location(dist)  # (B, H, W, C)
+        t = loc + temperature * (dist.sample() - loc) if mode == "sample" else loc
+        return self.to_data_units(t.permute(0, 3, 1, 2))
+
+    # ------------------------------------------------------------------ KL warm-up
+    def kl_weight(self) -> float:
+        """beta for the current training step: kl_weight x min(1, (train_steps + 1) / kl_warmup_steps)."""
+        if self.kl_warmup_steps <= 0:
+            return self.kl_weight_final
+        return self.kl_weight_final * min(1.0, (int(self.train_steps) + 1) / self.kl_warmup_steps)
+
+
+def gaussian_kl(mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag sigma^2) || N(0, I)) per row: 1/2 sum_j (mu^2 + sigma^2 - 1 - 2 log sigma). (B, d) -> (B,)."""
+    return 0.5 * (mu.pow(2) + (2 * log_std).exp() - 1.0 - 2 * log_std).sum(dim=-1)
+
+
+def cvae_objective(model: ConditionalVAE, x: torch.Tensor, y: torch.Tensor, n_train: int) -> ObjectiveOutput:
+    """Negative ELBO per stamp, averaged over the batch (formula in the module docstring).
+
+    x: (B, C, H, W) in data units (the recipe's `scaling="none"`), y: (B,) class labels. In
+    training mode the KL weight follows the warm-up schedule and the step counter advances; in
+    eval mode beta = 1. `n_train` is unused: the latent KL belongs to each stamp, unlike the KL of
+    weight posteriors, which is shared by the whole training set. parts: `nll`, `kl` (per stamp,
+    unweighted), `kl_weight`, and `nll_data`, the NLL in the units of the data (nll minus the
+    log-Jacobian of the input transform), which compares models with different transforms.
+    """
+    del n_train
+    if model.training:
+        if not model.stats_fitted:
+            model.fit_input_stats(x)  # fallback when the loop did not call fit_input_stats
+        beta = model.kl_weight()
+        model.train_steps += 1
+    else:
+        beta = 1.0
+    out = model(x, y)
+    nll = -out.dist.log_prob(out.target)  # (B,)
+    kl = gaussian_kl(out.z_mean, out.z_log_std)  # (B,)
+    loss = nll.mean() + beta * kl.mean()
+    with torch.no_grad():
+        nll_data = nll - model.transform.log_abs_det_jacobian(x)  # (B,) NLL of x in data units
+    parts = {"nll": float(nll.mean().detach()), "kl": float(kl.mean().detach()), "kl_weight": beta,
+             "nll_data": float(nll_data.mean())}
+    return ObjectiveOutput(loss, None, parts)
+
+
+def build_cvae(in_channels: int, size: tuple[int, int], **kwargs) -> ConditionalVAE:
+    return ConditionalVAE(in_channels=in_channels, size=tuple(size), **kwargs)
+
+
+register(
+    ModelSpec(
+        name="cvae",
+        task="generator",
+        builder=build_cvae,
+        objective=cvae_objective,
+        recipe=Recipe(
+            optimizer="adam", lr=1e-3, batch_size=64, epochs=30, scaling="none", nan_policy="median",
+            clip_grad_norm=100.0,
+        ),
+        description="Conditional VAE (class-conditioned) with a per-pixel probabilistic decoder",
+        default_kwargs={"latent_dim": 16, "base_channels": 32, "likelihood": "mvn", "input_transform": "asinh"},
+    )
+)

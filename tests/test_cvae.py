@@ -1,0 +1,196 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import distributions as D
+
+from hits_stamps.datasets import make_synthetic_stamps
+from hits_stamps.models.cvae import ChannelTransform, ConditionalVAE, cvae_objective, gaussian_kl
+from hits_stamps.models.registry import get_spec
+from hits_stamps.training import TrainConfig, fit
+
+TINY = {"latent_dim": 3, "base_channels": 4, "hidden": 16}
+
+
+def _fitted(c=4, size=(21, 21), **kw):
+    model = ConditionalVAE(in_channels=c, size=size, **{**TINY, **kw})
+    x = torch.randn(16, c, *size) * 5 + 100
+    return model.fit_input_stats(x), x
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "c", "size"),
+    [(lik, 4, (21, 21)) for lik in ("gaussian", "laplace", "student_t", "mvn")]
+    + [("mvn", 3, (63, 63)), ("student_t", 2, (16, 24))],
+)
+def test_shapes_for_sizes_channels_and_likelihoods(likelihood, c, size):
+    model, x = _fitted(c, size, likelihood=likelihood)
+    y = torch.tensor([0, 1] * 8)
+    out = model(x, y)
+    assert out.dist.batch_shape == (16,) and out.dist.event_shape == (*size, c)
+    assert out.target.shape == (16, *size, c)
+    assert out.z_mean.shape == out.z_log_std.shape == (16, 3)
+    res = cvae_objective(model, x, y, n_train=100)
+    assert res.logits is None and res.loss.ndim == 0 and torch.isfinite(res.loss)
+    assert set(res.parts) == {"nll", "kl", "kl_weight", "nll_data"}
+    for mode in ("sample", "loc"):
+        assert model.sample(y[:5], mode=mode).shape == (5, c, *size)
+
+
+@pytest.mark.parametrize("kind", ["asinh", "standardize"])
+def test_input_transform_inverts_exactly(kind):
+    rng = np.random.default_rng(0)
+    # HiTS-like dynamic range: sky ~130 ADU with noise ~10, sources up to 4e4 ADU, negative differences
+    x = np.concatenate([rng.normal(130, 10, (64, 1, 21, 21)), rng.lognormal(5, 2, (64, 1, 21, 21)),
+                        rng.normal(0, 30, (64, 1, 21, 21)) * rng.lognormal(0, 2, (64, 1, 1, 1))], axis=1)
+    tr = ChannelTransform(3, kind).fit(torch.as_tensor(x, dtype=torch.float32))
+    x64 = torch.as_tensor(x, dtype=torch.float64)
+    np.testing.assert_allclose(tr.inverse(tr(x64)).numpy(), x, rtol=1e-12, atol=1e-9)
+    x32 = torch.as_tensor(x, dtype=torch.float32)
+    back = tr.inverse(tr(x32)).numpy()
+    err = np.abs(back - x32.numpy()) / (np.abs(x32.numpy()) + tr.scale.numpy()[None, :, None, None])
+    assert err.max() < 1e-5  # float32 rounding only
+    flat = x32.numpy().astype(np.float64).transpose(1, 0, 2, 3).reshape(3, -1)
+    med = np.median(flat, axis=1)
+    np.testing.assert_allclose(tr.center.numpy(), med, rtol=1e-6)
+    if kind == "standardize":
+        expected = 1.4826 * np.median(np.abs(flat - med[:, None]), axis=1)
+    else:  # 5 x the median within-stamp noise
+        per = x32.numpy().astype(np.float64).reshape(64, 3, -1)
+        mad = np.median(np.abs(per - np.median(per, axis=2, keepdims=True)), axis=2)  # (N, C)
+        expected = 5 * 1.4826 * np.median(mad, axis=0)
+        assert expected[0] == pytest.approx(5 * 10, rel=0.05)  # 5 x the sky noise of 10
+    np.testing.assert_allclose(tr.scale.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["asinh", "standardize"])
+def test_channel_differences_invert_exactly(kind):
+    rng = np.random.default_rng(1)
+    sky = rng.normal(120, 8, (32, 1, 21, 21))
+    x = np.concatenate([sky, sky + rng.normal(0, 8, sky.shape) + rng.lognormal(4, 2, (32, 1, 1, 1)),
+                        rng.normal(0, 11, (32, 2, 21, 21))], axis=1)  # template, science, difference, snr
+    tr = ChannelTransform(4, kind, subtract=[[1, 0]]).fit(torch.as_tensor(x))
+    x64 = torch.as_tensor(x)
+    np.testing.assert_allclose(tr.inverse(tr(x64)).numpy(), x, rtol=1e-12, atol=1e-9)
+    # the statistics are those of science - template
+    assert float(tr.center[1]) == pytest.approx(np.median(x[:, 1] - x[:, 0]), rel=1e-6)
+    for bad in ([[1, 1]], [[1, 0], [0, 2]], [[4, 0]], [[1, 0], [1, 2]]):
+        with pytest.raises(ValueError, match="subtract_channels must be"):
+            ChannelTransform(4, kind, subtract=bad)
+
+
+@pytest.mark.parametrize("kind", ["asinh", "standardize"])
+def test_log_jacobian_matches_autograd(kind):
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64) * 50 + 20
+    tr = ChannelTransform(2, kind, subtract=[[1, 0]]).fit(x)
+    jac = torch.autograd.functional.jacobian(lambda v: tr(v.view(1, 2, 4, 4)).flatten(), x[0].flatten())
+    assert float(tr.log_abs_det_jacobian(x[:1])) == pytest.approx(float(torch.linalg.slogdet(jac)[1]), rel=1e-9)
+
+
+def test_transform_flat_channel_and_bad_shape():
+    x = torch.zeros(4, 2, 5, 5)
+    x[:, 1] = torch.randn(4, 5, 5)
+    tr = ChannelTransform(2).fit(x)
+    assert float(tr.scale[0]) == 1.0  # a constant channel falls back to unit scale
+    with pytest.raises(ValueError, match=r"expected \(N, 2, H, W\)"):
+        tr.fit(torch.zeros(4, 3, 5, 5))
+    with pytest.raises(ValueError, match="input_transform must be one of"):
+        ChannelTransform(2, "log")
+
+
+def test_elbo_parts_match_closed_forms():
+    model, x = _fitted(likelihood="gaussian")
+    model.eval()
+    y = torch.tensor([0, 1] * 8)
+    torch.manual_seed(3)
+    res = cvae_objective(model, x, y, n_train=1)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        out = model(x, y)
+    loc, scale = out.dist.base_dist.loc, out.dist.base_dist.scale
+    t = out.target
+    nll = (0.5 * math.log(2 * math.pi) + scale.log() + (t - loc) ** 2 / (2 * scale**2)).sum((1, 2, 3))
+    kl = D.kl_divergence(D.Normal(out.z_mean, out.z_log_std.exp()), D.Normal(0.0, 1.0)).sum(-1)
+    assert res.parts["nll"] == pytest.approx(float(nll.mean()), rel=1e-5)
+    assert res.parts["kl"] == pytest.approx(float(kl.mean()), rel=1e-5)
+    assert float(res.loss.detach()) == pytest.approx(float(nll.mean() + kl.mean()), rel=1e-5)
+    assert res.parts["kl_weight"] == 1.0
+    torch.testing.assert_close(gaussian_kl(out.z_mean, out.z_log_std), kl, rtol=1e-5, atol=1e-5)
+
+
+def test_mvn_nll_matches_per_pixel_closed_form():
+    model, x = _fitted(c=3, size=(5, 6), likelihood="mvn")
+    model.eval()
+    with torch.no_grad():
+        out = model(x, torch.zeros(16, dtype=torch.long))
+        mvn = out.dist.base_dist
+        loc, tril = mvn.loc, mvn.scale_tril  # (B, H, W, C), (B, H, W, C, C)
+        assert torch.all(torch.diagonal(tril, dim1=-2, dim2=-1) >= model.min_scale)
+        assert torch.all(tril.triu(1) == 0)
+        cov = tril @ tril.transpose(-1, -2)
+        r = (out.target - loc).unsqueeze(-1)  # (B, H, W, C, 1)
+        maha = (r.transpose(-1, -2) @ torch.linalg.solve(cov, r)).squeeze(-1).squeeze(-1)
+        nll = 0.5 * (3 * math.log(2 * math.pi) + torch.logdet(cov) + maha)  # (B, H, W)
+        torch.testing.assert_close(-out.dist.log_prob(out.target), nll.sum((1, 2)), rtol=1e-4, atol=1e-3)
+
+
+def test_kl_warmup_counts_training_steps_only():
+    model, x = _fitted(kl_warmup_steps=4)
+    y = torch.zeros(16, dtype=torch.long)
+    model.train()
+    weights = [cvae_objective(model, x, y, 1).parts["kl_weight"] for _ in range(5)]
+    assert weights == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert int(model.train_steps) == 5
+    model.eval()
+    assert cvae_objective(model, x, y, 1).parts["kl_weight"] == 1.0
+    assert int(model.train_steps) == 5
+    assert "train_steps" in model.state_dict()
+    beta_model, _ = _fitted(kl_warmup_steps=4, kl_weight=0.5)  # a beta-VAE with warm-up
+    beta_model.train()
+    assert [cvae_objective(beta_model, x, y, 1).parts["kl_weight"] for _ in range(5)] == [0.125, 0.25, 0.375, 0.5, 0.5]
+    with pytest.raises(ValueError, match="kl_weight must be > 0"):
+        ConditionalVAE(4, (21, 21), kl_weight=0.0)
+
+
+def test_unfitted_model_fits_stats_on_first_training_batch():
+    model = ConditionalVAE(4, (21, 21), **TINY)
+    x = torch.randn(8, 4, 21, 21) * 3 + 50
+    assert not model.stats_fitted
+    model.train()
+    cvae_objective(model, x, torch.zeros(8, dtype=torch.long), 1)
+    assert model.stats_fitted
+    assert float(model.transform.center[0]) == pytest.approx(float(x[:, 0].median()), rel=1e-3)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        ConditionalVAE(4, (21, 21), likelihood="poisson")
+    model, x = _fitted()
+    with pytest.raises(ValueError, match="class labels must be in 0..1"):
+        model(x[:2], torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="mode must be"):
+        model.sample(torch.tensor([0]), mode="mean")
+
+
+def test_registered_as_generator_with_invertible_recipe():
+    spec = get_spec("cvae")
+    assert spec.task == "generator"
+    assert spec.recipe.scaling == "none"
+
+
+def test_trained_through_the_loop_in_training_file_units(tmp_path):
+    toy = make_synthetic_stamps(96, seed=2)
+    toy.images = toy.images * 1000.0 + 5000.0  # a file in other units: the model must give these back
+    cfg = TrainConfig(model="cvae", epochs=1, batch_size=32, model_kwargs=TINY)
+    tm = fit(cfg, toy, tmp_path / "m", progress=False)
+    module = tm.module
+    assert module.stats_fitted
+    train_part = toy.split((0.8, 0.2), seed=0)[0]  # the loop's own seeded split
+    np.testing.assert_allclose(module.transform.center.numpy(),
+                               np.median(train_part.images.reshape(-1, 4), axis=0), rtol=1e-6)
+    assert set(tm.history[0]) >= {"loss", "nll", "kl", "val_loss"}
+    x = module.sample(torch.ones(64, dtype=torch.long), mode="loc").numpy()
+    lo, hi = np.percentile(toy.images[..., 0], [0.5, 99.5])
+    assert lo < np.median(x[:, 0]) < hi  # in the file's units (about 5000 +- 2000), not the model's (about 0)
+    assert lo > 1000

@@ -1,0 +1,172 @@
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from hits_stamps.cli import main
+from hits_stamps.datasets import make_synthetic_stamps
+from hits_stamps.errors import HitsStampsError
+from hits_stamps.generation import generate, interpolate, reconstruct
+from hits_stamps.generation.augment import augmentation_experiment
+from hits_stamps.generation.judge import (
+    evaluate_generator,
+    frechet_distance,
+    nearest_distances,
+    physical_consistency,
+)
+from hits_stamps.io import read_stamps, write_stamps
+from hits_stamps.stamps import StampSet
+from hits_stamps.training import TrainConfig, fit
+
+TINY_CVAE = {"latent_dim": 3, "base_channels": 4, "hidden": 16}
+TINY_CNN = {"widths": [4, 8], "hidden": 8}
+
+
+@pytest.fixture(scope="module")
+def toy_train():
+    return make_synthetic_stamps(160, seed=11)
+
+
+@pytest.fixture(scope="module")
+def cvae_dir(tmp_path_factory, toy_train):
+    out = tmp_path_factory.mktemp("gen") / "cvae"
+    fit(TrainConfig(model="cvae", epochs=1, batch_size=32, model_kwargs=TINY_CVAE), toy_train, out, progress=False)
+    return out
+
+
+def test_generate_schema_ids_kind_and_seed(cvae_dir, tmp_path):
+    g = generate(cvae_dir, 10, "bogus", seed=4)
+    assert g.shape == (10, 21, 21, 4) and g.channels == ("template", "science", "difference", "snr")
+    assert (g.labels == 0).all() and set(g.kind) == {"generated"}
+    assert len(set(g.ids)) == 10 and np.isfinite(g.images).all() and g.snr.shape == (10,)
+    write_stamps(g, tmp_path / "g.npz")
+    back = read_stamps(tmp_path / "g.npz")
+    np.testing.assert_array_equal(back.images, g.images)
+    assert list(back.kind) == ["generated"] * 10
+    np.testing.assert_array_equal(generate(cvae_dir, 10, 0, seed=4).images, g.images)
+    assert not np.allclose(generate(cvae_dir, 10, 0, seed=5).images, g.images)
+    real = generate(cvae_dir, 10, "real", seed=4)
+    assert (real.labels == 1).all() and not set(real.ids) & set(g.ids)
+
+
+def test_generate_refusals(cvae_dir, tmp_path):
+    with pytest.raises(HitsStampsError, match="conditioned on the class only"):
+        generate(cvae_dir, 3, "real", kind="sn")
+    with pytest.raises(HitsStampsError, match="label must be 'real'"):
+        generate(cvae_dir, 3, "maybe")
+    clf = fit(TrainConfig(model="rotinv-cnn", epochs=1, model_kwargs=TINY_CNN),
+              make_synthetic_stamps(40, seed=1), tmp_path / "clf", progress=False)
+    with pytest.raises(HitsStampsError, match="not a generator"):
+        generate(clf.path, 3, "real")
+
+
+def test_cli_generate_writes_file_and_refuses_overwrite(cvae_dir, tmp_path):
+    out = tmp_path / "gen.h5"
+    args = ["generate", str(cvae_dir), "--n", "7", "--label", "real", "--seed", "2", "--out", str(out)]
+    assert main(args) == 0
+    s = read_stamps(out)
+    assert len(s) == 7 and (s.labels == 1).all() and set(s.kind) == {"generated"}
+    assert main(args) == 2
+    assert main([*args, "--overwrite"]) == 0
+    assert main(["generate", str(cvae_dir), "--n", "2", "--label", "real", "--out", str(tmp_path / "x.txt")]) == 2
+
+
+def test_reconstruct_and_interpolate(cvae_dir, toy_train):
+    stamps = toy_train[:6]
+    rec = reconstruct(cvae_dir, stamps)
+    assert rec.shape == stamps.shape and list(rec.ids) == list(stamps.ids)
+    real = toy_train[np.flatnonzero(toy_train.labels == 1)[:1]]
+    bogus = toy_train[np.flatnonzero(toy_train.labels == 0)[:1]]
+    path = interpolate(cvae_dir, real, bogus, steps=5)
+    assert len(path) == 5 and (path.labels == -1).all()
+    np.testing.assert_allclose(path.images[0], reconstruct(cvae_dir, real).images[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(path.images[-1], reconstruct(cvae_dir, bogus).images[0], rtol=1e-4, atol=1e-4)
+    unknown = StampSet(images=stamps.images[:2])
+    with pytest.raises(HitsStampsError, match="unknown labels"):
+        reconstruct(cvae_dir, unknown)
+
+
+def test_frechet_distance_against_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 5))
+    b = rng.normal(1.0, 2.0, size=(300, 5))
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(sa + sb - 2 * scipy.linalg.sqrtm(sa @ sb).real)
+    assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    one_a, one_b = rng.normal(0, 1, (5000, 1)), rng.normal(3, 2, (5000, 1))
+    expected = (one_a.mean() - one_b.mean()) ** 2 + (one_a.std(ddof=1) - one_b.std(ddof=1)) ** 2
+    assert frechet_distance(one_a, one_b) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="same F"):
+        frechet_distance(a, b[:, :3])
+
+
+def test_nearest_distances_brute_force():
+    rng = np.random.default_rng(1)
+    q, r = rng.normal(size=(30, 7)), rng.normal(size=(50, 7))
+    brute = np.sqrt(((q[:, None] - r[None]) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(nearest_distances(q, r, batch=8), brute, rtol=1e-5)
+
+
+def test_channel_painter_scores_worse_on_physical_consistency():
+    stamps = make_synthetic_stamps(200, seed=3)
+    rng = np.random.default_rng(0)
+    # a "generator" that paints each channel from a different, unrelated stamp
+    painted = stamps.images.copy()
+    for c in range(4):
+        painted[..., c] = stamps.images[rng.permutation(len(stamps)), :, :, c]
+    good = physical_consistency(stamps)
+    bad = physical_consistency(StampSet(images=painted))
+    assert good["diff_corr"] > 0.99 and good["snr_corr"] > 0.99
+    assert bad["diff_corr"] < good["diff_corr"] - 0.3
+    assert bad["snr_corr"] < good["snr_corr"] - 0.3
+    assert bad["diff_resid"] > good["diff_resid"] + 0.3
+    assert bad["snr_noise_logratio"] > good["snr_noise_logratio"]
+    assert physical_consistency(make_synthetic_stamps(10, channels=3)) is None
+
+
+def test_evaluate_generator_writes_judging_json(cvae_dir, toy_train, tmp_path):
+    test = make_synthetic_stamps(80, seed=12)
+    res = evaluate_generator(
+        cvae_dir, test, tmp_path / "judge", seed=0, progress=False, train=toy_train,
+        classifier_epochs=1, classifier_kwargs=TINY_CNN, max_per_class=20,
+    )
+    on_disk = json.loads((tmp_path / "judge" / "generation.json").read_text())
+    keys = {"agreement_real", "agreement_bogus", "frechet_real", "frechet_bogus", "frechet_floor_real",
+            "frechet_floor_bogus", "tstr_over_trtr", "physical", "memorisation", "figures"}
+    assert keys <= set(on_disk)
+    for k in ("agreement_real", "agreement_bogus"):
+        assert 0.0 <= on_disk[k] <= 1.0
+    assert on_disk["frechet_real"] >= 0 and on_disk["tstr_over_trtr"] > 0
+    assert on_disk["physical"]["real"]["real"]["diff_corr"] > 0.99
+    assert on_disk["memorisation"]["n_reference"] == 128  # the cvae's own 80% training split of 160
+    for path in on_disk["figures"].values():
+        assert (tmp_path / "judge" / path.split("/")[-1]).stat().st_size > 1000
+    assert res["n_generated"] == 40
+    # a judge given as a directory is used as it is, and the TSTR twin copies its recipe
+    res2 = evaluate_generator(cvae_dir, test, tmp_path / "judge2", classifier=tmp_path / "judge" / "judge_classifier",
+                              progress=False, train=toy_train, max_per_class=10, make_figures=False, tstr=False)
+    assert res2["judge"]["trained_here"] is False and res2["tstr_over_trtr"] is None
+    assert res2["judge"]["test_accuracy"] == pytest.approx(res["judge"]["test_accuracy"])
+    mixed = StampSet.concat([toy_train, generate(cvae_dir, 4, "real")])
+    with pytest.raises(HitsStampsError, match="include generated"):
+        evaluate_generator(cvae_dir, test, tmp_path / "j3", train=mixed, progress=False, max_per_class=10)
+
+
+def test_augmentation_experiment_tiny(cvae_dir, toy_train, tmp_path):
+    test = make_synthetic_stamps(60, seed=13)
+    res = augmentation_experiment(
+        toy_train, test, cvae_dir, fractions=(0.5,), seed=0, epochs=1, out_dir=tmp_path / "aug",
+        classifier_kwargs=TINY_CNN,
+    )
+    assert set(res["fractions"]) == {"0.5"}
+    half = res["fractions"]["0.5"]
+    assert set(half["arms"]) == {"none", "dihedral", "generated"}
+    assert half["n_generated"] == half["n_real"]
+    assert half["cvae"].startswith("retrained")
+    assert half["generated_minus_none"]["accuracy"] == pytest.approx(
+        half["arms"]["generated"]["accuracy"] - half["arms"]["none"]["accuracy"])
+    assert (tmp_path / "aug" / "augmentation.json").exists() and (tmp_path / "aug" / "gen_augmentation.png").exists()
+    with pytest.raises(HitsStampsError, match=r"fractions must be in \(0, 1\]"):
+        augmentation_experiment(toy_train, test, cvae_dir, fractions=(0.0,), out_dir=tmp_path / "x")
