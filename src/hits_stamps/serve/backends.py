@@ -1,0 +1,160 @@
+"""Inference backends: the model's torch module, or its ONNX export run by onnxruntime on the CPU.
+
+Both take preprocessed stamps (B, C, H, W) float32 (the output of the model's `Preprocessor`,
+applied once in `predict_chunk`, so the two backends see identical inputs) and return class
+probabilities (B, 2) float32 (columns: bogus, real).
+
+- `torch`: classifiers give softmax(f(x)); Bayesian classifiers the Monte-Carlo predictive mean
+  (1/S) sum_s softmax(f_{w_s}(x)) with S = `mc_samples` (default: the model's config, else 30),
+  seeded per batch with `seed + first row of the batch`, exactly as `TrainedModel.predict_proba`
+  seeds its batches. Predicting a file in chunks whose boundaries are multiples of the batch size
+  therefore gives the same numbers as `predict_proba` on the whole file.
+- `onnxruntime`: the exported network (`hits_stamps.serve.export`); for Bayesian models that is the
+  posterior-mean network, deterministic, so its p_real differs from the Monte-Carlo mean.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hits_stamps.errors import HitsStampsError
+from hits_stamps.serve import export
+from hits_stamps.training.modeldir import TrainedModel
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+class TorchBackend:
+    """Runs `model.module` with torch (see the module docstring)."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: TrainedModel,
+        device: str = "cpu",
+        mc_samples: int | None = None,
+        seed: int = 0,
+        threads: int | None = None,
+    ):
+        if model.spec.task not in ("classifier", "bayesian-classifier"):
+            raise HitsStampsError(f"{model.path}: {model.name} is a {model.spec.task}; it does not classify stamps")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.model = model
+        self.device = torch.device(device)
+        self.module = model.module.to(self.device).eval()
+        self.bayesian = model.spec.task == "bayesian-classifier"
+        self.mc_samples = int(mc_samples or model.config.get("mc_samples", 30)) if self.bayesian else 1
+        if self.mc_samples < 1:
+            raise HitsStampsError(f"mc_samples must be >= 1; got {self.mc_samples}")
+        self.seed = int(seed)
+        self.network = f"Monte-Carlo mean of {self.mc_samples} samples" if self.bayesian else "deterministic"
+
+    @torch.no_grad()
+    def predict_proba(self, x: np.ndarray, start: int) -> np.ndarray:
+        """x (B, C, H, W) float32, rows start..start+B-1 of the file -> probabilities (B, 2)."""
+        from hits_stamps.uncertainty import mc_predict_proba
+
+        xt = torch.from_numpy(x).to(self.device)
+        if self.bayesian:
+            probs = mc_predict_proba(self.module, xt, n_samples=self.mc_samples, seed=self.seed + start).mean(0)
+        else:
+            probs = torch.softmax(self.module(xt), dim=-1)
+        return probs.cpu().numpy().astype(np.float32, copy=False)
+
+
+class OnnxBackend:
+    """Runs the ONNX export of `model` with onnxruntime on the CPU.
+
+    `onnx_model`: a path to a file written by `export_onnx` (checked against the model directory's
+    weights hash and input shape), the bytes of one, or None to export in memory now.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model: TrainedModel,
+        onnx_model: str | os.PathLike | bytes | None = None,
+        threads: int | None = None,
+    ):
+        kind = export.network_kind(model)
+        self.onnx_bytes: bytes | None = onnx_model if isinstance(onnx_model, bytes) else None
+        if onnx_model is None:
+            onnx_model = self.onnx_bytes = export.export_onnx_bytes(model)
+            source = f"{model.path} (exported in memory)"
+        elif isinstance(onnx_model, bytes):
+            source = f"{model.path} (ONNX bytes)"
+        else:
+            path = Path(onnx_model)
+            if not path.is_file():
+                raise HitsStampsError(f"{path}: expected an ONNX file; found no such file")
+            source = str(path)
+        try:
+            self.session = export.make_session(onnx_model, threads=threads)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise HitsStampsError(f"{source}: expected a readable ONNX model; found {exc}") from exc
+        self.meta = export.check_onnx_matches(model, self.session, source)
+        self.model = model
+        self.network = "posterior-mean network (not the Monte-Carlo mean)" if kind == "mean" else "deterministic"
+
+    def predict_proba(self, x: np.ndarray, start: int) -> np.ndarray:
+        """x (B, C, H, W) float32 -> probabilities (B, 2); `start` is unused (deterministic)."""
+        return self.session.run([export.ONNX_OUTPUT], {export.ONNX_INPUT: np.ascontiguousarray(x)})[0]
+
+
+def make_backend(
+    model: TrainedModel,
+    backend: str = "torch",
+    onnx_model: str | os.PathLike | bytes | None = None,
+    device: str = "cpu",
+    mc_samples: int | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+) -> TorchBackend | OnnxBackend:
+    """Build the named backend (`torch` or `onnxruntime`) for `model`."""
+    if backend == "torch":
+        if onnx_model is not None:
+            raise HitsStampsError("an ONNX file was given but the backend is torch; pass --backend onnxruntime")
+        return TorchBackend(model, device=device, mc_samples=mc_samples, seed=seed, threads=threads)
+    if backend == "onnxruntime":
+        if device != "cpu":
+            raise HitsStampsError(f"the onnxruntime backend runs on the CPU; got device {device!r}")
+        return OnnxBackend(model, onnx_model, threads=threads)
+    raise HitsStampsError(f"backend must be one of {BACKENDS}; got {backend!r}")
+
+
+def predict_chunk(
+    model: TrainedModel,
+    backend: TorchBackend | OnnxBackend,
+    images: np.ndarray,
+    start: int,
+    batch_size: int,
+) -> tuple[np.ndarray, int]:
+    """Probabilities (M, 2) float32 of stamps (M, H, W, C) that are rows start..start+M-1 of a file.
+
+    Preprocesses the chunk with the model's `Preprocessor` (per stamp, so chunking does not change
+    the result) and runs the backend on consecutive batches of `batch_size` rows. Returns the
+    probabilities and the number of non-finite pixels the NaN policy replaced.
+    """
+    if len(images) == 0:
+        return np.zeros((0, 2), dtype=np.float32), 0
+    pre = model.preprocessor
+    try:
+        x = pre.transform(images, report=False)  # (M, C, H, W)
+    except HitsStampsError as exc:
+        raise HitsStampsError(f"rows {start}-{start + len(images) - 1}: {exc}") from exc
+    nan_count = int(pre.last_nan_count_)
+    out = np.empty((len(x), 2), dtype=np.float32)
+    for a in range(0, len(x), batch_size):
+        b = min(a + batch_size, len(x))
+        out[a:b] = backend.predict_proba(x[a:b], start + a)
+    return out, nan_count
+
+
+__all__ = ["BACKENDS", "OnnxBackend", "TorchBackend", "make_backend", "predict_chunk"]

@@ -1,0 +1,204 @@
+"""Streaming batch prediction over a stamp file of any size, into a CSV, resumable.
+
+    stamp file --(chunks of R rows, stream.py)--> preprocess (Python, per stamp)
+               --> backend (torch | onnxruntime), batches of B rows --> p_real --> CSV (csvout.py)
+
+The chunk size R is a multiple of the batch size B (at least the file's HDF5 chunk rows, 4096 for
+files written by hits-stamps), and the `local` and `dask` engines cut the file into the same
+blocks, so both give identical results, and for Bayesian models the same Monte-Carlo samples as
+`TrainedModel.predict_proba` with the same batch size and seed. Memory is bounded by the chunk
+size, not by the file size (for HDF5 and `.npz`; see `hits_stamps.serve.stream`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hits_stamps.errors import HitsStampsError
+from hits_stamps.serve.backends import BACKENDS, make_backend, predict_chunk
+from hits_stamps.serve.csvout import PredictionWriter, check_output
+from hits_stamps.serve.stream import StampStream, open_stamp_stream
+from hits_stamps.training.modeldir import TrainedModel, load_model
+
+ENGINES = ("local", "dask")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How to run a batch prediction (the CLI fills this from its options)."""
+
+    batch_size: int = 64  # stamps per forward pass (small batches stay in cache: docs/benchmarks/serving.md)
+    backend: str = "torch"  # "torch" | "onnxruntime"
+    onnx_path: str | None = None  # ONNX file from `hits-stamps export` (onnxruntime; None: export in memory)
+    engine: str = "local"  # "local": this process | "dask": a Dask computation over the chunks
+    scheduler: str | None = None  # dask: address of an existing scheduler (None: a LocalCluster)
+    workers: int | None = None  # dask LocalCluster: worker processes (None: one per CPU core)
+    threshold: float = 0.5  # label = 1 when p_real >= threshold
+    chunk_rows: int | None = None  # rows read per chunk; rounded up to a multiple of batch_size
+    device: str = "cpu"  # torch device ("cpu", "cuda"); onnxruntime runs on the CPU
+    mc_samples: int | None = None  # Bayesian models, torch backend: MC samples (None: model default)
+    seed: int = 0  # Bayesian models: seed of the Monte-Carlo samples
+    threads: int | None = None  # local engine: torch / onnxruntime intra-op threads (None: library default)
+    trust_pickle: bool = False  # allow pickle stamp files (they can run code)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise HitsStampsError(f"batch_size must be >= 1; got {self.batch_size}")
+        if self.backend not in BACKENDS:
+            raise HitsStampsError(f"backend must be one of {BACKENDS}; got {self.backend!r}")
+        if self.engine not in ENGINES:
+            raise HitsStampsError(f"engine must be one of {ENGINES}; got {self.engine!r}")
+        if self.onnx_path is not None and self.backend != "onnxruntime":
+            raise HitsStampsError("--onnx needs --backend onnxruntime")
+        if self.engine == "local" and (self.scheduler is not None or self.workers is not None):
+            raise HitsStampsError("--scheduler and --workers need --engine dask")
+        if self.scheduler is not None and self.workers is not None:
+            raise HitsStampsError("--workers sizes a LocalCluster; it cannot be used with --scheduler")
+        if self.workers is not None and self.workers < 1:
+            raise HitsStampsError(f"workers must be >= 1; got {self.workers}")
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise HitsStampsError(f"chunk_rows must be >= 1; got {self.chunk_rows}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise HitsStampsError(f"threshold must be in [0, 1]; got {self.threshold}")
+        if self.threads is not None and self.threads < 1:
+            raise HitsStampsError(f"threads must be >= 1; got {self.threads}")
+
+
+@dataclass
+class PredictionSummary:
+    """What a `predict_file` call did."""
+
+    out: Path  # the CSV
+    n_total: int  # stamps in the data file
+    n_skipped: int  # rows already finished (resume)
+    n_written: int  # rows written by this call
+    n_real: int  # rows of this call with label 1
+    seconds: float  # wall time of the prediction loop
+    nan_pixels: int  # non-finite pixels replaced by the model's NaN policy
+    engine: str
+    backend: str
+    network: str  # "deterministic", "Monte-Carlo mean of S samples", or the posterior-mean network
+    streamed: bool  # False when the data format had to be loaded whole
+    setup_seconds: float = 0.0  # part of `seconds` spent starting or connecting to the Dask cluster
+    worker_stats: dict[str, dict[str, float]] | None = None  # dask, per worker: model_loads, cpu_seconds,
+    #                                                          max_rss_mib
+
+    @property
+    def stamps_per_second(self) -> float:
+        return self.n_written / self.seconds if self.seconds > 0 else math.nan
+
+
+def check_compatible(model: TrainedModel, stream: StampStream) -> None:
+    """Refuse a data file whose stamps do not have the model's size and channel count."""
+    h, w = model.config["input"]["size"]
+    channels = list(model.config["input"]["channels"])
+    fh, fw, fc = stream.stamp_shape
+    if (fh, fw, fc) != (h, w, len(channels)):
+        raise HitsStampsError(
+            f"{stream.path} [images]: model {model.path} expects stamps of {h}x{w}x{len(channels)} "
+            f"({', '.join(channels)}); found {fh}x{fw}x{fc}"
+        )
+    if list(stream.channels) != channels:
+        warnings.warn(
+            f"{stream.path}: channel names {list(stream.channels)} differ from the model's {channels}; "
+            "predicting in the file's channel order",
+            stacklevel=3,
+        )
+
+
+def chunk_rows_for(stream: StampStream, config: PredictConfig) -> int:
+    """Rows per chunk: `config.chunk_rows` or the file's chunk rows, rounded up to a multiple of the batch."""
+    want = config.chunk_rows or stream.chunk_rows
+    return max(1, math.ceil(want / config.batch_size)) * config.batch_size
+
+
+def predict_file(
+    model_dir: str | os.PathLike | TrainedModel,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    config: PredictConfig | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> PredictionSummary:
+    """Predict every stamp of `data` with the model in `model_dir`; write `out` (id, p_real, label).
+
+    Streams the file in chunks (bounded memory), appends each chunk's rows to the CSV as soon as
+    they are computed, and with `resume` skips the rows an interrupted run already finished.
+    `progress(done, total)` is called after every chunk. Errors on bad input (missing file, wrong
+    stamp shape or channel count, existing output without `resume`/`overwrite`) are raised before
+    anything is written.
+    """
+    config = config or PredictConfig()
+    out = check_output(out, resume, overwrite)
+    model = model_dir if isinstance(model_dir, TrainedModel) else load_model(model_dir, device=config.device)
+    if model.spec.task not in ("classifier", "bayesian-classifier"):
+        raise HitsStampsError(f"{model.path}: {model.name} is a {model.spec.task}; it does not classify stamps")
+    with open_stamp_stream(data, trust_pickle=config.trust_pickle) as stream:
+        check_compatible(model, stream)
+        if config.engine == "dask" and stream.format != "h5":
+            raise HitsStampsError(
+                f"{stream.path}: --engine dask reads HDF5 files by slices on the workers; found a "
+                f"{stream.format} file. Convert it first: hits-stamps convert {stream.path} --out FILE.h5"
+            )
+        if config.engine == "dask" and config.backend == "onnxruntime" and config.onnx_path is None \
+                and config.scheduler is not None:
+            raise HitsStampsError(
+                "--engine dask with --scheduler and --backend onnxruntime needs --onnx PATH "
+                "(a file the workers can read)"
+            )
+        # built before the output is touched, so a bad backend (e.g. a foreign ONNX file) writes nothing
+        backend = make_backend(
+            model, config.backend, onnx_model=config.onnx_path, device=config.device, mc_samples=config.mc_samples,
+            seed=config.seed, threads=config.threads if config.engine == "local" else None,
+        )
+        rows = chunk_rows_for(stream, config)
+        with PredictionWriter(out, resume=resume, overwrite=overwrite, threshold=config.threshold) as writer:
+            writer.check_resume(stream.n, lambda i: str(stream.read(i, i + 1)[0][0]))
+            start = writer.rows_done
+            state = {"nan": 0, "real": 0, "network": backend.network}
+            t0 = time.perf_counter()
+            if config.engine == "local":
+                _run_local(model, backend, stream, writer, config, rows, start, state, progress)
+            else:
+                from hits_stamps.serve.dask_engine import run_dask
+
+                run_dask(model, backend, stream, writer, config, rows, start, state, progress)
+            seconds = time.perf_counter() - t0
+    if state["nan"]:
+        warnings.warn(
+            f"{state['nan']} non-finite pixels replaced (nan_policy={model.preprocessor.config.nan_policy!r})",
+            stacklevel=2,
+        )
+    return PredictionSummary(
+        out=out, n_total=stream.n, n_skipped=start, n_written=stream.n - start, n_real=state["real"],
+        seconds=seconds, nan_pixels=state["nan"], engine=config.engine, backend=config.backend,
+        network=state["network"], streamed=stream.streamed, setup_seconds=state.get("setup_seconds", 0.0),
+        worker_stats=state.get("worker_stats"),
+    )
+
+
+def _run_local(model, backend, stream, writer, config, rows, start, state, progress) -> None:
+    if progress is not None:
+        progress(start, stream.n)
+    for a, ids, images in stream.chunks(rows, start=start):
+        probs, nan_count = predict_chunk(model, backend, images, a, config.batch_size)
+        record(writer, state, ids, probs[:, 1], nan_count, config.threshold)
+        if progress is not None:
+            progress(a + len(ids), stream.n)
+
+
+def record(writer: PredictionWriter, state: dict, ids, p_real, nan_count: int, threshold: float) -> None:
+    """Append one chunk's rows and update the running totals."""
+    writer.append(ids, p_real)
+    state["nan"] += int(nan_count)
+    state["real"] += int((p_real >= threshold).sum())
+
+
+__all__ = ["ENGINES", "PredictConfig", "PredictionSummary", "check_compatible", "chunk_rows_for", "predict_file"]

@@ -1,0 +1,322 @@
+"""Serving: chunked streaming == in-memory prediction, resume, bounded memory, ONNX parity, Dask."""
+
+from __future__ import annotations
+
+import csv
+import gc
+import time
+import tracemalloc
+
+import numpy as np
+import psutil
+import pytest
+
+from hits_stamps.cli import main
+from hits_stamps.datasets import make_synthetic_stamps
+from hits_stamps.errors import HitsStampsError, StampFileError
+from hits_stamps.io import read_stamps, write_stamps
+from hits_stamps.io.native import write_npz
+from hits_stamps.serve import PredictConfig, export_onnx, open_stamp_stream, predict_file
+from hits_stamps.serve.export import ONNX_INPUT, ONNX_OUTPUT, exportable, make_session, onnx_metadata
+from hits_stamps.stamps import StampSet
+from hits_stamps.training import TrainConfig, fit, load_model
+
+N = 1000  # stamps in the ONNX parity file
+M = 300  # stamps in the files of the other tests
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    ids = [r["id"] for r in rows]
+    p = np.array([float(r["p_real"]) for r in rows], dtype=np.float64).astype(np.float32)
+    labels = np.array([int(r["label"]) for r in rows])
+    return ids, p, labels
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spinning makes small batches far slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, one_torch_thread):
+    """Tiny trained seed-cnn, rotinv-cnn and seed-bnn; 1,000 stamps; 300 of them in three file layouts."""
+    root = tmp_path_factory.mktemp("serve")
+    train = make_synthetic_stamps(200, seed=0)
+    models = {}
+    for name in ("seed-cnn", "rotinv-cnn", "seed-bnn"):
+        cfg = TrainConfig(model=name, epochs=1, steps_per_epoch=3, batch_size=32, seed=0)
+        fit(cfg, train, root / name, progress=False)
+        models[name] = root / name
+    big = make_synthetic_stamps(N, seed=5)
+    data = big[np.arange(M)]
+    files = {
+        "h5": write_stamps(data, root / "data.h5"),
+        "npz": write_npz(data, root / "data.npz"),  # compressed members (the default)
+        "npz-stored": write_npz(data, root / "stored.npz", compress=False),
+    }
+    return {"root": root, "models": models, "big": big, "data": data, "files": files}
+
+
+@pytest.fixture(scope="module")
+def onnx_files(work):
+    root = work["root"]
+    return {name: export_onnx(work["models"][name], root / f"{name}.onnx") for name in ("seed-cnn", "rotinv-cnn")}
+
+
+# ----------------------------------------------------------------------------- streaming reads
+
+
+@pytest.mark.parametrize("layout", ["h5", "npz", "npz-stored"])
+def test_stream_chunks_reassemble_the_file(work, layout):
+    data = work["data"]
+    with open_stamp_stream(work["files"][layout]) as stream:
+        assert stream.streamed and stream.n == M and stream.stamp_shape == (21, 21, 4)
+        assert stream.channels == data.channels
+        parts = list(stream.chunks(70))
+        assert [a for a, _, _ in parts] == [0, 70, 140, 210, 280]
+        assert max(len(ids) for _, ids, _ in parts) == 70
+        np.testing.assert_array_equal(np.concatenate([im for _, _, im in parts]), data.images)
+        np.testing.assert_array_equal(np.concatenate([ids for _, ids, _ in parts]), data.ids)
+        # backward and forward jumps
+        np.testing.assert_array_equal(stream.read(10, 20)[1], data.images[10:20])
+        np.testing.assert_array_equal(stream.read(250, 251)[0], data.ids[250:251])
+
+
+def test_stream_rejects_bad_files(work, tmp_path):
+    with pytest.raises(StampFileError, match="no such file"):
+        open_stamp_stream(tmp_path / "missing.h5")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(StampFileError, match="readable .npz archive"):
+        open_stamp_stream(bad)
+    np.savez(tmp_path / "noimg.npz", labels=np.zeros(3))
+    with pytest.raises(StampFileError, match=r"\[images\]"):
+        open_stamp_stream(tmp_path / "noimg.npz")
+    np.savez(tmp_path / "int.npz", images=np.zeros((2, 5, 5, 4), dtype=np.int16))
+    with pytest.raises(StampFileError, match="floating-point"):
+        open_stamp_stream(tmp_path / "int.npz")
+
+
+# ----------------------------------------------------------------------------- chunked == in memory
+
+
+@pytest.mark.parametrize(
+    ("name", "layout"),
+    [("seed-cnn", "h5"), ("seed-cnn", "npz"), ("seed-cnn", "npz-stored"), ("rotinv-cnn", "h5")],
+)
+def test_chunked_prediction_equals_in_memory(work, name, layout, tmp_path):
+    model = load_model(work["models"][name])
+    ref = model.predict_proba(read_stamps(work["files"][layout]), batch_size=32)[:, 1]
+    out = tmp_path / "p.csv"
+    summary = predict_file(model, work["files"][layout], out, PredictConfig(batch_size=32, chunk_rows=50))
+    ids, p, labels = _read_csv(out)  # chunks of 64 rows
+    assert ids == list(work["data"].ids)
+    np.testing.assert_array_equal(p, ref)  # 9 significant digits round-trip float32 exactly
+    np.testing.assert_array_equal(labels, (ref >= 0.5).astype(int))
+    assert summary.n_written == M and summary.n_skipped == 0 and summary.streamed
+    assert summary.n_real == int((ref >= 0.5).sum())
+
+
+def test_bayesian_chunked_equals_predict_proba(work, tmp_path):
+    """MC seeds follow the global row of each batch, so chunking does not change the samples."""
+    model = load_model(work["models"]["seed-bnn"])
+    subset = work["data"]
+    path = work["files"]["h5"]
+    ref = model.predict_proba(subset, batch_size=64, mc_samples=4, seed=3)[:, 1]
+    cfg = PredictConfig(batch_size=64, chunk_rows=100, mc_samples=4, seed=3)  # chunks of 128 rows
+    summary = predict_file(model, path, tmp_path / "p.csv", cfg)
+    _, p, _ = _read_csv(tmp_path / "p.csv")
+    np.testing.assert_array_equal(p, ref)
+    assert "Monte-Carlo mean of 4" in summary.network
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resume_after_interruption_gives_the_same_file(work, tmp_path):
+    data_path = work["files"]["h5"]
+    model = work["models"]["seed-cnn"]
+    cfg = PredictConfig(batch_size=50, chunk_rows=50)
+    full = tmp_path / "full.csv"
+    predict_file(model, data_path, full, cfg)
+
+    out = tmp_path / "part.csv"
+    calls = []
+
+    def interrupt(done, total):
+        calls.append(done)
+        if done >= 100:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(model, data_path, out, cfg, progress=interrupt)
+    _, p_part, _ = _read_csv(out)
+    assert len(p_part) == 100
+    with open(out, "a") as fh:  # a kill in the middle of a write leaves half a line
+        fh.write("toy_5_000100,0.4")
+    with pytest.warns(UserWarning, match="partial last line"):
+        summary = predict_file(model, data_path, out, cfg, resume=True)
+    assert summary.n_skipped == 100 and summary.n_written == M - 100
+    assert out.read_bytes() == full.read_bytes()
+
+    again = predict_file(model, data_path, out, cfg, resume=True)  # nothing left
+    assert again.n_written == 0 and out.read_bytes() == full.read_bytes()
+
+    other = write_stamps(make_synthetic_stamps(M, seed=9), tmp_path / "other.h5")
+    with pytest.raises(HitsStampsError, match="belongs to another input"):
+        predict_file(model, other, out, cfg, resume=True)
+
+
+# ----------------------------------------------------------------------------- bounded memory
+
+
+@pytest.mark.parametrize("layout", ["h5", "npz"])
+def test_peak_memory_does_not_grow_with_file_size(work, layout, tmp_path):
+    """Python-side peak allocations (numpy arrays are traced) for 200 vs 1,200 stamps in 50-row chunks."""
+    model = load_model(work["models"]["seed-cnn"])
+    big = StampSet.concat([work["data"]] * 4)[np.arange(1200)]
+    small = work["data"][np.arange(200)]
+    peaks = {}
+    for label, stamps in (("small", small), ("big", big)):
+        path = tmp_path / f"{label}.{layout}"
+        write_stamps(stamps, path)
+        gc.collect()
+        tracemalloc.start()
+        predict_file(model, path, tmp_path / f"{label}.csv", PredictConfig(batch_size=50, chunk_rows=50))
+        peaks[label] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    chunk_bytes = 50 * 21 * 21 * 4 * 4
+    assert peaks["big"] < 1.25 * peaks["small"] + chunk_bytes, peaks
+    assert peaks["big"] < big.images.nbytes / 2, (peaks, big.images.nbytes)
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+
+@pytest.mark.parametrize("name", ["seed-cnn", "rotinv-cnn"])
+def test_onnx_parity_on_1000_stamps(work, onnx_files, name):
+    import torch
+
+    model = load_model(work["models"][name])
+    session = make_session(onnx_files[name])
+    meta = onnx_metadata(session)
+    assert meta["model"] == name and meta["network"] == "deterministic"
+    x = model.preprocessor.transform(work["big"].images)  # (1000, 4, 21, 21)
+    with exportable(model) as net, torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()  # (1000, 2)
+    got = session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0]
+    assert got.shape == (N, 2)
+    assert np.max(np.abs(got - ref)) <= 1e-5
+    for b in (1, 7):  # dynamic batch
+        np.testing.assert_allclose(session.run([ONNX_OUTPUT], {ONNX_INPUT: x[:b]})[0], ref[:b], atol=1e-5, rtol=0)
+
+
+def test_onnx_bayesian_exports_the_mean_network(work, tmp_path):
+    import torch
+
+    from hits_stamps.models.flipout import use_mean
+
+    model = load_model(work["models"]["seed-bnn"])
+    path = export_onnx(model, tmp_path / "bnn.onnx")
+    session = make_session(path)
+    assert onnx_metadata(session)["network"] == "mean"
+    x = model.preprocessor.transform(work["data"].images)
+    with use_mean(model.module), torch.no_grad():
+        ref = torch.softmax(model.module.eval()(torch.from_numpy(x)), -1).numpy()
+        again = torch.softmax(model.module(torch.from_numpy(x)), -1).numpy()
+    np.testing.assert_array_equal(ref, again)  # the mean network is deterministic
+    assert np.max(np.abs(session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0] - ref)) <= 1e-5
+    with pytest.raises(HitsStampsError, match="exists"):
+        export_onnx(model, path)
+
+
+# ----------------------------------------------------------------------------- Dask
+
+
+def test_dask_two_workers_identical_to_local(work, tmp_path):
+    model_dir, data_path = work["models"]["seed-cnn"], work["files"]["h5"]
+    local = tmp_path / "local.csv"
+    predict_file(model_dir, data_path, local, PredictConfig(batch_size=64, chunk_rows=128))
+    out = tmp_path / "dask.csv"
+    cfg = PredictConfig(batch_size=64, chunk_rows=128, engine="dask", workers=2)  # 3 blocks: 128, 128, 44 rows
+    summary = predict_file(model_dir, data_path, out, cfg)
+    assert out.read_bytes() == local.read_bytes()
+    loads = [w["model_loads"] for w in summary.worker_stats.values()]
+    assert len(loads) == 2 and all(v <= 1 for v in loads) and sum(loads) >= 1  # loaded once per worker
+    deadline = time.monotonic() + 10  # the LocalCluster's processes are gone
+    while _dask_children() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _dask_children()
+
+
+def _dask_children():
+    """Child processes other than multiprocessing's resource tracker (which lives as long as we do)."""
+    return [c for c in psutil.Process().children(recursive=True)
+            if not any("resource_tracker" in part for part in c.cmdline())]
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_raise_before_writing(work, onnx_files, tmp_path):
+    model_dir = work["models"]["seed-cnn"]
+    three = make_synthetic_stamps(20, seed=1, channels=3)
+    wrong = write_stamps(three, tmp_path / "three.h5")
+    with pytest.raises(HitsStampsError, match=r"expects stamps of 21x21x4 .*found 21x21x3"):
+        predict_file(model_dir, wrong, tmp_path / "a.csv")
+    small = write_stamps(make_synthetic_stamps(20, seed=1, size=15), tmp_path / "small.npz")
+    with pytest.raises(HitsStampsError, match="found 15x15x4"):
+        predict_file(model_dir, small, tmp_path / "a.csv")
+    with pytest.raises(StampFileError, match="no such file"):
+        predict_file(model_dir, tmp_path / "missing.h5", tmp_path / "a.csv")
+    assert not (tmp_path / "a.csv").exists()
+
+    out = tmp_path / "exists.csv"
+    out.write_text("keep me\n")
+    with pytest.raises(HitsStampsError, match="output exists"):
+        predict_file(model_dir, work["files"]["h5"], out)
+    with pytest.raises(HitsStampsError, match="exclude each other"):
+        predict_file(model_dir, work["files"]["h5"], out, resume=True, overwrite=True)
+    foreign = onnx_files["rotinv-cnn"]
+    with pytest.raises(HitsStampsError, match="exported from other weights"):
+        predict_file(model_dir, work["files"]["h5"], out, PredictConfig(backend="onnxruntime", onnx_path=str(foreign)),
+                     overwrite=True)
+    with pytest.raises(HitsStampsError, match="reads HDF5"):
+        predict_file(model_dir, work["files"]["npz"], out, PredictConfig(engine="dask"), overwrite=True)
+    assert out.read_text() == "keep me\n"  # nothing was written over it
+    with pytest.raises(StampFileError, match="header"):
+        predict_file(model_dir, work["files"]["h5"], out, resume=True)
+    with pytest.raises(HitsStampsError, match="--scheduler and --workers need --engine dask"):
+        PredictConfig(workers=2)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_predict_and_export(work, tmp_path, capsys):
+    model_dir = str(work["models"]["seed-cnn"])
+    out = tmp_path / "p.csv"
+    rc = main(["predict", model_dir, "--data", str(work["files"]["npz"]), "--out", str(out), "--batch-size", "100",
+               "--no-progress"])
+    assert rc == 0
+    ids, p, _ = _read_csv(out)
+    assert len(ids) == M and f"{M} rows" in capsys.readouterr().out
+    assert main(["predict", model_dir, "--data", str(work["files"]["npz"]), "--out", str(out)]) == 2
+    assert "output exists" in capsys.readouterr().err
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", model_dir, "--format", "onnx", "--out", str(onnx_path)]) == 0
+    assert "parity with torch" in capsys.readouterr().out
+    assert main(["export", model_dir, "--format", "tflite", "--out", str(tmp_path / "m.tfl")]) == 2
+    rc = main(["predict", model_dir, "--data", str(work["files"]["h5"]), "--out", str(out), "--overwrite",
+               "--backend", "onnxruntime", "--onnx", str(onnx_path), "--no-progress"])
+    assert rc == 0
+    _, p_onnx, _ = _read_csv(out)
+    assert np.max(np.abs(p_onnx - p)) <= 1e-5
