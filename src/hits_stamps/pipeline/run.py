@@ -1,0 +1,308 @@
+"""Run the steps of `hits-stamps run` in order, resumably, and write summary.json and report.html.
+
+Resuming: a step that finished wrote `DIR/steps/<step>.json`; started again with the same
+configuration, the run skips those steps. A directory made with another configuration is refused
+(the message lists the keys that differ) unless `overwrite`, which empties it first. A failing step
+raises `StepFailed` (a user-facing error: one line, non-zero exit) after writing its traceback to
+`DIR/steps/<step>.error.txt`; the steps that finished are kept.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from hits_stamps import __version__
+from hits_stamps.errors import HitsStampsError
+from hits_stamps.pipeline.config import RunConfig, config_hash, diff_configs, from_dict, to_dict, to_toml
+from hits_stamps.pipeline.steps import TEST_SETS, RunContext, Step, plan, read_json
+from hits_stamps.training.modeldir import write_json
+
+RUN_CONFIG = "run_config.json"
+SUMMARY = "summary.json"
+REPORT = "report.html"
+STEPS_DIR = "steps"
+
+
+class StepFailed(HitsStampsError):
+    """A step of the run raised; the finished steps are kept."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """What the run ran on: CPU model, cores, threads, Python, torch and numpy versions, device."""
+    import numpy as np
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu or "unknown",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": device,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def resolved_device(device: str) -> str:
+    from hits_stamps.training.loop import resolve_device
+
+    return str(resolve_device(device))
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RUN_CONFIG).is_file()
+
+
+def prepare_run_dir(out: Path, config: RunConfig, overwrite: bool) -> None:
+    """Create `out`, or check that it was made with `config` (or empty it when `overwrite`)."""
+    current = to_dict(config)
+    if out.exists() and not out.is_dir():
+        raise HitsStampsError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_run_dir(out):
+            raise HitsStampsError(
+                f"{out}: exists, is not empty and is not a hits-stamps run directory (no {RUN_CONFIG}); "
+                "choose another --out"
+            )
+        stored = read_json(out / RUN_CONFIG)
+        if overwrite:
+            _clear_run_dir(out)
+        elif stored.get("config") != current:
+            diffs = diff_configs(stored.get("config", {}), current)
+            shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs)} in all)" if len(diffs) > 6 else "")
+            raise HitsStampsError(
+                f"{out} was made with a different configuration ({shown}); rerun with the same "
+                "arguments to resume, pass --overwrite to start again, or choose another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    if not is_run_dir(out):
+        write_json(out / RUN_CONFIG, {"config": current, "hash": config_hash(config),
+                                      "package_version": __version__, "created": _now()})
+        (out / "run_config.toml").write_text(to_toml(config))
+    (out / STEPS_DIR).mkdir(exist_ok=True)
+
+
+def _clear_run_dir(out: Path) -> None:
+    """Remove everything in a run directory (only called on one that has run_config.json)."""
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def marker_path(out: Path, step: str) -> Path:
+    return out / STEPS_DIR / f"{step}.json"
+
+
+def load_config_of(out: Path) -> RunConfig:
+    """The configuration a run directory was made with."""
+    if not is_run_dir(out):
+        raise HitsStampsError(f"{out}: not a hits-stamps run directory (no {RUN_CONFIG})")
+    return from_dict(read_json(out / RUN_CONFIG)["config"], str(out / RUN_CONFIG))
+
+
+def run_pipeline(
+    config: RunConfig,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    console: Console | None = None,
+    steps: list[Step] | None = None,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) every step for `config` in `out`; returns the summary (also in summary.json).
+
+    `steps` replaces the plan (tests use it to inject a failing step).
+    """
+    out = Path(out)
+    console = console or Console()
+    device = resolved_device(device)
+    steps = plan(config) if steps is None else steps
+    prepare_run_dir(out, config, overwrite)
+    ctx = RunContext(out=out, config=config, device=device, progress=progress, console=console)
+    t_run = time.perf_counter()
+    n = len(steps)
+    ran = 0
+    for i, step in enumerate(steps, 1):
+        marker = marker_path(out, step.name)
+        if marker.exists():
+            done = read_json(marker)
+            console.print(f"[dim][{i}/{n}] {step.title}: done earlier ({done['duration_s']:.1f} s), skipped[/dim]")
+            continue
+        console.rule(f"[bold][{i}/{n}] {step.title}")
+        err_path = out / STEPS_DIR / f"{step.name}.error.txt"
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = step.fn(ctx)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            dt = time.perf_counter() - t0
+            err_path.write_text(traceback.format_exc())
+            msg = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HitsStampsError) else str(exc)
+            raise StepFailed(
+                f"step {step.name!r} failed after {dt:.1f} s: {msg} (traceback in {err_path}); "
+                f"{i - 1} of {n} steps are finished and kept in {out}; fix the cause and rerun the same "
+                "command to resume"
+            ) from exc
+        dt, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+        ran += 1
+        notes = _collapse_warnings(caught)
+        for note in notes:
+            console.print(f"  [yellow]warning:[/yellow] {note}", highlight=False)
+        write_json(marker, {"step": step.name, "title": step.title, "duration_s": dt, "cpu_s": cpu,
+                            "load_avg": _load_avg(), "finished": _now(), "device": device,
+                            "warnings": notes, "result": result})
+        if err_path.exists():
+            err_path.unlink()
+        console.print(f"[green]done[/green] {step.title} in {dt:.1f} s (CPU {cpu:.1f} s)")
+    summary = write_summary(out, config, steps, device)
+    elapsed = time.perf_counter() - t_run
+    if report:
+        from hits_stamps.report.html import write_report
+
+        path = write_report(out)
+        console.print(f"report: {path}")
+    total = summary["durations_s"].get("total", elapsed)
+    if total > config.time_budget_s:
+        warnings.warn(
+            f"the run took {total:.0f} s of step time, over its time budget of {config.time_budget_s:.0f} s",
+            stacklevel=2,
+        )
+    console.print(f"[bold]finished[/bold]: {ran} steps run, {n - ran} skipped, {elapsed:.1f} s this time; "
+                  f"summary: {out / SUMMARY}")
+    return summary
+
+
+def collect_summary(out: Path, config: RunConfig | None = None, steps: list[Step] | None = None,
+                    device: str | None = None) -> dict[str, Any]:
+    """summary.json's content, gathered from the step markers and the files the steps wrote."""
+    out = Path(out)
+    config = config or load_config_of(out)
+    names = [s.name for s in steps] if steps is not None else [s.name for s in plan(config)]
+    markers = {name: read_json(marker_path(out, name)) for name in names if marker_path(out, name).exists()}
+    results = {name: m.get("result", {}) for name, m in markers.items()}
+    durations = {name: float(m["duration_s"]) for name, m in markers.items()}
+    durations["total"] = float(sum(durations.values()))
+    cpu = {name: float(m["cpu_s"]) for name, m in markers.items() if "cpu_s" in m}
+    cpu["total"] = float(sum(cpu.values()))
+    load = {name: m["load_avg"] for name, m in markers.items() if m.get("load_avg")}
+
+    models: dict[str, dict[str, Any]] = {}
+    training: dict[str, Any] = {}
+    for name in config.models:
+        if f"train-{name}" in results:
+            training[name] = results[f"train-{name}"]
+        for test_set in TEST_SETS:
+            mpath = out / "eval" / name / test_set / "metrics.json"
+            if mpath.exists():
+                models.setdefault(name, {})[test_set] = read_json(mpath)
+
+    generation = _read_first(out / "generation", ("generation.json",)) or results.get("generate")
+    augmentation = _read_first(out / "augmentation", ("augmentation.json",)) or results.get("augment")
+    machine = machine_info(device or "cpu")
+    return {
+        "package_version": __version__,
+        "config": to_dict(config),
+        "models": models,
+        "training": training,
+        "data": {k: results[k] for k in ("simulate", "build-real") if k in results},
+        "calibration": results.get("calibrate"),
+        "generation": generation,
+        "augmentation": augmentation,
+        "durations_s": durations,
+        "cpu_s": cpu,
+        "load_avg_at_step_end": load,
+        "steps": {name: ("done" if name in markers else
+                         "failed" if (out / STEPS_DIR / f"{name}.error.txt").exists() else "not run")
+                  for name in names},
+        "machine": machine,
+        "finished": max((m.get("finished", "") for m in markers.values()), default=None),
+    }
+
+
+def _read_first(folder: Path, names: tuple[str, ...]) -> Any:
+    for name in names:
+        p = folder / name
+        if p.exists():
+            return read_json(p)
+    return None
+
+
+def write_summary(out: Path, config: RunConfig, steps: list[Step] | None = None,
+                  device: str | None = None) -> dict[str, Any]:
+    summary = collect_summary(out, config, steps, device)
+    write_json(out / SUMMARY, summary)
+    return summary
+
+
+def rebuild_report(out: str | os.PathLike) -> Path:
+    """`hits-stamps report DIR`: refresh summary.json from the step outputs and rewrite report.html."""
+    from hits_stamps.report.html import write_report
+
+    out = Path(out)
+    config = load_config_of(out)
+    stored = read_json(out / SUMMARY) if (out / SUMMARY).exists() else {}
+    summary = collect_summary(out, config)
+    if stored.get("machine"):
+        summary["machine"] = stored["machine"]
+    write_json(out / SUMMARY, summary)
+    return write_report(out)
+
+
+def _collapse_warnings(caught: list[warnings.WarningMessage], limit: int = 8) -> list[str]:
+    """Warnings of a step, grouped by their text with numbers blanked: 'message (x N)'."""
+    import re
+
+    groups: dict[str, list[str]] = {}
+    for w in caught:
+        text = str(w.message)
+        groups.setdefault(re.sub(r"\d+(\.\d+)?", "#", text), []).append(text)
+    out = [texts[0] + (f" (and {len(texts) - 1} more like it)" if len(texts) > 1 else "")
+           for texts in groups.values()]
+    return out[:limit] + ([f"... {len(out) - limit} more kinds of warning"] if len(out) > limit else [])
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process (all threads) and its finished child processes."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _load_avg() -> list[float] | None:
+    """1, 5 and 15 minute load averages (other processes sharing the machine), where available."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None

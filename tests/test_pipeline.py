@@ -1,0 +1,294 @@
+"""`hits-stamps run`: configuration, resuming after a failed step, summary.json and the HTML report.
+
+One tiny run (a few hundred stamps, one epoch, three models) is shared by the module: it first fails
+in an injected step, then resumes; the other tests read what it wrote.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from hits_stamps.errors import HitsStampsError
+from hits_stamps.pipeline import config as C
+from hits_stamps.pipeline.run import StepFailed, marker_path, prepare_run_dir, run_pipeline
+from hits_stamps.pipeline.steps import Step, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+
+TINY = {
+    "time_budget_s": 60.0,
+    "models": ["seed-cnn", "seed-bnn", "cvae"],
+    "data": {"n_train": 240, "n_val": 60, "n_test": 100, "calibration_n": 60},
+    "model": {"seed-cnn": {"epochs": 1}, "seed-bnn": {"epochs": 1},
+              "cvae": {"epochs": 1, "batch_size": 32, "steps_per_epoch": 2}},
+    "evaluate": {"mc_samples": 2, "max_bayesian": 40, "max_real": 60},
+    "generation": {"reference_n": 80, "judge_epochs": 1, "max_per_class": 16, "judge_model": "seed-cnn"},
+    "augmentation": {"fraction": 0.5, "epochs": 1, "model": "seed-cnn", "retrain_cvae": False},
+}
+FAIL_AT = "train-seed-bnn"
+
+
+def _screenshot_module():
+    spec = importlib.util.spec_from_file_location("screenshot_report", ROOT / "scripts" / "screenshot_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _counted(steps: list[Step], calls: list[str], fail_at: str | None = None) -> list[Step]:
+    """The same steps, recording each call; `fail_at` raises instead of running."""
+
+    def wrap(step: Step) -> Step:
+        def fn(ctx):
+            calls.append(step.name)
+            if step.name == fail_at:
+                raise RuntimeError("injected failure")
+            return step.fn(ctx)
+
+        return Step(step.name, step.title, fn)
+
+    return [wrap(s) for s in steps]
+
+
+@pytest.fixture(scope="module")
+def tiny_config() -> C.RunConfig:
+    return C.apply_overrides(C.RunConfig(), TINY, "TINY")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_config):
+    out = tmp_path_factory.mktemp("run") / "hsrun"
+    quiet = Console(file=io.StringIO(), width=120)
+    first: list[str] = []
+    with pytest.raises(StepFailed, match=rf"step '{FAIL_AT}' failed .*injected failure.*rerun the same command"):
+        run_pipeline(tiny_config, out, device="cpu", progress=False, console=quiet,
+                     steps=_counted(plan(tiny_config), first, fail_at=FAIL_AT))
+    state = {
+        "first_calls": list(first),
+        "markers": sorted(p.stem for p in (out / "steps").glob("*.json")),
+        "error_file": (out / "steps" / f"{FAIL_AT}.error.txt").read_text(),
+        "mtimes": {p.stem: p.stat().st_mtime_ns for p in (out / "steps").glob("*.json")},
+        "summary_after_failure": (out / "summary.json").exists(),
+    }
+    second: list[str] = []
+    summary = run_pipeline(tiny_config, out, device="cpu", progress=False, console=quiet,
+                           steps=_counted(plan(tiny_config), second))
+    state["second_calls"] = second
+    return out, summary, state
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+
+
+def test_shipped_default_toml_equals_the_dataclass_defaults():
+    values = tomllib.loads(C.default_toml_path().read_text())
+    assert values == C.to_dict(C.RunConfig())
+    assert C.load_config(C.default_toml_path()) == C.RunConfig()
+
+
+def test_quick_preset_is_smaller_and_file_overrides_apply_on_top(tmp_path):
+    default, quick = C.load_config(), C.load_config(quick=True)
+    assert quick.data.n_train == C.QUICK["data"]["n_train"] < default.data.n_train
+    assert quick.time_budget_s == 120.0 and default.time_budget_s == 900.0
+    assert all(quick.model[m].epochs <= default.model[m].epochs for m in default.models)
+    path = tmp_path / "c.toml"
+    path.write_text('[data]\nn_test = 777\n\n[model.seed-cnn]\nepochs = 3\nlr = 0.01\n')
+    cfg = C.load_config(path, quick=True)
+    assert cfg.data.n_test == 777 and cfg.data.n_train == quick.data.n_train
+    assert cfg.model["seed-cnn"] == C.ModelConfig(epochs=3, lr=0.01)
+    assert cfg.model["deephits"] == quick.model["deephits"]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("n_trian = 3\n", r"unknown key 'n_trian'"),
+        ("[data]\nn_trian = 3\n", r"unknown key data\.'n_trian'"),
+        ("[model.seed-cnn]\nepochz = 3\n", r"unknown key model\.seed-cnn\.'epochz'"),
+        ("[bogus]\nx = 1\n", r"unknown key 'bogus'"),
+        ("[data]\nn_train = \"many\"\n", r"data\.n_train must be int; got str"),
+        ("[data]\nreal = 1\n", r"data\.real must be bool; got int"),
+        ("models = \"seed-cnn\"\n", r"models must be a list of strings"),
+        ("[data]\nn_train = 1\n", r"data\.n_train must be >= 2; got 1"),
+        ("[evaluate]\nmc_samples = 0\n", r"evaluate\.mc_samples must be >= 1"),
+        ("[data\n", r"not valid TOML"),
+    ],
+)
+def test_bad_config_files_are_refused_with_the_key(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(HitsStampsError, match=match) as info:
+        C.load_config(path)
+    assert str(path) in str(info.value) or "invalid run configuration" in str(info.value)
+
+
+def test_missing_config_file_and_unknown_model(tmp_path):
+    with pytest.raises(HitsStampsError, match="config file not found"):
+        C.load_config(tmp_path / "nope.toml")
+    cfg = C.apply_overrides(C.RunConfig(), {"models": ["seed-cnn", "no-such-net"]})
+    with pytest.raises(HitsStampsError, match="unknown model 'no-such-net'"):
+        plan(cfg)
+
+
+def test_toml_round_trip_and_show_config(tmp_path, capsys):
+    from hits_stamps.cli import main
+
+    cfg = C.apply_overrides(C.load_config(quick=True), {"data": {"real_sequences": "x \"y\".npz"}})
+    path = tmp_path / "rt.toml"
+    path.write_text(C.to_toml(cfg))
+    assert C.load_config(path) == cfg
+    assert main(["run", "--quick", "--show-config"]) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert C.from_dict(shown) == C.load_config(quick=True)
+
+
+def test_plan_lists_every_step_in_order(tiny_config):
+    names = [s.name for s in plan(C.RunConfig())]
+    assert names[:3] == ["simulate", "build-real", "calibrate"]
+    for m in C.DEFAULT_MODELS:
+        assert f"train-{m}" in names
+    assert "evaluate-cvae" not in names and names[-2:] == ["generate", "augment"]
+    assert names.index("train-rotinv-cnn") < names.index("evaluate-rotinv-cnn") < names.index("generate")
+    assert [s.name for s in plan(tiny_config)] == [
+        "simulate", "build-real", "calibrate", "train-seed-cnn", "evaluate-seed-cnn", "train-seed-bnn",
+        "evaluate-seed-bnn", "train-cvae", "generate", "augment",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# run directory: refusing, overwriting
+
+
+def test_run_dir_made_with_another_config_is_refused_then_overwritten(tmp_path, tiny_config):
+    out = tmp_path / "r"
+    prepare_run_dir(out, tiny_config, overwrite=False)
+    (out / "steps" / "simulate.json").write_text("{}")
+    other = C.apply_overrides(tiny_config, {"data": {"n_train": 500}})
+    with pytest.raises(HitsStampsError, match=r"different configuration \(data\.n_train: 240 -> 500\).*--overwrite"):
+        prepare_run_dir(out, other, overwrite=False)
+    prepare_run_dir(out, tiny_config, overwrite=False)  # same config: accepted, nothing removed
+    assert (out / "steps" / "simulate.json").exists()
+    prepare_run_dir(out, other, overwrite=True)
+    assert not (out / "steps" / "simulate.json").exists()
+    assert json.loads((out / "run_config.json").read_text())["config"]["data"]["n_train"] == 500
+
+
+def test_a_foreign_directory_is_never_emptied(tmp_path, tiny_config):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(HitsStampsError, match="not a hits-stamps run directory"):
+        prepare_run_dir(tmp_path, tiny_config, overwrite=True)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------------------------
+# the tiny run: failure, resume, summary, report
+
+
+def test_failed_step_keeps_finished_steps(finished_run):
+    _, _, state = finished_run
+    fail_index = state["first_calls"].index(FAIL_AT)
+    assert state["first_calls"][-1] == FAIL_AT
+    assert state["markers"] == sorted(state["first_calls"][:fail_index])
+    assert "RuntimeError: injected failure" in state["error_file"]
+    assert not state["summary_after_failure"]
+
+
+def test_resume_skips_finished_steps(finished_run):
+    out, _, state = finished_run
+    done_first = set(state["first_calls"]) - {FAIL_AT}
+    assert not done_first & set(state["second_calls"])
+    assert state["second_calls"][0] == FAIL_AT
+    for name, mtime in state["mtimes"].items():
+        assert marker_path(out, name).stat().st_mtime_ns == mtime, f"{name} was redone"
+    assert not (out / "steps" / f"{FAIL_AT}.error.txt").exists()
+
+
+def test_summary_has_every_part(finished_run, tiny_config):
+    out, summary, _ = finished_run
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["models"] == summary["models"]
+    for key in ("models", "generation", "augmentation", "durations_s", "config", "machine", "training"):
+        assert on_disk[key], key
+    assert set(on_disk["models"]) == {"seed-cnn", "seed-bnn"}
+    expected_sets = {"simulated", "real"} if (out / "data" / "real.npz").exists() else {"simulated"}
+    for name, per_set in on_disk["models"].items():
+        assert set(per_set) == expected_sets
+        for test_set, metrics in per_set.items():
+            assert metrics == json.loads((out / "eval" / name / test_set / "metrics.json").read_text())
+            for k in ("accuracy", "f1", "roc_auc", "fnr_at_fpr_1pct", "ece"):
+                assert k in metrics
+    assert on_disk["models"]["seed-bnn"]["simulated"]["n"] == 40  # max_bayesian
+    assert on_disk["models"]["seed-cnn"]["simulated"]["n"] == 100
+    assert {"agreement_real", "agreement_bogus", "tstr_over_trtr"} <= set(on_disk["generation"])
+    assert on_disk["augmentation"]["fractions"]
+    assert on_disk["config"] == C.to_dict(tiny_config)
+    assert on_disk["steps"] == {s.name: "done" for s in plan(tiny_config)}
+    steps = {k: v for k, v in on_disk["durations_s"].items() if k != "total"}
+    assert set(steps) == set(on_disk["steps"])
+    assert on_disk["durations_s"]["total"] == pytest.approx(sum(steps.values()))
+    for name in tiny_config.models:
+        assert (out / "models" / name / "model.safetensors").exists()
+        assert not (out / "models" / f"{name}.partial").exists()
+
+
+def test_report_is_self_contained_with_decodable_pngs(finished_run):
+    from PIL import Image
+
+    out, _, _ = finished_run
+    text = (out / "report.html").read_text(encoding="utf-8")
+    shot = _screenshot_module()
+    result = shot.check_static(text)
+    assert result["images"] >= 10
+    srcs = re.findall(r'<img [^>]*src="([^"]+)"', text)
+    assert len(srcs) == result["images"]
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
+            assert im.format == "PNG" and min(im.size) > 10
+    assert not re.search(r'(src|href)="(?!data:|#)', text)
+    assert "<script" not in text and "<link" not in text
+    for heading in ("1. Data", "2. Classifiers", "3. Uncertainty", "4. Generated stamps",
+                    "5. Augmentation", "Reproducibility", "Leaderboard: simulated HiTS test set"):
+        assert heading in text
+    # an injected external reference is caught by the same check
+    with pytest.raises(shot.ReportError, match="external|not a base64 PNG"):
+        shot.check_static(text.replace("<main>", '<main><img src="https://example.org/x.png">', 1))
+
+
+def test_report_command_rebuilds_without_training(finished_run, tmp_path):
+    from hits_stamps.cli import main
+
+    out, _, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "report.html").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in (copy / "steps").glob("*.json")}
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "report.html").stat().st_size > 100_000
+    assert {p.name: p.stat().st_mtime_ns for p in (copy / "steps").glob("*.json")} == before
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the Debian package chromium (/usr/bin/chromium)")
+def test_report_renders_in_headless_chromium(finished_run, tmp_path):
+    out, _, _ = finished_run
+    shot = _screenshot_module()
+    result = shot.check_report(out / "report.html", tmp_path / "shot.png", window="1280,900")
+    assert result["broken"] == 0 and result["rendered_images"] == result["images"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "shot.png") as im:
+        assert im.size == (1280, 900)
+        assert len(im.convert("L").resize((64, 45)).getcolors(4096)) > 5  # not a blank page
