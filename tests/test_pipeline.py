@@ -22,6 +22,7 @@ from hits_stamps.errors import HitsStampsError
 from hits_stamps.pipeline import config as C
 from hits_stamps.pipeline.run import StepFailed, marker_path, prepare_run_dir, run_pipeline
 from hits_stamps.pipeline.steps import Step, plan
+from hits_stamps.realdata import packaged_sample_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,11 +30,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 TINY = {
     "time_budget_s": 60.0,
     "models": ["seed-cnn", "seed-bnn", "cvae"],
-    "data": {"n_train": 240, "n_val": 60, "n_test": 100, "calibration_n": 60},
+    # the packaged HiTS 2015 sample: the real-pixel steps run without ../shared
+    "data": {"n_train": 240, "n_val": 60, "n_test": 100, "calibration_n": 60,
+             "real_sequences": str(packaged_sample_path())},
     "model": {"seed-cnn": {"epochs": 1}, "seed-bnn": {"epochs": 1},
               "cvae": {"epochs": 1, "batch_size": 32, "steps_per_epoch": 2}},
     "evaluate": {"mc_samples": 2, "max_bayesian": 40, "max_real": 60},
-    "generation": {"reference_n": 80, "judge_epochs": 1, "max_per_class": 16, "judge_model": "seed-cnn"},
+    "generation": {"judge": "seed-cnn", "max_per_class": 16},
     "augmentation": {"fraction": 0.5, "epochs": 1, "model": "seed-cnn", "retrain_cvae": False},
 }
 FAIL_AT = "train-seed-bnn"
@@ -222,9 +225,9 @@ def test_summary_has_every_part(finished_run, tiny_config):
     for key in ("models", "generation", "augmentation", "durations_s", "config", "machine", "training"):
         assert on_disk[key], key
     assert set(on_disk["models"]) == {"seed-cnn", "seed-bnn"}
-    expected_sets = {"simulated", "real"} if (out / "data" / "real.npz").exists() else {"simulated"}
+    assert on_disk["data"]["build-real"]["available"] and on_disk["calibration"]["available"]
     for name, per_set in on_disk["models"].items():
-        assert set(per_set) == expected_sets
+        assert set(per_set) == {"simulated", "real"}
         for test_set, metrics in per_set.items():
             assert metrics == json.loads((out / "eval" / name / test_set / "metrics.json").read_text())
             for k in ("accuracy", "f1", "roc_auc", "fnr_at_fpr_1pct", "ece"):

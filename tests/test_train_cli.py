@@ -129,3 +129,23 @@ def test_training_on_63x63x3_stamps(tmp_path):
                 data, tmp_path / "m", progress=False)
     assert model.config["input"]["size"] == [63, 63]
     assert model.predict_proba(data).shape == (32, 2)
+
+
+def test_evaluate_dispatches_generators_to_the_judge(tmp_path, monkeypatch, capsys):
+    import hits_stamps.generation.judge as judge
+
+    calls = []
+
+    def fake_judge(**kwargs):
+        calls.append(kwargs)
+        return {"agreement_real": 0.99, "tstr_over_trtr": 0.98}
+
+    monkeypatch.setattr(judge, "evaluate_generator", fake_judge)
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "config.json").write_text(json.dumps({"model": "cvae"}))
+    rc = main(["evaluate", str(gen), "--data", "test.npz", "--out", str(tmp_path / "ev"), "--classifier",
+               str(tmp_path / "clf"), "--seed", "3", "--no-progress"])
+    assert rc == 0 and len(calls) == 1
+    assert calls[0]["model_dir"] == gen and calls[0]["classifier"] == tmp_path / "clf" and calls[0]["seed"] == 3
+    assert "agreement_real 0.99" in capsys.readouterr().out

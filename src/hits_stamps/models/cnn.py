@@ -497,7 +497,7 @@ register(ModelSpec(
     task="classifier",
     builder=build_rotinv_cnn,
     objective=_rotinv_objective,
-    recipe=Recipe(optimizer="adamw", lr=3e-3, weight_decay=1e-4, batch_size=128, epochs=10,
+    recipe=Recipe(optimizer="adamw", lr=3e-3, weight_decay=1e-4, batch_size=128, epochs=12,
                   scaling="minmax", lr_schedule="cosine"),
     description="Rotation-invariant CNN: cyclic average pooling over the dihedral group (8 symmetries), "
                 "batch norm, dense head; cross-entropy with optional entropy regularisation.",

@@ -108,7 +108,7 @@ class ChannelTransform(nn.Module):
             if not (0 <= i < channels and 0 <= j < channels) or i == j or j in targets or len(targets) != len(pairs):
                 raise ValueError(
                     f"subtract_channels must be (i, j) pairs of distinct channels in 0..{channels - 1}, each i once "
-                    f"and no j replaced itself; got {[list(p) for p in pairs]}"
+                    f"and no j replaced itself; got {[list(p) for p in pairs]} (pass subtract_channels=[] for none)"
                 )
         self.kind, self.softening, self.eps, self.subtract = kind, float(softening), eps, pairs
         self.register_buffer("center", torch.zeros(channels))
@@ -221,7 +221,7 @@ class ConditionalVAE(nn.Module):
         input_transform: str = "asinh",
         asinh_softening: float = 5.0,
         subtract_channels: tuple[tuple[int, int], ...] | list = (),
-        min_scale: float = 1e-2,
+        min_scale: float = 2e-3,
         kl_warmup_steps: int = 0,
         kl_weight: float = 1.0,
     ):
@@ -436,6 +436,8 @@ register(
             clip_grad_norm=100.0,
         ),
         description="Conditional VAE (class-conditioned) with a per-pixel probabilistic decoder",
-        default_kwargs={"latent_dim": 16, "base_channels": 32, "likelihood": "mvn", "input_transform": "asinh"},
+        # HiTS channel order (template, science, difference, snr): science is modelled as science - template
+        default_kwargs={"latent_dim": 16, "base_channels": 32, "likelihood": "mvn", "input_transform": "asinh",
+                        "subtract_channels": [[1, 0]]},
     )
 )

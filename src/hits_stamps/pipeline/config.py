@@ -66,10 +66,10 @@ class EvaluateConfig:
 class GenerationConfig:
     """Sampling from the conditional VAE and judging the samples."""
 
-    judge: str = ""  # a classifier of this run as the judge; "" : train `judge_model` on `reference_n` stamps
-    judge_model: str = "rotinv-cnn"  # architecture and recipe of the judge trained for judging (and of TSTR)
-    judge_epochs: int = 2  # epochs of the judge trained for judging, and of its TSTR twin
-    reference_n: int = 2000  # training stamps for the judge; TSTR trains on as many generated ones (0: all)
+    judge: str = "rotinv-cnn"  # a classifier of this run as the judge; "": train `judge_model` for judging
+    judge_model: str = "rotinv-cnn"  # with judge = "": the judge's architecture and recipe
+    judge_epochs: int = 2  # with judge = "": epochs of the judge trained for judging and of its TSTR twin
+    reference_n: int = 0  # real training stamps given to the judging (0: all): TSTR trains on as many generated
     max_per_class: int = 500  # generated and real test stamps per class for agreement and Frechet distance
 
 
@@ -120,11 +120,11 @@ class RunConfig:
 #: The `--quick` preset: a small run (seconds per model) that exercises every step.
 QUICK: dict[str, Any] = {
     "time_budget_s": 120.0,
-    "data": {"n_train": 800, "n_val": 300, "n_test": 600, "calibration_n": 400},
+    "data": {"n_train": 600, "n_val": 200, "n_test": 400, "calibration_n": 400},
     "model": {**{name: {"epochs": 1} for name in DEFAULT_MODELS}, "cvae": {"epochs": 1, "steps_per_epoch": 8}},
-    "evaluate": {"mc_samples": 5, "max_bayesian": 300, "max_real": 500},
-    "generation": {"judge_epochs": 1, "reference_n": 400, "max_per_class": 100},
-    "augmentation": {"fraction": 0.2, "epochs": 1},
+    "evaluate": {"mc_samples": 5, "max_bayesian": 200, "max_real": 300},
+    "generation": {"max_per_class": 100},
+    "augmentation": {"fraction": 0.25, "epochs": 1, "retrain_cvae": False},
 }
 
 

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from hits_stamps import __version__
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.io.atomic import atomic_path
 from hits_stamps.pipeline.config import RunConfig, config_hash, diff_configs, from_dict, to_dict, to_toml
 from hits_stamps.pipeline.steps import TEST_SETS, RunContext, Step, plan, read_json
 from hits_stamps.training.modeldir import write_json
@@ -105,7 +106,8 @@ def prepare_run_dir(out: Path, config: RunConfig, overwrite: bool) -> None:
     if not is_run_dir(out):
         write_json(out / RUN_CONFIG, {"config": current, "hash": config_hash(config),
                                       "package_version": __version__, "created": _now()})
-        (out / "run_config.toml").write_text(to_toml(config))
+        with atomic_path(out / "run_config.toml", overwrite=True) as tmp:
+            tmp.write_text(to_toml(config))
     (out / STEPS_DIR).mkdir(exist_ok=True)
 
 

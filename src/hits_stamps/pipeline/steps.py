@@ -20,7 +20,6 @@ Layout of a run directory::
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -96,14 +95,6 @@ def staged_dir(final: Path, keep_partial: bool = False) -> Iterator[Path]:
     if final.exists():
         shutil.rmtree(final)
     partial.rename(final)
-
-
-def _call(fn: Callable, *args, **kwargs):
-    """Call `fn`, passing only the keyword arguments it accepts (optional features of a contract)."""
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return fn(*args, **kwargs)
 
 
 def _labelled(stamps: StampSet) -> StampSet:
@@ -259,6 +250,8 @@ def step_train(ctx: RunContext, name: str) -> dict[str, Any]:
             ctx.console.print(f"  resuming {name} from its last checkpoint")
         fit(cfg, ctx.stamps("train"), tmp, val=ctx.stamps("val"), resume=resume, overwrite=not resume,
             progress=ctx.progress, data_path=ctx.data_path("train"))
+    # the epoch checkpoint (optimizer state included) only serves to resume this step; it is done
+    (final / CHECKPOINT).unlink(missing_ok=True)
     model = load_model(final)
     hist = model.history
     last = hist[-1] if hist else {}
@@ -300,10 +293,10 @@ def step_evaluate(ctx: RunContext, name: str) -> dict[str, Any]:
         extra = f", {ev.mc_samples} Monte-Carlo samples each" if bayesian else ""
         ctx.console.print(f"  {name} on the {TEST_SET_TITLES[test_set]} ({len(stamps)} stamps{extra})")
         with staged_dir(ctx.eval_dir(name, test_set)) as tmp, ctx.status(f"evaluating {name} on {test_set}"):
-            metrics = _call(evaluate_model, model, stamps, tmp, mc_samples=ev.mc_samples if bayesian else None,
-                            progress=ctx.progress, data_path=ctx.data_path(stem), device=_eval_device(ctx))
+            metrics = evaluate_model(model, stamps, tmp, mc_samples=ev.mc_samples if bayesian else None,
+                                     progress=ctx.progress, data_path=ctx.data_path(stem), device=_eval_device(ctx))
         out[test_set] = {k: metrics[k] for k in ("n", "accuracy", "f1", "roc_auc", "fnr_at_fpr_1pct", "ece")
-                         if isinstance(metrics, dict) and k in metrics}
+                         if k in metrics}
     return out
 
 
@@ -327,10 +320,10 @@ def step_judge(ctx: RunContext) -> dict[str, Any]:
         )
     train = _subset(ctx.stamps("train"), g.reference_n or None, ctx.config.seed)
     with staged_dir(ctx.out / "generation") as tmp:
-        result = _call(evaluate_generator, ctx.model_dir("cvae"), ctx.stamps("test"), tmp,
-                       classifier=classifier, seed=ctx.config.seed, progress=ctx.progress, train=train,
-                       classifier_model=g.judge_model, classifier_epochs=g.judge_epochs,
-                       max_per_class=g.max_per_class)
+        result = evaluate_generator(ctx.model_dir("cvae"), ctx.stamps("test"), tmp,
+                                    classifier=classifier, seed=ctx.config.seed, progress=ctx.progress, train=train,
+                                    classifier_model=g.judge_model, classifier_epochs=g.judge_epochs,
+                                    max_per_class=g.max_per_class)
     return _scalars(result)
 
 
@@ -345,9 +338,10 @@ def step_augment(ctx: RunContext) -> dict[str, Any]:
 
     a = ctx.config.augmentation
     with staged_dir(ctx.out / "augmentation") as tmp:
-        result = _call(augmentation_experiment, ctx.stamps("train"), ctx.stamps("test"), ctx.model_dir("cvae"),
-                       fractions=[a.fraction], seed=ctx.config.seed, epochs=a.epochs, out_dir=tmp,
-                       classifier_model=a.model, retrain_cvae=a.retrain_cvae, progress=ctx.progress)
+        result = augmentation_experiment(ctx.stamps("train"), ctx.stamps("test"), ctx.model_dir("cvae"),
+                                         fractions=[a.fraction], seed=ctx.config.seed, epochs=a.epochs, out_dir=tmp,
+                                         classifier_model=a.model, retrain_cvae=a.retrain_cvae,
+                                         progress=ctx.progress)
     return dict(result)
 
 

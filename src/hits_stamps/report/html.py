@@ -159,10 +159,14 @@ def figure(data: bytes | Path | None, caption: str, alt: str | None = None) -> s
             f"<figcaption>{caption}</figcaption></figure>")
 
 
-def table(headers: Iterable[str], rows: Iterable[Iterable[str]], left: int = 1) -> str:
-    """An HTML table; cells are already-escaped HTML strings."""
-    hs = list(headers)
-    head = "".join(f'<th class="{"l" if i < left else ""}">{h}</th>' for i, h in enumerate(hs))
+def table(headers: Iterable[str | tuple[str, str]], rows: Iterable[Iterable[Any]], left: int = 1) -> str:
+    """An HTML table; cells are already-escaped HTML strings, or (html, css class) pairs.
+
+    The first `left` columns are left-aligned, the others right-aligned (numbers); a header may be
+    an (html, css class) pair too.
+    """
+    hs = [h if isinstance(h, tuple) else (h, "l" if i < left else "") for i, h in enumerate(headers)]
+    head = "".join(f'<th class="{cls}">{h}</th>' for h, cls in hs)
     body = []
     for row in rows:
         cells = []
@@ -262,7 +266,7 @@ def _data_section(out: Path, summary: dict[str, Any], seed: int) -> str:
             kinds = ", ".join(f"{k} {v:,}" for k, v in s.kind_counts().items())
             rows.append((esc(label), fmt(len(s)), fmt(bal["real"]), fmt(bal["bogus"]), fmt(bal["unknown"]),
                          (f'<span class="small">{esc(kinds)}</span>', "l")))
-        parts.append(table(["set", "stamps", "real", "bogus", "unlabelled", "kinds"], rows))
+        parts.append(table(["set", "stamps", "real", "bogus", "unlabelled", ("kinds", "l")], rows))
         if real.get("available") and real.get("sequences"):
             parts.append(f'<p class="small muted">Real-pixel stamps built from {esc(real["sequences"])}.</p>')
         if "simulated test" in sets:
@@ -555,19 +559,19 @@ def _generation_section(out: Path, summary: dict[str, Any]) -> str:
         return "\n".join(parts)
     g = summary["config"].get("generation", {})
     j = gen.get("judge") if isinstance(gen.get("judge"), dict) else {}
+    n_ref = g.get("reference_n") or summary["config"]["data"]["n_train"]
     if g.get("judge"):
-        who = f"the run's <b>{esc(g['judge'])}</b>"
+        who = f"the run's <b>{esc(g['judge'])}</b> (section 2)"
     else:
-        ref = g.get("reference_n") or summary["config"]["data"]["n_train"]
-        who = (f"a <b>{esc(j.get('model', g.get('judge_model')))}</b> trained for judging on {fmt(ref)} simulated "
+        who = (f"a <b>{esc(j.get('model', g.get('judge_model')))}</b> trained for judging on {fmt(n_ref)} simulated "
                f"training stamps ({fmt(g.get('judge_epochs'))} epochs)")
     parts.append(
         "<p>The conditional VAE samples new stamps of a chosen class. An independent classifier, "
         f"{who}, trained on simulated stamps only and never on generated ones, judges them: agreement is the "
         "fraction of generated class-c stamps it labels c; the Fréchet distance is computed in its penultimate "
-        "features, beside the floor between two disjoint halves of the real test stamps; TSTR/TRTR compares a "
-        "classifier of the same recipe trained on as many generated stamps with the judge, both tested on real "
-        "(simulated) test stamps.</p>"
+        "features, beside the floor between two disjoint halves of the real test stamps; TSTR/TRTR is the test "
+        f"accuracy of a classifier with the judge's recipe trained on {fmt(n_ref)} generated stamps over that of "
+        "the judge trained on real ones, both on the simulated test set.</p>"
     )
     rows = [(esc(label).replace("  ", "&nbsp;&nbsp;&nbsp;"), fmt(gen.get(key))) for key, label in JUDGE_KEYS
             if key in gen]

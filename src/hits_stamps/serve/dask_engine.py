@@ -1,7 +1,9 @@
 """The `dask` engine: the same chunked prediction, as a Dask computation spread over workers.
 
     images = da.from_array(<HDF5 rows start..N-1, read by slices on the worker>, chunks=(R, H, W, C))
-    p_real = images.map_blocks(_predict_block, drop_axis=[1, 2, 3])          # (N - start,)
+    result = images.map_blocks(_predict_block, drop_axis=[2, 3], chunks=(R, 2))  # (N - start, 2)
+
+(column 0 of `result` is p_real, column 1 the stamp's count of non-finite pixels.)
 
 Each block is R rows (the same blocks as the local engine), read by the worker straight from the
 HDF5 file, so only the file path travels in the task graph, never pixels. `_predict_block` runs
@@ -14,9 +16,9 @@ The client submits a sliding window of blocks (twice the cluster's thread count)
 blocks to the CSV in file order, and reads the ids of each block itself; so its memory, like the
 workers', does not grow with the file.
 
-Scheduler: a `LocalCluster` on 127.0.0.1 with `workers` processes (threads_per_worker=1, no
-dashboard) that is shut down afterwards, or an existing scheduler by address. With an existing
-scheduler, every worker must have hits-stamps installed and see the model directory, the data
+Scheduler: a `LocalCluster` on 127.0.0.1 with `workers` processes (threads_per_worker=1; its HTTP
+endpoint on a free loopback port) that is shut down afterwards, or an existing scheduler by
+address. With an existing scheduler, every worker must have hits-stamps installed and see the model directory, the data
 file and the ONNX file (if any) under the same paths as the client (a shared file system).
 """
 
@@ -149,9 +151,11 @@ def _open_client(config):
         except (OSError, TimeoutError) as exc:
             raise HitsStampsError(f"cannot connect to the Dask scheduler at {config.scheduler}: {exc}") from exc
     workers = config.workers or os.cpu_count() or 1
+    # dashboard_address ":0": the scheduler's HTTP endpoint on a free loopback port (None would still
+    # try the default port 8787 and warn when another cluster holds it)
     cluster = LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None, silence_logs=logging.ERROR,
+        dashboard_address=":0", silence_logs=logging.ERROR,
     )
     try:
         return Client(cluster), cluster

@@ -160,7 +160,7 @@ def predict_file(
         )
         rows = chunk_rows_for(stream, config)
         with PredictionWriter(out, resume=resume, overwrite=overwrite, threshold=config.threshold) as writer:
-            writer.check_resume(stream.n, lambda i: str(stream.read(i, i + 1)[0][0]))
+            writer.check_resume(stream.n, lambda i: str(stream.read_ids(i, i + 1)[0]))
             start = writer.rows_done
             state = {"nan": 0, "real": 0, "network": backend.network}
             t0 = time.perf_counter()
