@@ -170,3 +170,29 @@ def test_report_for_a_bayesian_model(tmp_path):
     rep = uncertainty_report(model, test[:6], tmp_path / "ev_default", figures=False)
     assert rep["mc_samples"] == 100 and rep["figures"] == {}
     assert not (tmp_path / "ev_default" / "reliability.png").exists()
+
+
+def test_given_monte_carlo_samples_are_used_once(tmp_path, monkeypatch):
+    from hits_stamps import uncertainty
+    from hits_stamps.evaluation.evaluate import evaluate_model, mc_samples_with_progress, predict_with_progress
+
+    train = make_synthetic_stamps(64, seed=0)
+    model = fit(TrainConfig(model="seed-bnn", epochs=1), train, tmp_path / "m", progress=False)
+    test = make_synthetic_stamps(30, seed=5)
+    samples = mc_samples_with_progress(model, test, 8, progress=False)
+    assert samples.shape == (8, 30, 2)
+    np.testing.assert_allclose(samples.mean(0), predict_with_progress(model, test, mc_samples=8, progress=False),
+                               atol=1e-6)
+    rep = uncertainty_report(model, test, tmp_path / "ev", mc_samples=8, figures=False)
+    with pytest.raises(HitsStampsError, match=r"samples must have shape \(S, 30, 2\)"):
+        uncertainty_report(model, test, tmp_path / "ev", samples=samples[:, :10], figures=False)
+    calls = []
+    real_mc = uncertainty.mc_predict_stamps
+    monkeypatch.setattr(uncertainty, "mc_predict_stamps", lambda *a, **k: calls.append(1) or real_mc(*a, **k))
+    given = uncertainty_report(model, test, tmp_path / "ev", samples=samples, figures=False)
+    assert not calls  # no second Monte-Carlo pass
+    assert given["nll"] == pytest.approx(rep["nll"], rel=1e-6) and given["mc_samples"] == 8
+    # evaluate_model runs the Monte-Carlo pass exactly once per chunk (here one chunk)
+    metrics = evaluate_model(model, test, tmp_path / "eval", mc_samples=8, progress=False)
+    assert len(calls) == 1
+    assert metrics["nll"] == pytest.approx(rep["nll"], rel=1e-6) and metrics["mc_samples"] == 8

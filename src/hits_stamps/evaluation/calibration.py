@@ -202,6 +202,7 @@ def uncertainty_report(
     probs: np.ndarray | None = None,
     mc_samples: int | None = None,
     figures: bool = True,
+    samples: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Calibration and uncertainty of `model` on the labelled stamps of `stamps`; writes PNGs to out_dir.
 
@@ -212,6 +213,8 @@ def uncertainty_report(
     (`hits_stamps.evaluation.bayesian`); the headline referral uses the predictive entropy, the MI
     referral is reported beside it. Deterministic models refer by the entropy of their softmax and
     report `mc_samples` None. `figures=False` skips the PNGs (`figures` is then empty).
+    samples: the (S, N, 2) Monte-Carlo probabilities of a Bayesian model the caller already
+    computed for all of `stamps` (then no prediction runs here; `probs` defaults to their mean).
 
     Returns a JSON-serialisable dict: `ece`, `nll`, `accuracy_at_10pct_referral`, `mc_samples`,
     `n`, `referral_uncertainty`, `referral_curve`, `reliability`, `figures`, and for Bayesian models
@@ -238,12 +241,20 @@ def uncertainty_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     y = data.labels
 
-    samples = None
+    if not bayesian:
+        samples = None
     if bayesian:
-        s = DEFAULT_MC_SAMPLES if mc_samples is None else int(mc_samples)
-        if s < 1:
-            raise HitsStampsError(f"mc_samples must be >= 1; got {s}")
-        samples = mc_predict_stamps(model, data, n_samples=s, seed=0)  # (S, N, 2)
+        if samples is None:
+            s = DEFAULT_MC_SAMPLES if mc_samples is None else int(mc_samples)
+            if s < 1:
+                raise HitsStampsError(f"mc_samples must be >= 1; got {s}")
+            samples = mc_predict_stamps(model, data, n_samples=s, seed=0)  # (S, N, 2)
+        else:
+            samples = np.asarray(samples)
+            if samples.ndim != 3 or samples.shape[1:] != (len(stamps), 2):
+                raise HitsStampsError(
+                    f"samples must have shape (S, {len(stamps)}, 2) to match the stamps; got {samples.shape}")
+            samples = samples[:, keep]
         if probs is None:
             probs = samples.mean(axis=0)
     elif probs is None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.evaluation import plots
-from hits_stamps.evaluation.calibration import uncertainty_report
+from hits_stamps.evaluation.calibration import DEFAULT_MC_SAMPLES, uncertainty_report
 from hits_stamps.evaluation.metrics import classification_metrics
 from hits_stamps.io.atomic import atomic_path
 from hits_stamps.stamps import StampSet
@@ -44,6 +44,27 @@ def predict_with_progress(model: TrainedModel, stamps: StampSet, mc_samples: int
     `predict_proba(stamps, seed=0)` call.
     """
     model.check_input(stamps)
+    parts = _chunked(model, stamps, progress, lambda part, start: model.predict_proba(
+        part, batch_size=batch_size, device=device, mc_samples=mc_samples, seed=start))
+    return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.float32)
+
+
+def mc_samples_with_progress(model: TrainedModel, stamps: StampSet, n_samples: int, progress: bool = True,
+                             batch_size: int = 1024, device: str = "cpu") -> np.ndarray:
+    """Monte-Carlo probabilities (S, N, 2) over `stamps` in chunks, with a progress bar.
+
+    Seeded like `predict_with_progress`, so `.mean(0)` equals its result for the same `n_samples`.
+    """
+    from hits_stamps.uncertainty import mc_predict_stamps
+
+    model.check_input(stamps)
+    parts = _chunked(model, stamps, progress, lambda part, start: mc_predict_stamps(
+        model, part, n_samples=n_samples, batch_size=batch_size, seed=start, device=device))
+    return np.concatenate(parts, axis=1) if parts else np.zeros((n_samples, 0, 2), dtype=np.float32)
+
+
+def _chunked(model: TrainedModel, stamps: StampSet, progress: bool, fn) -> list[np.ndarray]:
+    """fn(images[start:start + CHUNK], start) for every chunk, with a progress bar over large sets."""
     n = len(stamps)
     out = []
     bar = None
@@ -56,14 +77,13 @@ def predict_with_progress(model: TrainedModel, stamps: StampSet, mc_samples: int
     try:
         for start in range(0, n, CHUNK):
             part = stamps.images[start : start + CHUNK]
-            out.append(model.predict_proba(part, batch_size=batch_size, device=device,
-                                           mc_samples=mc_samples, seed=start))
+            out.append(fn(part, start))
             if bar is not None:
                 bar.update(task, advance=len(part))
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-    return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
+    return out
 
 
 def _write_predictions(path: Path, stamps: StampSet, p_real: np.ndarray) -> None:
@@ -102,7 +122,15 @@ def evaluate_model(
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    probs = predict_with_progress(model, stamps, mc_samples=mc_samples, progress=progress, device=device)
+    samples = None
+    if model.spec.task == "bayesian-classifier":  # one Monte-Carlo pass serves the metrics and the uncertainty
+        s = DEFAULT_MC_SAMPLES if mc_samples is None else int(mc_samples)
+        if s < 1:
+            raise HitsStampsError(f"mc_samples must be >= 1; got {s}")
+        samples = mc_samples_with_progress(model, stamps, s, progress=progress, device=device)
+        probs = samples.mean(axis=0)
+    else:
+        probs = predict_with_progress(model, stamps, progress=progress, device=device)
     seconds = time.perf_counter() - t0
     p_real = probs[:, 1]
     metrics = classification_metrics(stamps.labels, p_real, snr=stamps.snr, kind=stamps.kind)
@@ -116,7 +144,7 @@ def evaluate_model(
         "stamps_per_second": len(stamps) / seconds if seconds > 0 else None,
     })
 
-    report = uncertainty_report(model, stamps, out, probs=probs, mc_samples=mc_samples)
+    report = uncertainty_report(model, stamps, out, probs=probs, mc_samples=mc_samples, samples=samples)
     for key, value in (report or {}).items():
         metrics.setdefault(key, value)  # classification keys above take precedence
 
