@@ -25,6 +25,7 @@ file and the ONNX file (if any) under the same paths as the client (a shared fil
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -37,6 +38,16 @@ import numpy as np
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.training.modeldir import WEIGHTS
 
+#: Dask settings while `run_dask` runs: short diagnostic logs. A LocalCluster's scheduler runs in
+#: this process, and its default logs (10,000 entries each) make this process's memory grow with
+#: the number of blocks until they are full.
+DASK_CONFIG = {
+    "distributed.admin.log-length": 100,
+    "distributed.admin.low-level-log-length": 100,
+    "distributed.admin.system-monitor.log-length": 100,
+    "distributed.scheduler.dashboard.tasks.task-stream-length": 100,
+    "distributed.scheduler.dashboard.status.task-stream-length": 100,
+}
 _LOADED_AT_CPU: list[float] = []  # this worker's CPU seconds when its (first) model was ready
 
 
@@ -171,68 +182,23 @@ def run_dask(model, backend, stream, writer, config, rows: int, start: int, stat
     from the same arguments. An ONNX model exported in memory is written to a temporary file for
     the workers of a LocalCluster and removed afterwards.
     """
-    import dask.array as da
-    from dask.base import tokenize
+    import dask
 
-    from hits_stamps.serve.predict import record
-
-    n = stream.n
-    if start >= n:
+    if start >= stream.n:
         return
-    model_dir = str(Path(model.path).resolve())
-    data_path = str(Path(stream.path).resolve())
-    tmpdir = None
-    onnx_path = config.onnx_path
-    if config.backend == "onnxruntime" and onnx_path is None:
-        tmpdir = tempfile.TemporaryDirectory(prefix="hits-stamps-onnx-")
-        onnx_path = Path(tmpdir.name) / "model.onnx"
-        onnx_path.write_bytes(backend.onnx_bytes)
-    try:
-        onnx_path = None if onnx_path is None else str(Path(onnx_path).resolve())
-        loader_args = (
-            model_dir, _mtime(Path(model_dir) / WEIGHTS), config.backend, onnx_path, _mtime(onnx_path),
-            config.device, config.mc_samples, config.seed,
-        )
-        h, w, c = stream.stamp_shape
-        source = H5Rows(data_path, "images", start, (n, h, w, c), stream.dtype)
-        name = "hits-stamps-images-" + tokenize(data_path, _mtime(data_path), start, rows)
-        images = da.from_array(source, chunks=(rows, h, w, c), name=name, asarray=True, lock=False,
-                               meta=np.empty((0, h, w, c), dtype=source.dtype))
-        result = images.map_blocks(  # (N - start, 2): p_real, non-finite pixels per stamp
-            _predict_block, offset=start, batch_size=config.batch_size, loader_args=loader_args,
-            drop_axis=[2, 3], chunks=(images.chunks[0], (2,)), dtype=np.float32,
-            meta=np.empty((0, 2), dtype=np.float32),
-        )
-        blocks = list(result.to_delayed().ravel())
-        bounds = np.cumsum((0,) + result.chunks[0]) + start
+    with contextlib.ExitStack() as stack:
+        onnx_path = config.onnx_path
+        if config.backend == "onnxruntime" and onnx_path is None:
+            tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="hits-stamps-onnx-"))
+            onnx_path = Path(tmpdir) / "model.onnx"
+            onnx_path.write_bytes(backend.onnx_bytes)
+        stack.enter_context(dask.config.set(DASK_CONFIG))
+        result = _block_array(model, stream, config, rows, start, onnx_path)
         t0 = time.perf_counter()
         client, cluster = _open_client(config)
         state["setup_seconds"] = time.perf_counter() - t0
         try:
-            window = max(2, 2 * sum(client.nthreads().values()))
-            if progress is not None:
-                progress(start, n)
-            pending: collections.deque = collections.deque()
-            todo = iter(range(len(blocks)))
-            for i in todo:
-                pending.append((i, client.compute(blocks[i])))
-                if len(pending) >= window:
-                    break
-            while pending:
-                i, future = pending.popleft()
-                block = np.asarray(future.result(), dtype=np.float32)
-                future.release()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    pending.append((nxt, client.compute(blocks[nxt])))
-                a, b = int(bounds[i]), int(bounds[i + 1])
-                if block.shape != (b - a, 2):
-                    raise HitsStampsError(f"dask block {i} returned shape {block.shape} for rows {a}-{b - 1}")
-                record(writer, state, stream.read_ids(a, b), block[:, 0], int(block[:, 1].sum()), config.threshold)
-                if progress is not None:
-                    progress(b, n)
-            for _, future in pending:
-                future.cancel()
+            _compute_in_order(client, result, stream, writer, config, start, state, progress)
             state["worker_stats"] = client.run(_worker_stats)
         finally:
             if cluster is not None:  # ours: stop workers and scheduler (shutdown avoids heartbeat errors)
@@ -240,9 +206,70 @@ def run_dask(model, backend, stream, writer, config, rows: int, start: int, stat
                 cluster.close()
             else:
                 client.close()
+
+
+def _block_array(model, stream, config, rows: int, start: int, onnx_path):
+    """The lazy (N - start, 2) result: column 0 p_real, column 1 non-finite pixels per stamp."""
+    import dask.array as da
+    from dask.base import tokenize
+
+    model_dir = str(Path(model.path).resolve())
+    data_path = str(Path(stream.path).resolve())
+    onnx_path = None if onnx_path is None else str(Path(onnx_path).resolve())
+    loader_args = (
+        model_dir, _mtime(Path(model_dir) / WEIGHTS), config.backend, onnx_path, _mtime(onnx_path),
+        config.device, config.mc_samples, config.seed,
+    )
+    h, w, c = stream.stamp_shape
+    source = H5Rows(data_path, "images", start, (stream.n, h, w, c), stream.dtype)
+    name = "hits-stamps-images-" + tokenize(data_path, _mtime(data_path), start, rows)
+    images = da.from_array(source, chunks=(rows, h, w, c), name=name, asarray=True, lock=False,
+                           meta=np.empty((0, h, w, c), dtype=source.dtype))
+    return images.map_blocks(
+        _predict_block, offset=start, batch_size=config.batch_size, loader_args=loader_args,
+        drop_axis=[2, 3], chunks=(images.chunks[0], (2,)), dtype=np.float32,
+        meta=np.empty((0, 2), dtype=np.float32),
+    )
+
+
+def _compute_in_order(client, result, stream, writer, config, start: int, state: dict, progress) -> None:
+    """Keep a window of blocks computing; append finished blocks to the CSV in file order."""
+    from hits_stamps.serve.predict import record
+
+    n = stream.n
+    bounds = np.cumsum((0,) + result.chunks[0]) + start
+    window = max(2, 2 * sum(client.nthreads().values()))
+    if progress is not None:
+        progress(start, n)
+    pending: collections.deque = collections.deque()
+    # `result.blocks[i]` keeps the high-level graph, so the client culls it to one block and its
+    # memory does not grow with the number of blocks
+    todo = iter(range(result.numblocks[0]))
+
+    def submit(i: int) -> None:
+        pending.append((i, client.compute(result.blocks[i])))
+
+    for i in todo:
+        submit(i)
+        if len(pending) >= window:
+            break
+    try:
+        while pending:
+            i, future = pending.popleft()
+            block = np.asarray(future.result(), dtype=np.float32)
+            future.release()
+            nxt = next(todo, None)
+            if nxt is not None:
+                submit(nxt)
+            a, b = int(bounds[i]), int(bounds[i + 1])
+            if block.shape != (b - a, 2):
+                raise HitsStampsError(f"dask block {i} returned shape {block.shape} for rows {a}-{b - 1}")
+            record(writer, state, stream.read_ids(a, b), block[:, 0], int(block[:, 1].sum()), config.threshold)
+            if progress is not None:
+                progress(b, n)
     finally:
-        if tmpdir is not None:
-            tmpdir.cleanup()
+        for _, future in pending:
+            future.cancel()
 
 
-__all__ = ["H5Rows", "run_dask"]
+__all__ = ["DASK_CONFIG", "H5Rows", "peak_rss_mib", "run_dask"]
