@@ -6,7 +6,7 @@ import torch
 from torch import distributions as D
 
 from hits_stamps.datasets import make_synthetic_stamps
-from hits_stamps.models.cvae import ChannelTransform, ConditionalVAE, cvae_objective, gaussian_kl
+from hits_stamps.models.cvae import ChannelTransform, ConditionalVAE, LowRankPixelMVN, cvae_objective, gaussian_kl
 from hits_stamps.models.registry import get_spec
 from hits_stamps.training import TrainConfig, fit
 
@@ -21,7 +21,7 @@ def _fitted(c=4, size=(21, 21), **kw):
 
 @pytest.mark.parametrize(
     ("likelihood", "c", "size"),
-    [(lik, 4, (21, 21)) for lik in ("gaussian", "laplace", "student_t", "mvn")]
+    [(lik, 4, (21, 21)) for lik in ("gaussian", "laplace", "student_t", "mvn", "mvn_lowrank")]
     + [("mvn", 3, (63, 63)), ("student_t", 2, (16, 24))],
 )
 def test_shapes_for_sizes_channels_and_likelihoods(likelihood, c, size):
@@ -133,6 +133,28 @@ def test_mvn_nll_matches_per_pixel_closed_form():
         maha = (r.transpose(-1, -2) @ torch.linalg.solve(cov, r)).squeeze(-1).squeeze(-1)
         nll = 0.5 * (3 * math.log(2 * math.pi) + torch.logdet(cov) + maha)  # (B, H, W)
         torch.testing.assert_close(-out.dist.log_prob(out.target), nll.sum((1, 2)), rtol=1e-4, atol=1e-3)
+
+
+def test_lowrank_pixel_mvn_matches_dense_gaussian():
+    torch.manual_seed(0)
+    b, h, w, c, r = 2, 3, 2, 4, 3
+    loc = torch.randn(b, h, w, c, dtype=torch.float64)
+    tril = torch.randn(b, h, w, c, c, dtype=torch.float64).tril()
+    tril.diagonal(dim1=-2, dim2=-1).abs_().add_(0.5)
+    factor = torch.randn(b, h, w, c, r, dtype=torch.float64)
+    dist = LowRankPixelMVN(loc, tril, factor)
+    assert dist.batch_shape == (b,) and dist.event_shape == (h, w, c)
+    blocks = tril.reshape(b, h * w, c, c)
+    cov = factor.reshape(b, -1, r) @ factor.reshape(b, -1, r).transpose(1, 2)
+    for p in range(h * w):
+        cov[:, p * c : (p + 1) * c, p * c : (p + 1) * c] += blocks[:, p] @ blocks[:, p].transpose(-1, -2)
+    x = torch.randn(b, h, w, c, dtype=torch.float64)
+    dense = D.MultivariateNormal(loc.reshape(b, -1), covariance_matrix=cov)
+    torch.testing.assert_close(dist.log_prob(x), dense.log_prob(x.reshape(b, -1)))
+    draws = torch.stack([dist.sample() for _ in range(4000)])[:, 0].reshape(4000, -1)
+    err = (torch.cov(draws.T) - cov[0]).abs().max() / cov[0].abs().max()
+    assert float(err) < 0.08
+    torch.testing.assert_close(dist.mean, loc)
 
 
 def test_kl_warmup_counts_training_steps_only():

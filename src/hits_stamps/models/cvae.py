@@ -68,7 +68,7 @@ from torch import nn
 
 from hits_stamps.models.registry import ModelSpec, ObjectiveOutput, Recipe, register
 
-LIKELIHOODS = ("gaussian", "laplace", "student_t", "mvn")
+LIKELIHOODS = ("gaussian", "laplace", "student_t", "mvn", "mvn_lowrank")
 INPUT_TRANSFORMS = ("asinh", "standardize")
 
 
@@ -194,6 +194,59 @@ class ChannelTransform(nn.Module):
         return self._unmix(center + scale * u)
 
 
+class LowRankPixelMVN(D.Distribution):
+    """Gaussian over a whole stamp: covariance W W^T + blockdiag_p(L_p L_p^T) (Dorta et al. 2018 style).
+
+    loc: (B, H, W, C); tril: (B, H, W, C, C) per-pixel lower-triangular factors of the channel
+    covariance (pixel noise); factor: (B, H, W, C, r), r columns of W, each a stamp-wide pattern
+    (structured uncertainty, e.g. a source brighter or fainter as a whole). Batch shape (B,), event
+    shape (H, W, C). log p(t) = -1/2 (N log 2 pi + log det S + r^T S^-1 r), r = t - loc, N = H W C,
+    evaluated with the matrix determinant lemma and Woodbury's identity:
+    with a_p = L_p^-1 r_p, A_p = L_p^-1 W_p and K = I_r + sum_p A_p^T A_p,
+    log det S = log det K + 2 sum_p sum_c log L_p,cc and
+    r^T S^-1 r = sum_p |a_p|^2 - u^T K^-1 u, u = sum_p A_p^T a_p.
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = True
+
+    def __init__(self, loc: torch.Tensor, tril: torch.Tensor, factor: torch.Tensor):
+        self.loc, self.tril, self.factor = loc, tril, factor
+        super().__init__(batch_shape=loc.shape[:1], event_shape=loc.shape[1:], validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        b, r = self.loc.shape[0], self.factor.shape[-1]
+        resid = (value - self.loc).unsqueeze(-1)  # (B, H, W, C, 1)
+        a = torch.linalg.solve_triangular(self.tril, resid, upper=False).flatten(1)  # (B, P*C)
+        big_a = torch.linalg.solve_triangular(self.tril, self.factor, upper=False).reshape(b, -1, r)  # (B, P*C, r)
+        cap = torch.eye(r, dtype=a.dtype, device=a.device) + big_a.transpose(1, 2) @ big_a  # (B, r, r)
+        chol = torch.linalg.cholesky(cap)
+        u = (big_a.transpose(1, 2) @ a.unsqueeze(-1))  # (B, r, 1)
+        v = torch.linalg.solve_triangular(chol, u, upper=False).squeeze(-1)  # (B, r): |v|^2 = u^T K^-1 u
+        maha = (a * a).sum(1) - (v * v).sum(1)
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1) + 2 * torch.log(
+            torch.diagonal(self.tril, dim1=-2, dim2=-1)).flatten(1).sum(1)
+        n = a.shape[1]
+        return -0.5 * (n * math.log(2 * math.pi) + logdet + maha)
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        if sample_shape != torch.Size():
+            raise ValueError("LowRankPixelMVN draws one sample per batch row")
+        b, r = self.loc.shape[0], self.factor.shape[-1]
+        eps_w = torch.randn(b, r, dtype=self.loc.dtype, device=self.loc.device)  # (B, r)
+        eps_p = torch.randn_like(self.loc).unsqueeze(-1)  # (B, H, W, C, 1)
+        structured = (self.factor @ eps_w[:, None, None, :, None]).squeeze(-1)  # (B, H, W, C)
+        return self.loc + structured + (self.tril @ eps_p).squeeze(-1)
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1)
 
@@ -224,6 +277,7 @@ class ConditionalVAE(nn.Module):
         min_scale: float = 2e-3,
         kl_warmup_steps: int = 0,
         kl_weight: float = 1.0,
+        rank: int = 8,
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -271,8 +325,11 @@ class ConditionalVAE(nn.Module):
             self.dec_levels.append(nn.Sequential(_conv(w_in, w_out), nn.SiLU(), _conv(w_out, w_out), nn.SiLU()))
         # per pixel: C locations, C scales (the diagonal of L for "mvn"), and for "mvn" the
         # C (C - 1) / 2 entries of L below its diagonal
-        self.n_offdiag = in_channels * (in_channels - 1) // 2 if likelihood == "mvn" else 0
-        self.dec_out = nn.Conv2d(widths[0], 2 * in_channels + self.n_offdiag, kernel_size=1)
+        self.n_offdiag = in_channels * (in_channels - 1) // 2 if likelihood.startswith("mvn") else 0
+        self.rank = int(rank) if likelihood == "mvn_lowrank" else 0
+        if likelihood == "mvn_lowrank" and self.rank < 1:
+            raise ValueError(f"rank must be >= 1 for mvn_lowrank; got {rank}")
+        self.dec_out = nn.Conv2d(widths[0], 2 * in_channels + self.n_offdiag + in_channels * self.rank, kernel_size=1)
         if likelihood == "student_t":
             # degrees of freedom per channel: df = 2 + softplus(raw), initialised at df = 5
             self.raw_df = nn.Parameter(torch.full((in_channels,), math.log(math.expm1(3.0))))
@@ -327,12 +384,16 @@ class ConditionalVAE(nn.Module):
             hid = level(F.interpolate(hid, size=target, mode="nearest"))
         params = self.dec_out(hid).permute(0, 2, 3, 1)  # (B, H, W, 2C [+ C(C-1)/2])
         c = self.in_channels
-        loc, raw_scale, off = params[..., :c], params[..., c : 2 * c], params[..., 2 * c :]
+        k = 2 * c + self.n_offdiag
+        loc, raw_scale, off = params[..., :c], params[..., c : 2 * c], params[..., 2 * c : k]
         scale = F.softplus(raw_scale) + self.min_scale  # (B, H, W, C)
-        if self.likelihood == "mvn":
+        if self.likelihood.startswith("mvn"):
             rows, cols = torch.tril_indices(c, c, offset=-1, device=params.device)
             tril = torch.diag_embed(scale)  # (B, H, W, C, C)
             tril[..., rows, cols] = off
+            if self.likelihood == "mvn_lowrank":
+                factor = params[..., k:].reshape(*loc.shape, self.rank)  # (B, H, W, C, r)
+                return LowRankPixelMVN(loc, tril, factor)
             return D.Independent(D.MultivariateNormal(loc, scale_tril=tril), 2)
         if self.likelihood == "gaussian":
             base: D.Distribution = D.Normal(loc, scale)
@@ -345,8 +406,8 @@ class ConditionalVAE(nn.Module):
 
     @staticmethod
     def location(dist: D.Distribution) -> torch.Tensor:
-        """The decoder's per-pixel location (B, H, W, C): the mean (Gaussian, MVN, Student-t) or median (Laplace)."""
-        return dist.base_dist.loc
+        """The decoder's location (B, H, W, C): its mean (for Laplace also the median)."""
+        return dist.mean
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> CVAEOutput:
         """x (B, C, H, W) data units, y (B,) -> reconstruction distribution and posterior."""
