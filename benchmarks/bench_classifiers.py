@@ -151,7 +151,22 @@ ABLATION = [
      {"batch_norm": True, "group": "d4", "input_norm": "minmax+robust_asinh"},
      {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "lr_schedule": "cosine", "scaling": "none",
       "nan_policy": "median"}),
+    ("seed-cnn (its recipe, same epochs), for reference", {}, {}, "seed-cnn"),
+    ("+ batch norm + C4 + AdamW 3e-3 cosine", {"batch_norm": True},
+     {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "lr_schedule": "cosine"}),
+    ("+ batch norm + D4 + AdamW 3e-3 cosine + dropout 0.5", {"batch_norm": True, "group": "d4", "dropout": 0.5},
+     {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "lr_schedule": "cosine"}),
 ]
+
+
+def real_split(real: StampSet) -> tuple[StampSet, StampSet]:
+    """The real-pixel set split by object (seed 0): 70% of objects for training / validation, 30% test.
+
+    The same split everywhere: `ablation --real-val` selects on the 70% part only, `compare` reports
+    on the 30% part (and on the whole set)."""
+    r_train, r_test = real.split((0.7, 0.3), seed=0, groups=object_groups(real))
+    assert not set(object_groups(r_test)) & set(object_groups(r_train))
+    return r_train, r_test
 
 
 def cmd_ablation(args) -> None:
@@ -159,15 +174,20 @@ def cmd_ablation(args) -> None:
     full = _labelled(read_stamps(data / "sim_train.npz"))
     sub = full[np.random.default_rng(0).permutation(len(full))[: args.n_train + args.n_val]]
     train, val = sub.split((args.n_train, args.n_val), seed=0)
+    tests = {"val": val}
+    if args.real_val and (data / "real.npz").exists():
+        tests["real_val"] = real_split(_labelled(read_stamps(data / "real.npz")))[0]
     only = set(args.only.split(",")) if args.only else None
     rows = json.loads(Path(args.out).read_text())["rows"] if args.append and Path(args.out).exists() else []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, kw, rec) in enumerate(ABLATION):
+        for i, (label, kw, rec, *model) in enumerate(ABLATION):
             if only is not None and str(i) not in only:
                 continue
+            name = model[0] if model else "rotinv-cnn"
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                res = train_and_score("rotinv-cnn", train, val, {"val": val}, Path(tmp) / f"m{i}_{seed}",
-                                      args.epochs, seed, {**BASE, **kw}, {**BASE_RECIPE, **rec})
+                res = train_and_score(name, train, val, tests, Path(tmp) / f"m{i}_{seed}", args.epochs, seed,
+                                      {**BASE, **kw} if name == "rotinv-cnn" else kw,
+                                      {**BASE_RECIPE, **rec} if name == "rotinv-cnn" else rec)
                 res["label"] = label
                 res["variant"] = i
                 rows.append(res)
@@ -183,6 +203,22 @@ def object_groups(stamps: StampSet) -> np.ndarray:
     return np.array([i.split(":")[0] for i in stamps.ids])
 
 
+def _score_missing(rows: list[dict], setting: str, name: str, seed: int, tests: dict[str, StampSet],
+                   eval_dir: Path) -> None:
+    """Evaluate an already trained model (its row in `rows`) on test sets it has not seen yet."""
+    from hits_stamps.evaluation.evaluate import evaluate_model
+    from hits_stamps.training import load_model
+
+    row = next(r for r in rows if (r["setting"], r["model"], r["seed"]) == (setting, name, seed))
+    for test, stamps in tests.items():
+        if test not in row["tests"]:
+            m = evaluate_model(load_model(row["model_dir"]), stamps, eval_dir / test, progress=False)
+            keep = (*KEYS, "n", "by_snr", "by_kind", "threshold_at_fpr_1pct", "ece", "nll",
+                    "accuracy_at_10pct_referral")
+            row["tests"][test] = {k: m.get(k) for k in keep}
+            print(f"{name} seed {seed} ({setting}) on {test}: acc {m['accuracy']:.4f}", flush=True)
+
+
 def cmd_compare(args) -> None:
     """Models trained on simulation (tested on simulated and real-pixel stamps), and trained on the
     real-pixel set split by object (70% of objects train+validation, 30% test)."""
@@ -193,6 +229,8 @@ def cmd_compare(args) -> None:
     real = _labelled(read_stamps(data / "real.npz")) if (data / "real.npz").exists() else None
     if real is not None:
         tests["real"] = real
+        r_train, r_test = real_split(real)
+        tests["real_test_objects"] = r_test  # the objects the real-trained models are tested on
     models = args.models.split(",")
     epochs = json.loads(args.epochs) if args.epochs else {}
     out = Path(args.out)
@@ -203,14 +241,14 @@ def cmd_compare(args) -> None:
     if "sim" in settings:
         runs.append(("trained on simulation", "sim", train, val, tests))
     if "real" in settings and real is not None:
-        r_train, r_test = real.split((0.7, 0.3), seed=0, groups=object_groups(real))
         r_tr, r_val = r_train.split((0.8, 0.2), seed=0, groups=object_groups(r_train))
-        assert not set(object_groups(r_test)) & set(object_groups(r_train))
         runs.append(("real-pixel set split by object (70/30)", "real", r_tr, r_val, {"real_by_object": r_test}))
     for setting, tag, tr, va, te in runs:
         for name in models:
             for seed in range(args.seeds):
                 if (setting, name, seed) in done:
+                    _score_missing(rows, setting, name, seed, te, work / "eval" / f"{tag}_{name}_s{seed}")
+                    _write(out, {"machine": machine(), "rows": rows})
                     continue
                 res = train_and_score(name, tr, va, te, work / "models" / f"{tag}_{name}_s{seed}", epochs.get(name),
                                       seed, eval_dir=work / "eval" / f"{tag}_{name}_s{seed}")
@@ -515,6 +553,8 @@ def main() -> None:
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--only", default="", help="comma-separated variant indices")
     p.add_argument("--append", action="store_true", help="add rows to an existing --out file")
+    p.add_argument("--real-val", action="store_true",
+                   help="also score the 70%% training objects of the real-pixel set (never the test objects)")
     p = sub.add_parser("compare")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)

@@ -69,7 +69,12 @@ def machine() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except (OSError, subprocess.CalledProcessError, StopIteration):
         pass
+    import hashlib
+
+    import hits_stamps.models.cnn as cnn
+
     return {
+        "models_cnn_py_sha256": hashlib.sha256(Path(cnn.__file__).read_bytes()).hexdigest()[:16],
         "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__, "dask": dask.__version__,
         "load_average_at_start": os.getloadavg(),
@@ -187,8 +192,32 @@ def summarize(v: list[dict]) -> dict:
     }
 
 
+def maxpool_variant_onnx(model) -> bytes | None:
+    """The ONNX export with `F.max_pool2d` (an ONNX MaxPool) in place of `models.cnn.max_pool_2x2`.
+
+    `max_pool_2x2` takes the maximum of four strided slices at inference, which is faster in torch
+    but exports as Slice + Max nodes; this variant measures what a MaxPool in the graph would give.
+    None when the model module has no such function.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    import hits_stamps.models.cnn as cnn
+    from hits_stamps.serve.export import export_onnx_bytes
+
+    original = getattr(cnn, "max_pool_2x2", None)
+    if original is None:
+        return None
+    cnn.max_pool_2x2 = lambda t: F.max_pool2d(t, 2) if torch.compiler.is_exporting() else original(t)
+    try:
+        return export_onnx_bytes(model)
+    finally:
+        cnn.max_pool_2x2 = original
+
+
 def batch_sweep(models: dict[str, Path], onnx: dict[str, Path], base, sizes=(32, 64, 256, 1024), n=4096) -> list:
-    """Stamps per CPU-second of the forward pass alone, one thread, for several batch sizes."""
+    """Stamps per CPU-second of the forward pass alone, one thread, for several batch sizes (torch,
+    onnxruntime, and onnxruntime on the MaxPool variant of the export)."""
     import torch
 
     from hits_stamps.serve.export import make_session
@@ -200,19 +229,25 @@ def batch_sweep(models: dict[str, Path], onnx: dict[str, Path], base, sizes=(32,
         model = load_model(path)
         x = model.preprocessor.transform(base.images[:n], report=False)
         n = len(x)
-        session = make_session(onnx[name], threads=1)
+        sessions = {"ort": make_session(onnx[name], threads=1)}
+        variant = maxpool_variant_onnx(model)
+        if variant is not None:
+            sessions["ort_maxpool"] = make_session(variant, threads=1)
         for b in sizes:
+            row = {"model": name, "batch": b}
             t0 = time.process_time()
             with torch.no_grad():
                 for a in range(0, n, b):
                     model.module(torch.from_numpy(x[a:a + b]))
-            t1 = time.process_time()
-            for a in range(0, n, b):
-                session.run(None, {"input": x[a:a + b]})
-            t2 = time.process_time()
-            rows.append({"model": name, "batch": b, "torch_per_cpu_s": n / (t1 - t0), "ort_per_cpu_s": n / (t2 - t1)})
-            print(f"  batch sweep {name} b={b}: torch {rows[-1]['torch_per_cpu_s']:.0f}/cpu-s, "
-                  f"onnxruntime {rows[-1]['ort_per_cpu_s']:.0f}/cpu-s", flush=True)
+            row["torch_per_cpu_s"] = n / (time.process_time() - t0)
+            for key, session in sessions.items():
+                t0 = time.process_time()
+                for a in range(0, n, b):
+                    session.run(None, {"input": x[a:a + b]})
+                row[f"{key}_per_cpu_s"] = n / (time.process_time() - t0)
+            rows.append(row)
+            print(f"  batch sweep {name} b={b}: " + ", ".join(f"{k} {v:.0f}" for k, v in row.items()
+                                                            if k.endswith("cpu_s")), flush=True)
     return rows
 
 
