@@ -100,9 +100,11 @@ def train_and_score(model: str, train: StampSet, val: StampSet, tests: dict[str,
     """
     cfg = TrainConfig(model=model, epochs=epochs, seed=seed, model_kwargs=model_kwargs or {},
                       recipe_overrides=recipe or {})
+    # an interrupted run (checkpoint, no weights yet) continues; its time is the sum of its epochs
+    resume = (out_dir / "checkpoint.pt").exists() and not (out_dir / "model.safetensors").exists()
     t0 = time.perf_counter()
-    trained = fit(cfg, train, out_dir, val=val, overwrite=True, progress=False)
-    train_s = time.perf_counter() - t0
+    trained = fit(cfg, train, out_dir, val=val, overwrite=not resume, resume=resume, progress=False)
+    train_s = sum(h.get("seconds", 0.0) for h in trained.history) or time.perf_counter() - t0
     res = {"model": model, "model_kwargs": model_kwargs or {}, "recipe": recipe or {}, "seed": seed,
            "epochs": len(trained.history), "train_seconds": train_s, "n_train": len(train), "n_val": len(val),
            "n_parameters": trained.n_parameters, "model_dir": str(out_dir), "history": trained.history,

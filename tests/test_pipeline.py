@@ -295,3 +295,16 @@ def test_report_renders_in_headless_chromium(finished_run, tmp_path):
     with Image.open(tmp_path / "shot.png") as im:
         assert im.size == (1280, 900)
         assert len(im.convert("L").resize((64, 45)).getcolors(4096)) > 5  # not a blank page
+
+
+def test_staged_dir_points_json_paths_at_the_final_folder(tmp_path):
+    from hits_stamps.pipeline.steps import staged_dir
+
+    final = tmp_path / "eval" / "model"
+    with staged_dir(final) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps({"figures": {"roc": str(tmp / "roc.png")}, "n": 3}))
+        (tmp / "roc.png").write_bytes(b"png")
+    assert not final.with_name("model.partial").exists()
+    metrics = json.loads((final / "metrics.json").read_text())
+    assert metrics == {"figures": {"roc": str(final / "roc.png")}, "n": 3}
+    assert Path(metrics["figures"]["roc"]).read_bytes() == b"png"

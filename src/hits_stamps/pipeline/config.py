@@ -33,8 +33,8 @@ DEFAULT_MODELS: tuple[str, ...] = ("seed-cnn", "deephits", "rotinv-cnn", "seed-b
 class DataConfig:
     """Simulated splits and the real-pixel HiTS 2015 set."""
 
-    n_train: int = 5000  # simulated training stamps
-    n_val: int = 1000  # simulated validation stamps (training curves)
+    n_train: int = 12000  # simulated training stamps
+    n_val: int = 2000  # simulated validation stamps (training curves)
     n_test: int = 5000  # simulated test stamps
     real_fraction: float = 0.5  # fraction of real (label 1) stamps in every simulated split
     seed: int = 0  # train/val/test are simulated with seeds seed, seed + 1, seed + 2
@@ -87,12 +87,12 @@ class AugmentationConfig:
 def _default_model_table() -> dict[str, ModelConfig]:
     # Sized so that the default run fits 15 minutes on 2 CPU cores (see docs/pipeline.md).
     return {
-        "seed-cnn": ModelConfig(epochs=2),
-        "deephits": ModelConfig(epochs=1),
-        "rotinv-cnn": ModelConfig(epochs=3),
-        "seed-bnn": ModelConfig(epochs=6),
-        "bayes-cnn": ModelConfig(epochs=2),
-        "cvae": ModelConfig(epochs=1),
+        "seed-cnn": ModelConfig(epochs=5),
+        "deephits": ModelConfig(epochs=2),
+        "rotinv-cnn": ModelConfig(epochs=4),
+        "seed-bnn": ModelConfig(epochs=10),
+        "bayes-cnn": ModelConfig(epochs=3),
+        "cvae": ModelConfig(epochs=2),
     }
 
 

@@ -86,6 +86,8 @@ def staged_dir(final: Path, keep_partial: bool = False) -> Iterator[Path]:
 
     A previous `.partial` is removed first unless `keep_partial` (training keeps it so that its
     checkpoint resumes an interrupted fit). On error the partial folder stays for inspection.
+    Paths into the partial folder written in JSON files inside it (e.g. a metrics.json's
+    `figures`) are rewritten to the final folder.
     """
     partial = final.with_name(final.name + ".partial")
     if partial.exists() and not keep_partial:
@@ -95,6 +97,11 @@ def staged_dir(final: Path, keep_partial: bool = False) -> Iterator[Path]:
     if final.exists():
         shutil.rmtree(final)
     partial.rename(final)
+    old, new = json.dumps(str(partial))[1:-1], json.dumps(str(final))[1:-1]
+    for path in final.rglob("*.json"):
+        text = path.read_text()
+        if old in text:
+            path.write_text(text.replace(old, new))
 
 
 def _labelled(stamps: StampSet) -> StampSet:
