@@ -413,8 +413,18 @@ def _classifier_section(out: Path, summary: dict[str, Any]) -> str:
                             "positive rate; dashed: FPR 1%). From the evaluation's predictions.csv.",
                             f"ROC curves, {TEST_SET_TITLES[t]}"))
     parts.append("</div>")
-    for kind, title in (("roc", "Per-model ROC curves with the FPR 1% operating point"),
-                        ("confusion", "Confusion matrices"), ("misclassified", "Misclassified stamps")):
+    parts.extend(_per_model_details(out, models, test_sets, (
+        ("roc", "Per-model ROC curves with the FPR 1% operating point"),
+        ("confusion", "Confusion matrices"), ("misclassified", "Misclassified stamps"))))
+    return "\n".join(parts)
+
+
+def _per_model_details(out: Path, models, test_sets, kinds) -> list[str]:
+    """One collapsed grid per (figure kind, title) of every model's evaluation figures of that kind."""
+    from hits_stamps.pipeline.steps import TEST_SET_TITLES
+
+    parts: list[str] = []
+    for kind, title in kinds:
         figs = [(name, t, p) for t in test_sets for name in models
                 for p in figures_in(out / "eval" / name / t).get(kind, [])]
         if figs:
@@ -422,7 +432,7 @@ def _classifier_section(out: Path, summary: dict[str, Any]) -> str:
             parts.extend(figure(p, f"{esc(name)}, {esc(TEST_SET_TITLES[t])}: {FIGURE_CAPTIONS[kind]}")
                          for name, t, p in figs)
             parts.append("</div></details>")
-    return "\n".join(parts)
+    return parts
 
 
 def _read_predictions(path: Path):
@@ -485,14 +495,8 @@ def _bayes_section(out: Path, summary: dict[str, Any]) -> str:
                             f"Accuracy vs referral on the {esc(TEST_SET_TITLES[t])}; dashed: 10% referred "
                             "(the leaderboard's 'acc. at 10% referral').", f"referral, {TEST_SET_TITLES[t]}"))
     parts.append("</div>")
-    for kind, title in (("reliability", "Per-model reliability diagrams"), ("referral", "Per-model referral curves")):
-        figs = [(name, t, p) for t in test_sets for name in models
-                for p in figures_in(out / "eval" / name / t).get(kind, [])]
-        if figs:
-            parts.append(f"<details><summary>{title}</summary><div class=\"grid2\">")
-            parts.extend(figure(p, f"{esc(name)}, {esc(TEST_SET_TITLES[t])}: {FIGURE_CAPTIONS[kind]}")
-                         for name, t, p in figs)
-            parts.append("</div></details>")
+    parts.extend(_per_model_details(out, models, test_sets, (
+        ("reliability", "Per-model reliability diagrams"), ("referral", "Per-model referral curves"))))
     others = [(name, t, p) for t in test_sets for name in models
               for p in figures_in(out / "eval" / name / t).get("other", [])]
     others += [(name, "real", p) for name in bayes for k in ("fig3", "fig4", "fig5")
