@@ -125,6 +125,20 @@ def test_chunked_prediction_equals_in_memory(work, name, layout, tmp_path):
     assert summary.n_real == int((ref >= 0.5).sum())
 
 
+@pytest.mark.parametrize("layout", ["h5", "npz"])
+def test_limit_predicts_the_leading_rows(work, layout, tmp_path):
+    model = load_model(work["models"]["seed-cnn"])
+    path = work["files"][layout]
+    predict_file(model, path, tmp_path / "all.csv", PredictConfig(batch_size=32, chunk_rows=64))
+    # 160 rows: the same batches of 32 as the full run (a batch's size can change the last bits)
+    summary = predict_file(model, path, tmp_path / "head.csv", PredictConfig(batch_size=32, chunk_rows=64, limit=160))
+    assert summary.n_total == summary.n_written == 160
+    lines = (tmp_path / "all.csv").read_text().splitlines()
+    assert (tmp_path / "head.csv").read_text().splitlines() == lines[:161]  # header + 160 rows
+    with pytest.raises(HitsStampsError, match="limit"):
+        PredictConfig(limit=0)
+
+
 def test_bayesian_chunked_equals_predict_proba(work, tmp_path):
     """MC seeds follow the global row of each batch, so chunking does not change the samples."""
     model = load_model(work["models"]["seed-bnn"])
@@ -217,6 +231,10 @@ def test_onnx_parity_on_1000_stamps(work, onnx_files, name):
     assert np.max(np.abs(got - ref)) <= 1e-5
     for b in (1, 7):  # dynamic batch
         np.testing.assert_allclose(session.run([ONNX_OUTPUT], {ONNX_INPUT: x[:b]})[0], ref[:b], atol=1e-5, rtol=0)
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(onnx_files[name])).graph.node}
+    assert "MaxPool" in ops and "Slice" not in ops, ops  # pooling exported as MaxPool, not strided slices
 
 
 def test_onnx_bayesian_exports_the_mean_network(work, tmp_path):

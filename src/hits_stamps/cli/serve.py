@@ -40,6 +40,7 @@ def predict(
     seed: int = typer.Option(0, "--seed", help="Seed of the Monte-Carlo samples (Bayesian models)."),
     device: str = typer.Option("cpu", "--device", help="torch device: cpu | cuda (onnxruntime uses the CPU)."),
     threads: int | None = typer.Option(None, "--threads", help="Local engine: intra-op threads (default: all)."),
+    limit: int | None = typer.Option(None, "--limit", help="Predict only the first N stamps of the file."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle stamp files (they can run code)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -49,7 +50,7 @@ def predict(
     config = PredictConfig(
         batch_size=batch_size, backend=backend, onnx_path=str(onnx) if onnx else None, engine=engine,
         scheduler=scheduler, workers=workers, threshold=threshold, chunk_rows=chunk_rows, device=device,
-        mc_samples=mc_samples, seed=seed, threads=threads, trust_pickle=trust_pickle,
+        mc_samples=mc_samples, seed=seed, threads=threads, trust_pickle=trust_pickle, limit=limit,
     )
     with _Bar(progress, f"predict {data.name}") as bar:
         summary = predict_file(model_dir, data, out, config, resume=resume, overwrite=overwrite, progress=bar.update)

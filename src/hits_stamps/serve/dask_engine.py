@@ -38,10 +38,15 @@ import numpy as np
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.training.modeldir import WEIGHTS
 
-#: Dask settings while `run_dask` runs: short diagnostic logs. A LocalCluster's scheduler runs in
-#: this process, and its default logs (10,000 entries each) make this process's memory grow with
-#: the number of blocks until they are full.
+#: Dask settings while `run_dask` runs: short diagnostic logs (a LocalCluster's scheduler runs in
+#: this process, and its default logs, 10,000 entries each, make this process's memory grow with
+#: the number of blocks until they are full), and LocalCluster workers started without
+#: distributed's default MALLOC_TRIM_THRESHOLD_=65536: setting it turns off glibc's dynamic mmap
+#: threshold, so every torch activation over 128 KiB is a fresh mmap whose pages fault in on each
+#: forward pass; the torch backend ran at half its rate per CPU-second with it
+#: (docs/benchmarks/serving.md). Workers of an existing cluster keep their own settings.
 DASK_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
     "distributed.admin.log-length": 100,
     "distributed.admin.low-level-log-length": 100,
     "distributed.admin.system-monitor.log-length": 100,

@@ -46,6 +46,7 @@ class PredictConfig:
     seed: int = 0  # Bayesian models: seed of the Monte-Carlo samples
     threads: int | None = None  # local engine: torch / onnxruntime intra-op threads (None: library default)
     trust_pickle: bool = False  # allow pickle stamp files (they can run code)
+    limit: int | None = None  # predict only the first `limit` rows of the file (None: all of them)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -66,6 +67,8 @@ class PredictConfig:
             raise HitsStampsError(f"chunk_rows must be >= 1; got {self.chunk_rows}")
         if not 0.0 <= self.threshold <= 1.0:
             raise HitsStampsError(f"threshold must be in [0, 1]; got {self.threshold}")
+        if self.limit is not None and self.limit < 1:
+            raise HitsStampsError(f"limit must be >= 1; got {self.limit}")
         if self.threads is not None and self.threads < 1:
             raise HitsStampsError(f"threads must be >= 1; got {self.threads}")
 
@@ -131,9 +134,10 @@ def predict_file(
 
     Streams the file in chunks (bounded memory), appends each chunk's rows to the CSV as soon as
     they are computed, and with `resume` skips the rows an interrupted run already finished.
-    `progress(done, total)` is called after every chunk. Errors on bad input (missing file, wrong
-    stamp shape or channel count, existing output without `resume`/`overwrite`) are raised before
-    anything is written.
+    `progress(done, total)` is called after every chunk. With `config.limit` only the first rows are
+    predicted (the file is treated as if it ended there; `n_total` counts those rows). Errors on bad
+    input (missing file, wrong stamp shape or channel count, existing output without
+    `resume`/`overwrite`) are raised before anything is written.
     """
     config = config or PredictConfig()
     out = check_output(out, resume, overwrite)
@@ -142,6 +146,8 @@ def predict_file(
         raise HitsStampsError(f"{model.path}: {model.name} is a {model.spec.task}; it does not classify stamps")
     with open_stamp_stream(data, trust_pickle=config.trust_pickle) as stream:
         check_compatible(model, stream)
+        if config.limit is not None:
+            stream.head(config.limit)
         if config.engine == "dask" and stream.format != "h5":
             raise HitsStampsError(
                 f"{stream.path}: --engine dask reads HDF5 files by slices on the workers; found a "

@@ -93,6 +93,12 @@ class StampStream:
             ids, images = self.read(a, b)
             yield a, ids, images
 
+    def head(self, n: int) -> None:
+        """Serve only the first `n` rows from now on (`self.n` becomes min(n, N)); n >= 1."""
+        if n < 1:
+            raise ValueError(f"head needs n >= 1; got {n}")
+        self.n = min(self.n, int(n))
+
     def close(self) -> None:
         """Release the open file handles."""
 
