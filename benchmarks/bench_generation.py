@@ -135,20 +135,102 @@ def temperature_sweep(cvae, val: StampSet, judge, temperatures: list[float], see
     return rows
 
 
+def _judged(gen: StampSet, real: StampSet, lab: int, judge) -> dict:
+    from hits_stamps.generation.judge import classifier_features, frechet_distance
+
+    return {"agreement": float(np.mean(judge.predict(gen) == lab)),
+            "frechet": frechet_distance(classifier_features(judge, gen), classifier_features(judge, real))}
+
+
+def latent_diagnosis(cvae_dir, fit_on: StampSet, val: StampSet, judge, seed: int, components: list[int],
+                     temperatures: list[float]) -> list[dict]:
+    """Where do samples go wrong? Agreement and Fréchet distance per class on validation stamps for codes from
+
+    - `reconstruction`: the posterior mean of each validation stamp, decoded with its own class;
+    - `label_swap`: the same codes decoded with the other class (agreement with the swapped class
+      measures how much the decoder uses y rather than z);
+    - `prior`: z ~ N(0, I);
+    - `aggregate_M`: the per-class Gaussian mixture with M components fitted to the codes of `fit_on`
+      (the generator's training stamps), each in mode "loc" and "sample" (at each temperature).
+    """
+    from hits_stamps.generation.sample import fit_sampling_models, reconstruct
+
+    tm = load_generator(cvae_dir)
+    rows = []
+
+    def add(source: str, mode: str, temp, per_class: dict) -> None:
+        row = {"latent": source, "mode": mode, "temperature": temp}
+        for name, r in per_class.items():
+            row[f"agreement_{name}"], row[f"frechet_{name}"] = r["agreement"], r["frechet"]
+        print("diagnosis", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+        rows.append(row)
+
+    classes = (("real", 1), ("bogus", 0))
+    if not tm.module.has_residual_model:
+        fit_sampling_models(tm, fit_on, seed=seed, save=False)
+    for mode in ("loc", "sample", "residual"):
+        add("reconstruction", mode, 1.0, {name: _judged(reconstruct(tm, val[val.labels == lab], mode=mode, seed=seed),
+                                                        val[val.labels == lab], lab, judge) for name, lab in classes})
+    swapped = val[:]
+    swapped.labels = 1 - val.labels
+    rec = reconstruct(tm, swapped, mode="loc", seed=seed)
+    add("label_swap", "loc", 1.0, {name: _judged(rec[swapped.labels == lab], val[val.labels == lab], lab, judge)
+                                   for name, lab in classes})
+    sources = [("prior", None)] + [(f"aggregate_{m}", m) for m in components]
+    for source, m in sources:
+        if m is not None:
+            fit_sampling_models(tm, fit_on, components=m, seed=seed, save=False)
+        latent = "prior" if m is None else "aggregate"
+        for mode, temp in [("loc", 1.0)] + [(md, t) for md in ("sample", "residual") for t in temperatures]:
+            add(source, mode, temp, {
+                name: _judged(generate(tm, int(np.sum(val.labels == lab)), lab, seed=seed, mode=mode,
+                                       temperature=temp, latent=latent), val[val.labels == lab], lab, judge)
+                for name, lab in classes})
+    return rows
+
+
 def run_set(name: str, train: StampSet, test: StampSet, judge, args, out: Path) -> dict:
     res: dict = {"n_train": len(train), "n_test": len(test), "class_balance_train": train.class_balance(),
                  "class_balance_test": test.class_balance()}
     cvae_kwargs = json.loads(args.cvae_kwargs)
+    if args.cvae_n and args.cvae_n < len(train):
+        train = train[: args.cvae_n]  # the generator (and the judging's reference) sees this prefix only
+        res["n_train_cvae"] = len(train)
     t0 = time.perf_counter()
-    cvae = fit(TrainConfig(model="cvae", seed=args.seed, epochs=args.cvae_epochs, model_kwargs=cvae_kwargs),
-               train, out / "cvae", overwrite=True, progress=args.progress)
-    res["cvae"] = {"train_seconds": time.perf_counter() - t0, "epochs": args.cvae_epochs,
-                   "n_parameters": cvae.n_parameters, "model_kwargs": cvae.config["model_kwargs"],
-                   "final": cvae.history[-1]}
-    res["cvae"]["seconds_per_epoch"] = res["cvae"]["train_seconds"] / args.cvae_epochs
+    if name == "simulated" and args.cvae_dir:
+        # trained earlier with this script's settings (the same fit call); its time is the sum of its epochs
+        cvae = load_generator(args.cvae_dir)
+        if cvae.config["training_data"]["n_train"] + cvae.config["training_data"]["n_val"] != len(train):
+            raise SystemExit(f"--cvae-dir {args.cvae_dir} was not trained on these {len(train)} stamps")
+        train_seconds = sum(r["seconds"] for r in cvae.history)
+        res["cvae_dir"] = str(cvae.path)
+        (out / "cvae").parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(cvae.path, out / "cvae", dirs_exist_ok=True)
+        cvae = load_generator(out / "cvae")
+        if not (cvae.module.has_latent_mixture and cvae.module.has_residual_model):
+            # trained before the loop fitted these: fit them as the loop's post_fit does, on its training split
+            from hits_stamps.generation.sample import fit_sampling_models, train_config_of
+
+            cfg = train_config_of(cvae)
+            fit_on = train.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)[0]
+            t1 = time.perf_counter()
+            cvae = fit_sampling_models(cvae, fit_on, seed=cfg.seed)
+            train_seconds += time.perf_counter() - t1
+            res["post_fit_added"] = f"latent mixture and residual model fitted on {len(fit_on)} stamps"
+    else:
+        cvae = fit(TrainConfig(model="cvae", seed=args.seed, epochs=args.cvae_epochs, model_kwargs=cvae_kwargs),
+                   train, out / "cvae", overwrite=True, progress=args.progress)
+        train_seconds = time.perf_counter() - t0
+    epochs = len(cvae.history)
+    res["cvae"] = {"train_seconds": train_seconds, "epochs": epochs, "n_parameters": cvae.n_parameters,
+                   "model_kwargs": cvae.config["model_kwargs"], "final": cvae.history[-1],
+                   "seconds_per_epoch": train_seconds / max(epochs, 1),
+                   "seconds_per_1000_stamp_epoch": 1000 * train_seconds / max(epochs, 1)
+                   / cvae.config["training_data"]["n_train"]}
     res["judging"] = evaluate_generator(
         cvae, test, out / "judge", classifier=judge.path, seed=args.seed, progress=args.progress, train=train,
-        max_per_class=args.max_per_class, mode=args.mode, temperature=args.temperature,
+        max_per_class=args.max_per_class, mode=args.mode or None, temperature=args.temperature,
+        latent=args.latent or None,
     )
     return res
 
@@ -159,11 +241,41 @@ def speed(args, cvae_dir: Path) -> dict:
     tm = load_generator(cvae_dir)
     n = args.speed_n
     generate(tm, 256, "real")  # warm-up
-    t_gen, _ = timed(lambda: generate(tm, n, "real", seed=1), args.repeats)
-    t_loc, _ = timed(lambda: generate(tm, n, "real", seed=1, mode="loc"), args.repeats)
+    latent = args.latent or None
+    t_gen, _ = timed(lambda: generate(tm, n, "real", seed=1, latent=latent), args.repeats)
+    t_loc, _ = timed(lambda: generate(tm, n, "real", seed=1, mode="loc", latent=latent), args.repeats)
+    t_smp, _ = timed(lambda: generate(tm, n, "real", seed=1, mode="sample", latent=latent), args.repeats)
     t_sim, _ = timed(lambda: simulate_stamps(n, seed=5), args.repeats)
     return {"n": n, "repeats": args.repeats, "cvae_stamps_per_s": n / t_gen, "cvae_loc_stamps_per_s": n / t_loc,
-            "simulator_stamps_per_s": n / t_sim, "cvae_over_simulator": t_sim / t_gen}
+            "cvae_sample_mode_stamps_per_s": n / t_smp, "mode": generate(tm, 1, "real").meta["mode"],
+            "simulator_stamps_per_s": n / t_sim, "cvae_over_simulator": t_sim / t_gen,
+            "latent": generate(tm, 1, "real", latent=latent).meta["latent"]}
+
+
+def diagnose(args, out: Path, result: dict) -> None:
+    """--diagnose: latent_diagnosis for each given cvae directory, on simulated validation stamps."""
+    from hits_stamps.generation.sample import train_config_of
+    from hits_stamps.simulate import simulate_stamps
+    from hits_stamps.training.modeldir import load_model
+
+    train = read_stamps(Path(args.out) / "data" / f"sim_train_{args.n_train}.npz")
+    val = simulate_stamps(args.n_val, seed=args.seed + 1)
+    judge = load_model(args.judge_dir)
+    result["diagnosis"] = {}
+    for cvae_dir in args.diagnose.split(","):
+        tm = load_generator(cvae_dir)
+        cfg = train_config_of(tm)
+        n = tm.config["training_data"]["n_train"] + tm.config["training_data"]["n_val"]
+        part = train[:n] if n < len(train) else train  # the stamps the generator was given (a prefix, see select)
+        fit_on = part.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)[0]
+        print(f"== {cvae_dir}: {tm.config['model_kwargs']}, fitted on {len(fit_on)}", flush=True)
+        t0 = time.perf_counter()
+        rows = latent_diagnosis(tm, fit_on, val, judge, args.seed,
+                                [int(m) for m in args.diagnose_components.split(",")],
+                                [float(t) for t in args.temperatures.split(",")])
+        result["diagnosis"][cvae_dir] = {"model_kwargs": tm.config["model_kwargs"], "n_fit": len(fit_on),
+                                         "rows": rows, "seconds": time.perf_counter() - t0}
+        write_json(out / "diagnosis.json", result)
 
 
 def main() -> None:
@@ -174,10 +286,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cvae-epochs", type=int, default=12)
     p.add_argument("--cvae-kwargs", default="{}", help="JSON dict of cvae builder arguments")
+    p.add_argument("--cvae-dir", default="", help="a cvae trained before on the same simulated training stamps "
+                   "(fit with --seed; e.g. by an earlier run): reused instead of training one")
     p.add_argument("--judge-model", default="rotinv-cnn")
     p.add_argument("--judge-epochs", type=int, default=5)
     p.add_argument("--max-per-class", type=int, default=1000)
-    p.add_argument("--mode", default="sample")
+    p.add_argument("--mode", default="", help="residual | sample | loc (default: the model's default)")
+    p.add_argument("--latent", default="", help="prior | aggregate (default: the model's default)")
+    p.add_argument("--cvae-n", type=int, default=0, help="train the cvae on the first N training stamps (0: all)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--select-variants", default=DEFAULT_VARIANTS, help="JSON list of cvae kwargs ('[]': skip)")
     p.add_argument("--select-n", type=int, default=5000)
@@ -192,16 +308,29 @@ def main() -> None:
     p.add_argument("--skip-augmentation", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--diagnose", default="", help="comma-separated cvae directories: run only `latent_diagnosis` "
+                   "on the simulated validation set with the judge in --judge-dir")
+    p.add_argument("--judge-dir", default="", help="a judge this script trained before (simulated set; "
+                   "for --diagnose and to skip retraining it)")
+    p.add_argument("--diagnose-components", default="1,10", help="mixture sizes for --diagnose")
     p.add_argument("--docs-figures", action="store_true", help="copy the figures to docs/figures/gen_*.png")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {"machine": machine(), "args": vars(args), "sets": {}}
+    if args.diagnose:
+        diagnose(args, out, result)
+        return
     sets = data_sets(args)
     for name, (train, test) in sets.items():
         print(f"== {name}: {len(train)} train / {len(test)} test", flush=True)
-        judge, judge_seconds = train_judge(train, args, out / name)
+        if name == "simulated" and args.judge_dir:
+            from hits_stamps.training.modeldir import load_model
+
+            judge, judge_seconds = load_model(args.judge_dir), None  # trained earlier by this script
+        else:
+            judge, judge_seconds = train_judge(train, args, out / name)
         val = None
         if name == "simulated":
             from hits_stamps.simulate import simulate_stamps
@@ -226,6 +355,7 @@ def main() -> None:
         result["augmentation"] = augmentation_experiment(
             train, test, out / "simulated" / "cvae", fractions=fractions, seed=args.seed, epochs=args.aug_epochs,
             out_dir=out / "augmentation", progress=args.progress, temperature=args.temperature,
+            latent=args.latent or None,
         )
         write_json(out / "bench_generation.json", result)
     if args.docs_figures:

@@ -217,3 +217,91 @@ def test_trained_through_the_loop_in_training_file_units(tmp_path):
     lo, hi = np.percentile(toy.images[..., 0], [0.5, 99.5])
     assert lo < np.median(x[:, 0]) < hi  # in the file's units (about 5000 +- 2000), not the model's (about 0)
     assert lo > 1000
+    assert module.has_latent_mixture  # fitted by the loop after training and saved in the weights file
+
+
+def test_latent_mixture_fits_the_codes_of_each_class_and_samples_from_them():
+    model, x = _fitted(latent_components=1)
+    y = torch.tensor([0] * 8 + [1] * 8)
+    model.eval()
+    assert not model.has_latent_mixture
+    with pytest.raises(ValueError, match="no latent mixture fitted"):
+        model.sample_latent(y, "aggregate")
+    model.fit_latent(x, y)
+    assert model.has_latent_mixture
+    mu = model.encode(x, y)[0].detach().double()
+    for k in (0, 1):
+        codes = mu[y == k]
+        np.testing.assert_allclose(model.latent_means[k, 0].numpy(), codes.mean(0).numpy(), atol=1e-5)
+        cov = torch.cov(codes.T, correction=0) + 1e-4 * torch.eye(3, dtype=torch.float64)  # sklearn's reg_covar
+        tril = model.latent_tril[k, 0].double()
+        np.testing.assert_allclose((tril @ tril.T).numpy(), cov.numpy(), rtol=1e-4, atol=1e-6)
+    # draws of class 1 follow N(mean_1, cov_1), not the prior
+    gen = torch.Generator().manual_seed(0)
+    z = model.sample_latent(torch.ones(20000, dtype=torch.long), "aggregate", gen).double()
+    mean1 = model.latent_means[1, 0].double()
+    tril1 = model.latent_tril[1, 0].double()
+    assert torch.allclose(z.mean(0), mean1, atol=4 * float(tril1.diagonal().max()) / math.sqrt(20000) + 1e-4)
+    np.testing.assert_allclose(torch.cov(z.T).numpy(), (tril1 @ tril1.T).numpy(), atol=0.05 * float(
+        (tril1 @ tril1.T).diagonal().max()))
+    prior = model.sample_latent(torch.ones(4, dtype=torch.long), "prior", torch.Generator().manual_seed(3))
+    torch.testing.assert_close(prior, torch.randn(4, 3, generator=torch.Generator().manual_seed(3),
+                                                  dtype=torch.float64).float())
+    with pytest.raises(ValueError, match="latent must be one of"):
+        model.sample_latent(y, "posterior")
+    with pytest.raises(ValueError, match="latent_components must be >= 1"):
+        ConditionalVAE(4, (21, 21), latent_components=0)
+
+
+def test_mixture_components_and_weights_saved_and_old_weights_still_load():
+    model, x = _fitted(latent_components=4)
+    y = torch.tensor([0] * 4 + [1] * 12)
+    model.fit_latent(x, y)
+    # class 0 has 4 codes: at most 4 // 2 = 2 components, the others weigh 0
+    assert int((model.latent_weights[0] > 0).sum()) == 2 and int((model.latent_weights[1] > 0).sum()) == 4
+    torch.testing.assert_close(model.latent_weights.sum(1), torch.ones(2))
+    state = model.state_dict()
+    twin = ConditionalVAE(4, (21, 21), **TINY, latent_components=4)
+    twin.load_state_dict(state)
+    assert twin.has_latent_mixture and torch.equal(twin.latent_tril, model.latent_tril)
+    old = {k: v for k, v in state.items() if not k.startswith("latent_")}  # weights saved before the mixture existed
+    legacy = ConditionalVAE(4, (21, 21), **TINY, latent_components=4)
+    legacy.load_state_dict(old)
+    assert not legacy.has_latent_mixture
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        legacy.load_state_dict({**state, "bogus_key": torch.zeros(1)})
+
+
+def test_residual_model_matches_the_residual_moments_and_draws_correlated_noise():
+    model, x = _fitted(noise_rank=20)
+    x = x + 3 * torch.randn_like(x)
+    y = torch.tensor([0] * 6 + [1] * 10)
+    model.eval()
+    with pytest.raises(ValueError, match="no residual model fitted"):
+        model.sample(y, mode="residual")
+    model.fit_residuals(x, y)
+    assert model.has_residual_model
+    t = model.to_model_units(x)
+    mu = model.encode(x, y)[0]
+    r = (t.permute(0, 2, 3, 1) - model.decode(mu, y).mean).flatten(1).detach().double()  # (16, P)
+    for k in (0, 1):
+        rk = r[y == k]
+        np.testing.assert_allclose(model.resid_mean[k].numpy(), rk.mean(0).numpy(), atol=1e-5)
+        # rank 20 >= N_k - 1: the low-rank part is the whole sample covariance, so the diagonal is the floor
+        cov = torch.cov(rk.T)
+        f = model.resid_factor[k].double()
+        np.testing.assert_allclose((f @ f.T).numpy(), cov.numpy(), atol=1e-4)
+        assert float(model.resid_tril[k].abs().max()) < 1e-3
+    twin = ConditionalVAE(4, (21, 21), **TINY, noise_rank=20)
+    twin.load_state_dict(model.state_dict())
+    assert twin.has_residual_model
+    # draws: mean residual + correlated noise with the fitted per-pixel variance
+    torch.manual_seed(0)
+    loc = torch.zeros(2000, 21, 21, 4)
+    draws = model._residual_draw(torch.ones(2000, dtype=torch.long), loc).flatten(1).double()
+    blocks = model.resid_tril[1].double() @ model.resid_tril[1].double().transpose(1, 2)  # (H W, C, C)
+    var = (model.resid_factor[1].double() ** 2).sum(1) + torch.diagonal(blocks, dim1=1, dim2=2).reshape(-1)
+    np.testing.assert_allclose(draws.mean(0).numpy(), model.resid_mean[1].numpy(), atol=5 * float(var.max().sqrt())
+                               / math.sqrt(2000))
+    np.testing.assert_allclose(draws.var(0).numpy(), var.numpy(), rtol=0.2, atol=1e-6)
+    assert model.sample(y[:3], mode="residual").shape == (3, 4, 21, 21)

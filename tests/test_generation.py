@@ -61,6 +61,44 @@ def test_generate_refusals(cvae_dir, tmp_path):
         generate(clf.path, 3, "real")
 
 
+def test_latent_sources_default_refit_and_legacy_models(cvae_dir, toy_train, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from hits_stamps.generation.sample import fit_sampling_models
+
+    g = generate(cvae_dir, 6, "real", seed=1)
+    assert g.meta["latent"] == "aggregate"  # the loop fitted the mixture, so it is the default
+    assert g.meta["mode"] == "residual"  # and the residual model
+    for mode in ("sample", "loc"):
+        assert generate(cvae_dir, 2, "real", mode=mode).meta["mode"] == mode
+    np.testing.assert_array_equal(generate(cvae_dir, 6, "real", seed=1, latent="aggregate").images, g.images)
+    p = generate(cvae_dir, 6, "real", seed=1, latent="prior")
+    assert p.meta["latent"] == "prior" and not np.allclose(p.images, g.images)
+    with pytest.raises(HitsStampsError, match="latent must be one of"):
+        generate(cvae_dir, 2, "real", latent="posterior")
+    # a model directory written before the mixture existed: prior by default, aggregate refused until refitted
+    legacy = tmp_path / "legacy"
+    shutil.copytree(cvae_dir, legacy)
+    weights = load_file(legacy / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith(("latent_", "resid_"))},
+              legacy / "model.safetensors")
+    legacy_gen = generate(legacy, 2, "bogus")
+    assert legacy_gen.meta["latent"] == "prior" and legacy_gen.meta["mode"] == "sample"
+    with pytest.raises(HitsStampsError, match="no fitted latent mixture"):
+        generate(legacy, 2, "bogus", latent="aggregate")
+    with pytest.raises(HitsStampsError, match="no fitted residual model"):
+        generate(legacy, 2, "bogus", mode="residual")
+    fit_sampling_models(legacy, toy_train, components=2)
+    refit = load_file(legacy / "model.safetensors")
+    assert bool(refit["latent_fitted"].all()) and int((refit["latent_weights"] > 0).sum(1).max()) <= 2
+    assert bool(refit["resid_fitted"].all())
+    assert generate(legacy, 2, "bogus").meta["latent"] == "aggregate"
+    with pytest.raises(HitsStampsError, match="components must be in"):
+        fit_sampling_models(legacy, toy_train, components=99)
+
+
 def test_cli_generate_writes_file_and_refuses_overwrite(cvae_dir, tmp_path):
     out = tmp_path / "gen.h5"
     args = ["generate", str(cvae_dir), "--n", "7", "--label", "real", "--seed", "2", "--out", str(out)]
@@ -70,6 +108,8 @@ def test_cli_generate_writes_file_and_refuses_overwrite(cvae_dir, tmp_path):
     assert main(args) == 2
     assert main([*args, "--overwrite"]) == 0
     assert main(["generate", str(cvae_dir), "--n", "2", "--label", "real", "--out", str(tmp_path / "x.txt")]) == 2
+    assert main([*args, "--overwrite", "--latent", "prior"]) == 0 and read_stamps(out).meta["latent"] == "prior"
+    assert main([*args, "--overwrite", "--latent", "nowhere"]) == 2
 
 
 def test_reconstruct_and_interpolate(cvae_dir, toy_train):

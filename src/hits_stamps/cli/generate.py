@@ -17,9 +17,14 @@ def generate(
     label: str = typer.Option(..., "--label", help="Class of the new stamps: real or bogus."),
     kind: str | None = typer.Option(None, "--kind", help="Stamp kind (only for generators conditioned on kind)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same stamps."),
-    mode: str = typer.Option("sample", "--mode", help="sample: draw pixels from the decoder; loc: its location."),
+    mode: str | None = typer.Option(
+        None, "--mode", help="residual: decoder location + correlated residual noise; sample: draw every pixel from "
+        "the decoder; loc: its location. Default: residual when the model has a residual model."),
     temperature: float = typer.Option(
         1.0, "--temperature", help="0..1: scale of the pixel deviations from the decoder location (1: as learned)."),
+    latent: str | None = typer.Option(
+        None, "--latent", help="aggregate: codes from the fitted per-class latent mixture; prior: N(0, I). "
+        "Default: aggregate when the model has the mixture."),
     out: Path = typer.Option(..., "--out", "-o", help="Output stamp file (.npz or .h5)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
@@ -38,7 +43,8 @@ def generate(
     check_writable(out, overwrite)
     model = load_generator(model_dir)
     t0 = time.perf_counter()
-    stamps = generate_stamps(model, n, label, kind=kind, seed=seed, mode=mode, temperature=temperature)
+    stamps = generate_stamps(model, n, label, kind=kind, seed=seed, mode=mode, temperature=temperature,
+                             latent=latent)
     seconds = time.perf_counter() - t0
     write_stamps(stamps, out, overwrite=overwrite)
     h, w = stamps.size

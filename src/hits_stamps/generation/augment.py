@@ -62,6 +62,7 @@ def augmentation_experiment(
     retrain_cvae: bool = True,
     val_fraction: float = 0.1,
     temperature: float = 1.0,
+    latent: str | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train and score the three arms at every fraction; writes out_dir/augmentation.json and a figure.
@@ -99,7 +100,7 @@ def augmentation_experiment(
             cvae_note = f"retrained on the {len(subset)}-stamp subset"
         else:
             cvae, cvae_note = base_cvae, f"{base_cvae.path} (as given)"
-        synth = generate_like(cvae, subset, generated_per_real, seed + 17, temperature=temperature)
+        synth = generate_like(cvae, subset, generated_per_real, seed + 17, temperature=temperature, latent=latent)
         synth.ids = np.array([f"aug_{tag}_{i}" for i in synth.ids])
         steps = math.ceil((len(subset) + len(synth)) / batch)
         row: dict[str, Any] = {"n_real": len(subset), "n_generated": len(synth), "steps_per_epoch": steps,
@@ -125,7 +126,7 @@ def augmentation_experiment(
         "settings": {
             "classifier_model": classifier_model, "classifier_kwargs": dict(classifier_kwargs or {}),
             "epochs": epochs, "seed": seed, "generated_per_real": generated_per_real,
-            "retrain_cvae": retrain_cvae, "temperature": temperature, "cvae_dir": str(base_cvae.path),
+            "retrain_cvae": retrain_cvae, "temperature": temperature, "latent": latent, "cvae_dir": str(base_cvae.path),
             "n_train_pool": len(pool),
             "n_val": len(val), "n_test": len(test), "batch_size": batch,
         },

@@ -40,6 +40,8 @@ from hits_stamps.generation.sample import (
     load_generator,
     quiet_inputs,
     reconstruct,
+    resolve_latent,
+    resolve_mode,
     train_config_of,
 )
 from hits_stamps.io import read_stamps
@@ -241,8 +243,9 @@ def evaluate_generator(
     classifier_epochs: int | None = None,
     classifier_kwargs: dict[str, Any] | None = None,
     max_per_class: int = 2000,
-    mode: str = "sample",
+    mode: str | None = None,
     temperature: float = 1.0,
+    latent: str | None = None,
     tstr: bool = True,
     max_reference: int = 20000,
     make_figures: bool = True,
@@ -254,7 +257,7 @@ def evaluate_generator(
     recipe's) on `train`, else on the generator's recorded training file, else on a seeded half of
     `data` (the other half is then the test set). `max_per_class` caps the generated and real test
     stamps per class; `max_reference` caps the training stamps searched for nearest neighbours;
-    `mode` and `temperature` are passed to `generate`.
+    `mode`, `temperature` and `latent` are passed to `generate` (None: the model's defaults).
     Returns the dict written to generation.json (keys in the module docstring and docs/generation.md).
     """
     t_start = time.perf_counter()
@@ -270,7 +273,10 @@ def evaluate_generator(
         raise HitsStampsError("the judge's training stamps include generated ones (kind 'generated'); "
                               "the judge must be trained on real or simulated stamps only")
     rng = np.random.default_rng(seed)
+    latent = resolve_latent(gen, latent)
+    mode = resolve_mode(gen, mode)
     result: dict[str, Any] = {"generator": str(gen.path), "seed": int(seed), "mode": mode, "temperature": temperature,
+                              "latent": latent,
                               "reference_train": ref_source, "notes": []}
 
     # the independent classifier
@@ -302,7 +308,8 @@ def evaluate_generator(
         idx = rng.permutation(idx)[:max_per_class]
         real_test[name] = test[np.sort(idx)]
         t0 = time.perf_counter()
-        generated[name] = generate(gen, len(idx), lab, seed=2 * seed + lab, mode=mode, temperature=temperature)
+        generated[name] = generate(gen, len(idx), lab, seed=2 * seed + lab, mode=mode, temperature=temperature,
+                                   latent=latent)
         gen_seconds += time.perf_counter() - t0
         n_gen += len(idx)
     result["n_generated"] = n_gen
@@ -327,7 +334,7 @@ def evaluate_generator(
     # TSTR / TRTR
     if tstr:
         log(f"TSTR: training {judge_cfg.model} on {len(reference)} generated stamps")
-        synth = generate_like(gen, reference, 1.0, seed + 1000, mode, temperature)
+        synth = generate_like(gen, reference, 1.0, seed + 1000, mode, temperature, latent)
         synth.ids = np.array([f"tstr_{i}" for i in synth.ids])
         tstr_cfg = dataclasses.replace(judge_cfg, seed=seed)
         twin = fit(tstr_cfg, synth, out / "tstr_classifier", overwrite=True, progress=progress)

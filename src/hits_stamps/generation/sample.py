@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,9 +17,10 @@ import torch
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.stamps import LABEL_NAMES, StampSet
 from hits_stamps.training.loop import TrainConfig
-from hits_stamps.training.modeldir import TrainedModel, load_model
+from hits_stamps.training.modeldir import WEIGHTS, TrainedModel, load_model, save_weights
 
-MODES = ("sample", "loc")
+MODES = ("sample", "loc", "residual")
+LATENTS = ("prior", "aggregate")
 GENERATED_KIND = "generated"
 
 
@@ -47,9 +49,79 @@ def quiet_inputs(tm: TrainedModel, images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(tm.preprocessor.transform(images, report=False))
 
 
-def _check_mode(mode: str) -> None:
+def _check_mode(mode: str, tm: TrainedModel | None = None) -> None:
     if mode not in MODES:
         raise HitsStampsError(f"mode must be one of {MODES}; got {mode!r}")
+    if mode == "residual" and tm is not None and not getattr(tm.module, "has_residual_model", False):
+        raise HitsStampsError(
+            f"{tm.path}: this generator has no fitted residual model (trained before it existed?); "
+            "use mode 'sample' or 'loc', or refit it with hits_stamps.generation.sample.fit_sampling_models"
+        )
+
+
+def default_mode(model: TrainedModel) -> str:
+    """"residual" when the generator has a fitted residual model for every class, else "sample"."""
+    return "residual" if getattr(model.module, "has_residual_model", False) else "sample"
+
+
+def resolve_mode(tm: TrainedModel, mode: str | None) -> str:
+    """The pixel mode to use: `mode` checked against the model, or its default for None."""
+    if mode is None:
+        return default_mode(tm)
+    _check_mode(mode, tm)
+    return mode
+
+
+def default_latent(model: TrainedModel) -> str:
+    """"aggregate" when the generator has a fitted latent mixture for every class, else "prior"."""
+    return "aggregate" if getattr(model.module, "has_latent_mixture", False) else "prior"
+
+
+def resolve_latent(tm: TrainedModel, latent: str | None) -> str:
+    """The latent source to use: `latent` checked against the model, or its default for None."""
+    if latent is None:
+        return default_latent(tm)
+    if latent not in LATENTS:
+        raise HitsStampsError(f"latent must be one of {LATENTS}; got {latent!r}")
+    if latent == "aggregate" and default_latent(tm) != "aggregate":
+        raise HitsStampsError(
+            f"{tm.path}: this generator has no fitted latent mixture (trained before it existed?); "
+            "use latent 'prior' or refit it with hits_stamps.generation.sample.fit_sampling_models"
+        )
+    return latent
+
+
+def fit_sampling_models(
+    model: str | os.PathLike | TrainedModel, stamps: StampSet, components: int | None = None, seed: int = 0,
+    save: bool = True,
+) -> TrainedModel:
+    """(Re)fit what a generator samples from after training, on labelled `stamps` (its training stamps).
+
+    The per-class latent mixture (`ConditionalVAE.fit_latent`) and the per-class residual model
+    (`ConditionalVAE.fit_residuals`); the training loop fits both after training, so this is for
+    directories written before they existed, or to try another number of mixture components.
+    `components` (None: the model's `latent_components`) may only be <= that number (the buffers
+    have a fixed size; unused components get weight 0). With `save`, the weights file of the model
+    directory is rewritten (atomically).
+    """
+    tm = load_generator(model)
+    tm.check_input(stamps)
+    if np.any(stamps.labels < 0):
+        raise HitsStampsError(f"{int(np.sum(stamps.labels < 0))} stamps have unknown labels (-1)")
+    module = tm.module
+    m = module.latent_components
+    if components is not None and not 1 <= components <= m:
+        raise HitsStampsError(f"components must be in 1..{m} for this model; got {components}")
+    x, y = quiet_inputs(tm, stamps.images), torch.from_numpy(stamps.labels)
+    module.latent_components = components or m
+    try:
+        module.fit_latent(x, y, seed=seed)
+    finally:
+        module.latent_components = m
+    module.fit_residuals(x, y)
+    if save:
+        save_weights(module, Path(tm.path) / WEIGHTS)
+    return tm
 
 
 def _channels(tm: TrainedModel) -> tuple[str, ...]:
@@ -77,23 +149,33 @@ def generate(
     label: int | str,
     kind: str | None = None,
     seed: int = 0,
-    mode: str = "sample",
+    mode: str | None = None,
     batch_size: int = 1024,
     device: str = "cpu",
     temperature: float = 1.0,
+    latent: str | None = None,
 ) -> StampSet:
-    """n new stamps of class `label` drawn from the prior: z ~ N(0, I), x ~ p(x | z, label).
+    """n new stamps of class `label`: z ~ p_label(z), x ~ p(x | z, label).
+
+    `latent` chooses where the codes come from: "aggregate" draws z from the Gaussian mixture
+    fitted after training to the codes of the training stamps of that class (ex-post density
+    estimation, `ConditionalVAE.fit_latent`); "prior" draws z ~ N(0, I). None (the default) means
+    "aggregate" when the model has a fitted mixture, else "prior" (`default_latent`).
 
     Returns a StampSet (n, H, W, C) in training-file units with `labels` = label,
     `kind` = "generated", unique ids `gen_<label>_s<seed>_<i>`, and `snr` = the |SNR| peak in the
-    central 5x5 pixels of the generated SNR channel (when the model has one). `mode="sample"`
-    draws every pixel from the decoder distribution (noise included); `mode="loc"` returns its
-    location. `temperature` in [0, 1] scales the pixel deviations from the location (1: the
+    central 5x5 pixels of the generated SNR channel (when the model has one). `mode="residual"`
+    adds to the decoder location a draw of the class's fitted residual model (spatially and
+    across channels correlated noise, `ConditionalVAE.fit_residuals`); `mode="sample"` draws every
+    pixel from the decoder distribution (independent per pixel); `mode="loc"` returns the location
+    (noise-free). None (the default) means "residual" when the model has a residual model, else
+    "sample" (`default_mode`). `temperature` in [0, 1] scales the pixel deviations from the location (1: the
     model's own distribution). `kind` asks for a stamp kind; the `cvae` is conditioned on the
     class only, so any value other than None is refused.
     """
     tm = load_generator(model, device=device)
-    _check_mode(mode)
+    mode = resolve_mode(tm, mode)
+    latent = resolve_latent(tm, latent)
     y = label_value(label)
     if kind is not None:
         raise HitsStampsError(
@@ -106,7 +188,7 @@ def generate(
         raise HitsStampsError(f"need n >= 0 and batch_size >= 1; got n={n}, batch_size={batch_size}")
     module = tm.module.to(device).eval()
     gen = torch.Generator().manual_seed(int(seed))
-    z_all = torch.randn(n, module.latent_dim, generator=gen)  # (n, d): fixed by seed alone
+    z_all = module.sample_latent(torch.full((n,), y, dtype=torch.long), latent, gen)  # (n, d): fixed by seed alone
     chunks = []
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
@@ -127,13 +209,13 @@ def generate(
         ids=np.array([f"gen_{name}_s{seed}_{i:07d}" for i in range(n)]),
         channels=channels,
         meta={"source": "generated", "generator": str(tm.path), "label": name, "seed": int(seed), "mode": mode,
-              "temperature": float(temperature)},
+              "temperature": float(temperature), "latent": latent},
     )
 
 
 def generate_like(
-    model: str | os.PathLike | TrainedModel, like: StampSet, ratio: float = 1.0, seed: int = 0, mode: str = "sample",
-    temperature: float = 1.0,
+    model: str | os.PathLike | TrainedModel, like: StampSet, ratio: float = 1.0, seed: int = 0, mode: str | None = None,
+    temperature: float = 1.0, latent: str | None = None,
 ) -> StampSet:
     """round(ratio x count) generated stamps for each class of `like` (class c drawn with seed 2 seed + c)."""
     tm = load_generator(model)
@@ -141,7 +223,7 @@ def generate_like(
     for lab in (0, 1):
         k = int(round(ratio * np.sum(like.labels == lab)))
         if k:
-            parts.append(generate(tm, k, lab, seed=2 * seed + lab, mode=mode, temperature=temperature))
+            parts.append(generate(tm, k, lab, seed=2 * seed + lab, mode=mode, temperature=temperature, latent=latent))
     if not parts:
         raise HitsStampsError(f"nothing to generate: {len(like)} labelled stamps x ratio {ratio}")
     return StampSet.concat(parts)

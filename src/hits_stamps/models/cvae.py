@@ -50,6 +50,18 @@ before training; a module that was never fitted fits itself from its first train
 instead. The recipe therefore uses `scaling="none"`: the loop's per-stamp scalings cannot be
 inverted for new samples.
 
+Sampling after training (fitted by `post_fit`, which the training loop calls once on its training
+stamps after the last epoch; both are buffers, so they are saved with the weights)::
+
+    z ~ sum_m w_km N(mean_km, L_km L_km^T)        per-class mixture fitted to the posterior means
+                                                  (`fit_latent`; ex-post density, Ghosh et al. 2020)
+    t = loc(z, k) + r,  r ~ N(m_k, U_k S_k^2 U_k^T + blockdiag_p B_kp)
+                                                  per-class low-rank + diagonal Gaussian fitted to the
+                                                  residuals t - loc(mu(x), k) (`fit_residuals`)
+
+`sample(y, mode=...)`: "sample" draws t from the decoder distribution, "residual" adds r to the
+location, "loc" returns the location.
+
 Conditioning on `kind` or an SNR bin is not implemented: the training loop passes only (x, y) to
 the objective, so the class label is the only condition.
 """
@@ -70,6 +82,8 @@ from hits_stamps.models.registry import ModelSpec, ObjectiveOutput, Recipe, regi
 
 LIKELIHOODS = ("gaussian", "laplace", "student_t", "mvn", "mvn_lowrank")
 INPUT_TRANSFORMS = ("asinh", "standardize")
+LATENT_SOURCES = ("prior", "aggregate")
+SAMPLE_MODES = ("sample", "loc", "residual")
 
 
 class CVAEOutput(NamedTuple):
@@ -278,6 +292,8 @@ class ConditionalVAE(nn.Module):
         kl_warmup_steps: int = 0,
         kl_weight: float = 1.0,
         rank: int = 8,
+        latent_components: int = 10,
+        noise_rank: int = 64,
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -297,6 +313,25 @@ class ConditionalVAE(nn.Module):
         self.kl_weight_final = float(kl_weight)
         self.transform = ChannelTransform(in_channels, input_transform, asinh_softening, subtract_channels)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+        if latent_components < 1:
+            raise ValueError(f"latent_components must be >= 1; got {latent_components}")
+        # ex-post density of the codes: one Gaussian mixture per class (see `fit_latent`)
+        m = int(latent_components)
+        self.latent_components = m
+        self.register_buffer("latent_weights", torch.full((n_classes, m), 1.0 / m))  # (K, M)
+        self.register_buffer("latent_means", torch.zeros(n_classes, m, latent_dim))  # (K, M, d)
+        self.register_buffer("latent_tril", torch.eye(latent_dim).repeat(n_classes, m, 1, 1))  # (K, M, d, d)
+        self.register_buffer("latent_fitted", torch.zeros(n_classes, dtype=torch.bool))  # (K,)
+        # ex-post model of the decoder's residuals t - loc, per class (see `fit_residuals`)
+        if noise_rank < 0:
+            raise ValueError(f"noise_rank must be >= 0; got {noise_rank}")
+        n_pix = h * w * in_channels
+        self.noise_rank = int(min(noise_rank, n_pix))
+        self.register_buffer("resid_mean", torch.zeros(n_classes, n_pix))  # (K, P), P = H W C (channels last)
+        self.register_buffer("resid_factor", torch.zeros(n_classes, n_pix, self.noise_rank))  # (K, P, r)
+        # per-pixel C x C Cholesky factors of the remainder (channels of one pixel stay correlated)
+        self.register_buffer("resid_tril", torch.eye(in_channels).repeat(n_classes, h * w, 1, 1))  # (K, H W, C, C)
+        self.register_buffer("resid_fitted", torch.zeros(n_classes, dtype=torch.bool))  # (K,)
 
         # spatial sizes of the encoder levels, e.g. 21x21 -> [(21, 21), (11, 11), (6, 6)]
         sizes = [(h, w)]
@@ -416,6 +451,163 @@ class ConditionalVAE(nn.Module):
         z = mu + log_std.exp() * torch.randn_like(mu)
         return CVAEOutput(self.decode(z, y), t.permute(0, 2, 3, 1), mu, log_std, z)
 
+    # ------------------------------------------------------------------ ex-post latent density
+    @torch.no_grad()
+    def fit_latent(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, seed: int = 0) -> ConditionalVAE:
+        """Fit, per class k, a Gaussian mixture to the posterior means mu(x_i, k) of the stamps of class k.
+
+        x: (N, C, H, W) training stamps in data units, y: (N,) class labels. Ex-post density
+        estimation (Ghosh et al. 2020): the aggregate posterior q_k(z) = mean_i q(z | x_i, k) of a
+        trained VAE does not fill the prior N(0, I) (it has holes, and the class leaks into z), so
+        codes drawn from the prior decode to stamps the training set does not contain. Drawing z
+        from a density fitted to the codes of class k instead keeps samples where the decoder was
+        trained. The mixture has min(latent_components, N_k // 2) components, full covariances
+        (sklearn GaussianMixture, k-means initialisation, reg_covar 1e-4, seeded); it is stored in
+        buffers (`latent_weights` (K, M), `latent_means` (K, M, d), `latent_tril` (K, M, d, d)
+        Cholesky factors, `latent_fitted` (K,)) and so saved with the weights. A class with fewer
+        than 2 stamps keeps the prior. Called by the training loop after training (`post_fit`).
+        """
+        from sklearn.mixture import GaussianMixture
+
+        if x.ndim != 4 or len(x) != len(y):
+            raise ValueError(f"expected x (N, C, H, W) and y (N,) of one N; got {tuple(x.shape)}, {tuple(y.shape)}")
+        was_training = self.training
+        self.eval()
+        mus = []
+        for start in range(0, len(x), batch_size):
+            dev = self.transform.center.device
+            xb, yb = x[start : start + batch_size].to(dev), y[start : start + batch_size].to(dev)
+            mus.append(self.encode(xb, yb)[0].double().cpu())
+        self.train(was_training)
+        mu = torch.cat(mus).numpy() if mus else np.zeros((0, self.latent_dim))
+        labels = y.detach().cpu().numpy()
+        m, d = self.latent_weights.shape[1], self.latent_dim  # buffer size; at most latent_components used
+        for k in range(self.n_classes):
+            codes = mu[labels == k]
+            if len(codes) < 2:
+                self.latent_fitted[k] = False
+                continue
+            n_comp = max(1, min(self.latent_components, m, len(codes) // 2))
+            gmm = GaussianMixture(n_comp, covariance_type="full", reg_covar=1e-4, random_state=seed,
+                                  max_iter=200).fit(codes)
+            weights = np.zeros(m)
+            weights[:n_comp] = gmm.weights_
+            means = np.zeros((m, d))
+            means[:n_comp] = gmm.means_
+            tril = np.tile(np.eye(d), (m, 1, 1))
+            tril[:n_comp] = np.linalg.cholesky(gmm.covariances_)
+            self.latent_weights[k] = torch.as_tensor(weights / weights.sum())
+            self.latent_means[k] = torch.as_tensor(means)
+            self.latent_tril[k] = torch.as_tensor(tril)
+            self.latent_fitted[k] = True
+        return self
+
+    @torch.no_grad()
+    def fit_residuals(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> ConditionalVAE:
+        """Fit, per class k, a low-rank-plus-diagonal Gaussian to the residuals r = t - loc(mu(x, k), k).
+
+        x: (N, C, H, W) training stamps in data units, y: (N,) labels. r (N_k, P) are the flattened
+        (channels last) differences between each stamp in model units and the decoder location at its
+        posterior mean: the pixel noise and whatever structure the decoder does not reproduce. The
+        per-pixel decoder distributions draw every pixel independently of its neighbours, while the
+        noise of a PSF-matched difference is correlated over the matching kernel; this model keeps the
+        correlations: r ~ N(m_k, U_k S_k^2 U_k^T + blockdiag_p(B_kp)), with m_k the mean residual,
+        U_k S_k the top `noise_rank` principal directions of the centred residuals (SVD, sample
+        covariance with N_k - 1) and B_kp the C x C sample covariance of the channels of pixel p minus
+        the low-rank part's (eigenvalues clipped at 1e-8; stored as Cholesky factors `resid_tril`), so
+        each pixel's channel covariance is that of the residuals. A class with fewer than 2 stamps
+        stays unfitted.
+        """
+        if x.ndim != 4 or len(x) != len(y):
+            raise ValueError(f"expected x (N, C, H, W) and y (N,) of one N; got {tuple(x.shape)}, {tuple(y.shape)}")
+        was_training = self.training
+        self.eval()
+        dev = self.transform.center.device
+        res = []
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size].to(dev), y[start : start + batch_size].to(dev)
+            t = self.to_model_units(xb)
+            mu, _ = self._encode_t(t, self.condition(yb).to(t.dtype))
+            loc = self.location(self.decode(mu, yb))  # (B, H, W, C)
+            res.append((t.permute(0, 2, 3, 1) - loc).flatten(1).double().cpu())
+        self.train(was_training)
+        r_all = torch.cat(res) if res else torch.zeros(0, self.resid_mean.shape[1], dtype=torch.float64)
+        labels = y.detach().cpu()
+        k_max = self.noise_rank
+        for k in range(self.n_classes):
+            r = r_all[labels == k]
+            if len(r) < 2:
+                self.resid_fitted[k] = False
+                continue
+            mean = r.mean(0)
+            centred = (r - mean) / math.sqrt(len(r) - 1)  # (N_k, P): covariance = centred^T centred
+            rank = min(k_max, len(r) - 1)
+            factor = torch.zeros(r.shape[1], k_max, dtype=torch.float64)
+            if rank > 0:
+                _, sv, vh = torch.linalg.svd(centred, full_matrices=False)
+                factor[:, :rank] = vh[:rank].T * sv[:rank]  # (P, rank): U S
+            c = self.in_channels
+            # remainder per pixel: the C x C sample covariance of its channels minus the low-rank part's,
+            # made positive definite by clipping eigenvalues at 1e-8
+            blocks = centred.view(len(r), -1, c)  # (N_k, H W, C)
+            fblocks = factor.view(-1, c, k_max)  # (H W, C, r)
+            rest = torch.einsum("npc,npd->pcd", blocks, blocks) - fblocks @ fblocks.transpose(1, 2)  # (H W, C, C)
+            evals, evecs = torch.linalg.eigh(rest)
+            rest = (evecs * evals.clamp_min(1e-8).unsqueeze(-2)) @ evecs.transpose(1, 2)
+            self.resid_mean[k] = mean.float()
+            self.resid_factor[k] = factor.float()
+            self.resid_tril[k] = torch.linalg.cholesky(rest).float()
+            self.resid_fitted[k] = True
+        return self
+
+    def post_fit(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Hook the training loop calls once after training (on its training stamps): `fit_latent`, `fit_residuals`."""
+        self.fit_latent(x, y)
+        self.fit_residuals(x, y)
+
+    @property
+    def has_residual_model(self) -> bool:
+        """True when every class has a fitted residual model (mode "residual" of `sample`)."""
+        return bool(self.resid_fitted.all())
+
+    @property
+    def has_latent_mixture(self) -> bool:
+        """True when every class has a fitted latent mixture."""
+        return bool(self.latent_fitted.all())
+
+    def sample_latent(
+        self, y: torch.Tensor, latent: str = "aggregate", generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Codes z (B, d) for class labels y (B,) int: from the prior N(0, I) (`latent="prior"`) or
+        from the class's fitted mixture (`"aggregate"`: component m ~ Cat(w_k), z = mean_km + L_km eps).
+
+        Draws use `generator` (CPU) when given, else torch's global RNG. A class without a fitted
+        mixture is refused for "aggregate".
+        """
+        if latent not in LATENT_SOURCES:
+            raise ValueError(f"latent must be one of {LATENT_SOURCES}; got {latent!r}")
+        y = y.long().cpu()
+        b, d = len(y), self.latent_dim
+        eps = torch.randn(b, d, generator=generator, dtype=torch.float64)  # (B, d)
+        if latent == "prior":
+            return eps.float()
+        missing = [int(k) for k in y.unique() if not bool(self.latent_fitted[k])]
+        if missing:
+            raise ValueError(f"no latent mixture fitted for class(es) {missing}; use latent='prior' or fit_latent")
+        weights = self.latent_weights.cpu().double()[y]  # (B, M)
+        comp = torch.multinomial(weights, 1, generator=generator).squeeze(1) if b else torch.zeros(0, dtype=torch.long)
+        mean = self.latent_means.cpu().double()[y, comp]  # (B, d)
+        tril = self.latent_tril.cpu().double()[y, comp]  # (B, d, d)
+        return (mean + (tril @ eps.unsqueeze(-1)).squeeze(-1)).float()
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As nn.Module's, but weights saved before the latent mixture existed load with it unfitted."""
+        state_dict = dict(state_dict)
+        for name in ("latent_weights", "latent_means", "latent_tril", "latent_fitted", "resid_mean", "resid_factor",
+                     "resid_tril", "resid_fitted"):
+            state_dict.setdefault(name, getattr(self, name).detach().clone())
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(
@@ -429,16 +621,36 @@ class ConditionalVAE(nn.Module):
         returns the location (noise-free). Uses torch's global RNG: seed it (or use
         `torch.random.fork_rng`) for reproducible draws.
         """
-        if mode not in ("sample", "loc"):
-            raise ValueError(f"mode must be 'sample' or 'loc'; got {mode!r}")
+        if mode not in SAMPLE_MODES:
+            raise ValueError(f"mode must be one of {SAMPLE_MODES}; got {mode!r}")
         if not 0.0 <= temperature <= 1.0:
             raise ValueError(f"temperature must be in [0, 1]; got {temperature}")
         if z is None:
             z = torch.randn(len(y), self.latent_dim, device=self.transform.center.device)
         dist = self.decode(z, y)
         loc = self.location(dist)  # (B, H, W, C)
-        t = loc + temperature * (dist.sample() - loc) if mode == "sample" else loc
+        if mode == "sample":
+            t = loc + temperature * (dist.sample() - loc)
+        elif mode == "residual":
+            t = loc + temperature * self._residual_draw(y, loc)
+        else:
+            t = loc
         return self.to_data_units(t.permute(0, 3, 1, 2))
+
+    def _residual_draw(self, y: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        """r ~ N(m_k, U_k S_k^2 U_k^T + blockdiag_p B_kp) per row for its class k, shaped like loc (B, H, W, C).
+
+        Soft (B, K) conditions use the class of largest weight.
+        """
+        k = y.argmax(-1) if y.ndim == 2 else y.long()
+        if not bool(self.resid_fitted[k].all()):
+            raise ValueError("no residual model fitted for these classes; use mode 'sample' or fit_residuals")
+        b = len(k)
+        eps_r = torch.randn(b, self.noise_rank, 1, dtype=loc.dtype, device=loc.device)
+        eps_p = torch.randn(b, self.resid_mean.shape[1], dtype=loc.dtype, device=loc.device)
+        pixel = (self.resid_tril[k] @ eps_p.view(b, -1, self.in_channels, 1)).reshape(b, -1)  # (B, P)
+        r = self.resid_mean[k] + (self.resid_factor[k] @ eps_r).squeeze(-1) + pixel
+        return r.view_as(loc)
 
     # ------------------------------------------------------------------ KL warm-up
     def kl_weight(self) -> float:

@@ -281,6 +281,8 @@ def fit(
     if cfg.early_stopping_patience is not None and best["state"] is not None:
         model.load_state_dict(best["state"])
         config["restored_best_epoch"] = best["epoch"] + 1
+    if hasattr(model, "post_fit"):  # models that fit more on the trained network (cvae: sampling models)
+        model.post_fit(x_train, y_train)
     modeldir.save_weights(model, out / modeldir.WEIGHTS)
     config["epochs_completed"] = len(history)
     modeldir.write_json(out / modeldir.CONFIG, config)
