@@ -92,7 +92,7 @@ def _default_model_table() -> dict[str, ModelConfig]:
         "rotinv-cnn": ModelConfig(epochs=4),
         "seed-bnn": ModelConfig(epochs=10),
         "bayes-cnn": ModelConfig(epochs=3),
-        "cvae": ModelConfig(epochs=2),
+        "cvae": ModelConfig(epochs=8),
     }
 
 
