@@ -63,11 +63,12 @@ def data_sets(args) -> dict[str, tuple[StampSet, StampSet]]:
     cache.mkdir(parents=True, exist_ok=True)
     sets = {}
     paths = {"train": cache / f"sim_train_{args.n_train}.npz", "test": cache / f"sim_test_{args.n_test}.npz"}
-    if not paths["train"].exists():
-        write_stamps(simulate_stamps(args.n_train, seed=args.seed), paths["train"], overwrite=True)
-    if not paths["test"].exists():
-        write_stamps(simulate_stamps(args.n_test, seed=args.seed + 2), paths["test"], overwrite=True)
-    sets["simulated"] = (read_stamps(paths["train"]), read_stamps(paths["test"]))
+    if not args.skip_simulated:
+        if not paths["train"].exists():
+            write_stamps(simulate_stamps(args.n_train, seed=args.seed), paths["train"], overwrite=True)
+        if not paths["test"].exists():
+            write_stamps(simulate_stamps(args.n_test, seed=args.seed + 2), paths["test"], overwrite=True)
+        sets["simulated"] = (read_stamps(paths["train"]), read_stamps(paths["test"]))
     if not args.skip_real:
         try:
             from hits_stamps.realdata import build_real
@@ -305,6 +306,8 @@ def main() -> None:
     p.add_argument("--aug-fractions", default="0.05,0.1,0.25,1.0")
     p.add_argument("--aug-epochs", type=int, default=3)
     p.add_argument("--skip-real", action="store_true")
+    p.add_argument("--skip-simulated", action="store_true",
+                   help="only the real-pixel set (no speed measurement, no augmentation)")
     p.add_argument("--skip-augmentation", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--progress", action="store_true")
@@ -347,9 +350,10 @@ def main() -> None:
             result["sets"][name]["temperature_sweep_val"] = temperature_sweep(
                 out / name / "cvae", val, judge, temps, args.seed)
         write_json(out / "bench_generation.json", result)
-    result["speed"] = speed(args, out / "simulated" / "cvae")
-    write_json(out / "bench_generation.json", result)
-    if not args.skip_augmentation:
+    if "simulated" in sets:  # speed and augmentation use the simulated set's cvae
+        result["speed"] = speed(args, out / "simulated" / "cvae")
+        write_json(out / "bench_generation.json", result)
+    if not args.skip_augmentation and "simulated" in sets:
         train, test = sets["simulated"]
         fractions = tuple(float(f) for f in args.aug_fractions.split(","))
         result["augmentation"] = augmentation_experiment(
