@@ -388,25 +388,31 @@ def cmd_speed(args) -> None:
     result = {"machine": machine(), "n_train": n_train, "batch_train": 50, "n_infer": n_infer,
               "batch_infer": 1024, "threads": threads, "repeats": args.repeats, "epochs_per_repeat": args.epochs}
     module = get_spec("seed-cnn").builder(4, (21, 21)).eval()
-    xt = torch.from_numpy(np.ascontiguousarray(xi.transpose(0, 3, 1, 2)))  # (N, C, H, W)
     flops = forward_flops(module, 4, (21, 21))
     tf_python = ensure_tf(Path(args.tf_python))
     ours = {"epoch_seconds": [], "infer_seconds": []}
     tk: dict = {"epoch_seconds": [], "predict_seconds": [], "call_seconds": []}
     gemm = [sgemm_flops()]
+    # ours runs in a fresh process per repeat, as tf_keras does, so that neither framework's idle
+    # threads (PyTorch's OpenMP threads spin while waiting under OMP_WAIT_POLICY=ACTIVE) take a
+    # core from the other; its OpenMP wait policy is torch's default unless --ours-wait-policy
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if args.ours_wait_policy:
+        env["OMP_WAIT_POLICY"] = args.ours_wait_policy
+    result["ours_omp_wait_policy"] = args.ours_wait_policy or "torch default (unset)"
     with tempfile.TemporaryDirectory() as tmp:
         data, script = Path(tmp) / "d.npz", Path(tmp) / "tfbench.py"
         np.savez(data, x=x, y=y, x_infer=xi)
         script.write_text(TF_SCRIPT)
         for rep in range(args.repeats):
-            ours["epoch_seconds"] += _ours_training_epochs(train.images, y, args.epochs, rep)[1:]  # drop warm-up
-            with torch.inference_mode():
-                module(xt[:1024])
-                for _ in range(args.rounds):
-                    t = time.perf_counter()
-                    for s in range(0, n_infer, 1024):
-                        torch.softmax(module(xt[s:s + 1024]), -1)
-                    ours["infer_seconds"].append(time.perf_counter() - t)
+            cmd = [sys.executable, __file__, "ours-once", "--epochs", str(args.epochs), "--rounds", str(args.rounds),
+                   "--n-infer", str(n_infer), "--rep", str(rep), "--threads", str(threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr[-2000:])
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            ours["epoch_seconds"] += r["epoch_seconds"][1:]  # drop warm-up
+            ours["infer_seconds"] += r["infer_seconds"]
             if tf_python is not None:
                 weights = Path(tmp) / "keras_weights.npz" if rep == 0 else None
                 try:
@@ -439,6 +445,28 @@ def cmd_speed(args) -> None:
         result["inference_ratio_ours_over_tf_call"] = ours["infer_stamps_per_s"] / tk["call_stamps_per_s"]
     result["tf_keras"] = tk
     _write(Path(args.out), result)
+
+
+def cmd_ours_once(args) -> None:
+    """One repeat of ours for `speed`, in its own process: prints {"epoch_seconds", "infer_seconds"}."""
+    from hits_stamps.datasets import make_synthetic_stamps
+    from hits_stamps.models.registry import get_spec
+    from hits_stamps.preprocess import scale
+
+    train = make_synthetic_stamps(4026, seed=0)
+    xi = scale(make_synthetic_stamps(args.n_infer, seed=1).images, "minmax")
+    epochs = _ours_training_epochs(train.images, train.labels, args.epochs, args.rep)
+    module = get_spec("seed-cnn").builder(4, (21, 21)).eval()
+    xt = torch.from_numpy(np.ascontiguousarray(xi.transpose(0, 3, 1, 2)))  # (N, C, H, W)
+    infer = []
+    with torch.inference_mode():
+        module(xt[:1024])
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            for s in range(0, args.n_infer, 1024):
+                torch.softmax(module(xt[s:s + 1024]), -1)
+            infer.append(time.perf_counter() - t)
+    print(json.dumps({"epoch_seconds": epochs, "infer_seconds": infer}))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -573,6 +601,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="alternating ours / tf_keras repeats")
     p.add_argument("--n-infer", type=int, default=20480)
     p.add_argument("--tf-python", default="/tmp/tfvenv/bin/python")
+    p.add_argument("--ours-wait-policy", default="", help="OMP_WAIT_POLICY of our process (default: torch's)")
+    p = sub.add_parser("ours-once", help="internal: one repeat of ours for `speed`")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--n-infer", type=int, default=20480)
+    p.add_argument("--rep", type=int, default=0)
     p = sub.add_parser("figures")
     p.add_argument("--work", required=True)
     p.add_argument("--out", required=True)
@@ -585,7 +619,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    {"data": cmd_data, "ablation": cmd_ablation, "compare": cmd_compare, "speed": cmd_speed,
+    {"data": cmd_data, "ablation": cmd_ablation, "compare": cmd_compare, "speed": cmd_speed, "ours-once": cmd_ours_once,
      "figures": cmd_figures, "table": cmd_table}[args.cmd](args)
 
 
