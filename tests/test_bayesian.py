@@ -13,13 +13,7 @@ from hits_stamps.models.flipout import Conv2dFlipout, LinearFlipout, kl_divergen
 from hits_stamps.models.registry import count_parameters, get_spec
 from hits_stamps.training import TrainConfig, fit, load_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_seed_bnn_has_242626_parameters_counted_as_tfp():

@@ -23,13 +23,7 @@ from hits_stamps.models.registry import ModelSpec, ObjectiveOutput, Recipe
 from hits_stamps.preprocess import Preprocessor
 from hits_stamps.training import TrainConfig, TrainedModel, fit
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_ece_of_a_calibrated_predictor_is_near_zero():
