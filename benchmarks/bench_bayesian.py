@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _machine import cpu_model
+
 # On a machine whose cores are shared with other jobs, OpenMP threads that spin while waiting
 # slow PyTorch's multi-threaded CPU kernels down by 10-50x; passive waiting avoids that. It must be
 # set before torch starts its thread pool (TF uses its own pool and is not affected).
@@ -158,13 +160,7 @@ def torch_side(x_train: np.ndarray, y_train: np.ndarray, x_pred: np.ndarray, epo
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        cpu = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def speed(args: argparse.Namespace) -> None:

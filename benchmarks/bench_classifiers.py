@@ -37,6 +37,8 @@ import time
 import warnings
 from pathlib import Path
 
+from _machine import cpu_model
+
 # PyTorch's OpenMP threads spin-wait by default; on a shared, oversubscribed machine a spinning
 # thread starves its partner and a 2-thread training step gets >10x slower. Passive waiting (set
 # before torch loads OpenMP) removes that; TensorFlow's own thread pool does not need it.
@@ -55,13 +57,7 @@ KEYS = ("accuracy", "f1", "roc_auc", "fnr_at_fpr_1pct", "fpr", "fnr")
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        cpu = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "load_average": os.getloadavg()}
 

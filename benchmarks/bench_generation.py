@@ -19,13 +19,13 @@ import json
 import platform
 import shutil
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from _machine import cpu_model
 from hits_stamps.generation import generate, load_generator
 from hits_stamps.generation.augment import augmentation_experiment
 from hits_stamps.generation.judge import evaluate_generator, negative_elbo
@@ -36,13 +36,7 @@ from hits_stamps.training.modeldir import write_json
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        cpu = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version()}
 
 

@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _machine import lscpu
+
 HERE = Path(__file__).resolve()
 MODELS = ("seed-cnn", "rotinv-cnn")
 #: (name, backend, engine, workers, threads); the local configurations without "-1thread" use the
@@ -71,14 +73,9 @@ def machine() -> dict:
     import onnxruntime
     import torch
 
-    cpu, lscpu = "unknown", {}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        lscpu = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
-        cpu = lscpu.get("Model name", cpu)
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    cpu_details = {k: lscpu.get(k) for k in ("CPU family", "Model", "Hypervisor vendor", "L2 cache", "L3 cache")}
+    info = lscpu()
+    cpu = info.get("Model name", "unknown")
+    cpu_details = {k: info.get(k) for k in ("CPU family", "Model", "Hypervisor vendor", "L2 cache", "L3 cache")}
     import hashlib
 
     import hits_stamps.models.cnn as cnn
