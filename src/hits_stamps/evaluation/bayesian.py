@@ -207,9 +207,6 @@ def write_figures(stamps: StampSet, samples, out_dir: str | Path, title: str = "
 
 
 def _save(fig, path: str | Path) -> Path:
-    from hits_stamps.io.atomic import atomic_path
+    from hits_stamps.io.atomic import save_figure
 
-    path = Path(path)
-    with atomic_path(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_figure(fig, path)

@@ -184,12 +184,9 @@ def plot_referral(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | 
 
 
 def _save(fig, path: str | Path) -> Path:
-    from hits_stamps.io.atomic import atomic_path
+    from hits_stamps.io.atomic import save_figure
 
-    path = Path(path)
-    with atomic_path(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- the report

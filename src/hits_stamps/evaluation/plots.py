@@ -12,20 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from hits_stamps.io.atomic import atomic_path
+from hits_stamps.io.atomic import save_figure
 from hits_stamps.stamps import LABEL_NAMES, StampSet
 
 
 def _save(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
-    FigureCanvasAgg(fig)
-    path = Path(path)
-    with atomic_path(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return path
+    return save_figure(fig, path, dpi=dpi, bbox_inches="tight")
 
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:

@@ -31,7 +31,7 @@ import numpy as np
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.evaluation.metrics import fnr_at_fpr
 from hits_stamps.generation.sample import GENERATED_KIND, generate_like, load_generator, train_config_of
-from hits_stamps.io.atomic import atomic_path
+from hits_stamps.io.atomic import save_figure
 from hits_stamps.stamps import StampSet
 from hits_stamps.training.loop import TrainConfig, fit, resolve_recipe
 from hits_stamps.training.modeldir import write_json
@@ -140,7 +140,6 @@ def augmentation_experiment(
 
 def plot_augmentation(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     """Test accuracy and FNR at FPR = 1% against the fraction of real training stamps, one line per arm."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rows = summary["fractions"]
@@ -159,8 +158,4 @@ def plot_augmentation(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{summary['settings']['classifier_model']}: real only, + rotations/flips, + generated stamps",
                  fontsize=10)
-    FigureCanvasAgg(fig)
-    path = Path(path)
-    with atomic_path(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
-    return path
+    return save_figure(fig, path, dpi=90, bbox_inches="tight")

@@ -13,19 +13,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hits_stamps.io.atomic import atomic_path
+from hits_stamps.io.atomic import save_figure
 from hits_stamps.stamps import StampSet
 
 
 def _save(fig: Figure, path: str | os.PathLike, dpi: int = 80) -> Path:
-    FigureCanvasAgg(fig)
-    path = Path(path)
-    with atomic_path(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return path
+    return save_figure(fig, path, dpi=dpi, bbox_inches="tight")
 
 
 def _limits(img: np.ndarray) -> tuple[float, float]:

@@ -69,3 +69,17 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """Write a matplotlib figure as a PNG at `path`, atomically, replacing any old file.
+
+    Works for a bare `matplotlib.figure.Figure` (an Agg canvas is attached first) and for pyplot
+    figures; `savefig_kwargs` go to `Figure.savefig` (e.g. `dpi`, `bbox_inches="tight"`).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    with atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png", **savefig_kwargs)
+    return Path(path)

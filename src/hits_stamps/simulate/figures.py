@@ -90,9 +90,9 @@ def plot_side_by_side(real: StampSet, sim: StampSet, kinds: tuple[str, ...], pat
 def _save(fig, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    from hits_stamps.io.atomic import save_figure
+
+    path = save_figure(fig, path, dpi=80)
     plt.close(fig)
     return path
 
