@@ -66,15 +66,20 @@ def _numeric(path: Path, name: str, arr: np.ndarray, n: int) -> np.ndarray:
     return arr
 
 
+def missing_images_error(path: Path, keys: set[str]) -> StampFileError:
+    """The error for a file with no `images` array (`keys`: what it has), naming a sequence file as such."""
+    if SEQUENCE_KEYS <= keys:
+        return StampFileError(
+            path, None, "a stamp file with an `images` array",
+            "a HiTS sequence file (stamps/object_index/mjd); build stamps from it with "
+            "`hits-stamps build-real`",
+        )
+    return StampFileError(path, "images", "an (N, H, W, C) float array", f"no such array; keys {sorted(keys)}")
+
+
 def _from_arrays(path: Path, get, keys: set[str]) -> StampSet:
     if "images" not in keys:
-        if SEQUENCE_KEYS <= keys:
-            raise StampFileError(
-                path, None, "a stamp file with an `images` array",
-                "a HiTS sequence file (stamps/object_index/mjd); build stamps from it with "
-                "`hits-stamps build-real`",
-            )
-        raise StampFileError(path, "images", "an (N, H, W, C) float array", f"no such array; keys {sorted(keys)}")
+        raise missing_images_error(path, keys)
     images = get("images")
     if images.ndim != 4:
         raise StampFileError(path, "images", "rank 4 (N, H, W, C)", f"shape {images.shape}")

@@ -29,7 +29,7 @@ import numpy as np
 
 from hits_stamps.errors import StampFileError
 from hits_stamps.io import READ_FORMATS, _suffix, read_stamps
-from hits_stamps.io.native import SEQUENCE_KEYS
+from hits_stamps.io.native import missing_images_error
 from hits_stamps.stamps import CHANNELS
 
 #: rows read per chunk when the file gives no better hint (HDF5 files written by hits-stamps use 4096)
@@ -134,16 +134,6 @@ class StampStream:
         self.channels = names
 
 
-def _missing_images(path: Path, keys: set[str]) -> StampFileError:
-    if SEQUENCE_KEYS <= keys:
-        return StampFileError(
-            path, None, "a stamp file with an `images` array",
-            "a HiTS sequence file (stamps/object_index/mjd); build stamps from it with "
-            "`hits-stamps build-real`",
-        )
-    return StampFileError(path, "images", "an (N, H, W, C) float array", f"keys {sorted(keys)}")
-
-
 class H5StampStream(StampStream):
     """Row slices of an HDF5 stamp file (see the module docstring)."""
 
@@ -158,7 +148,7 @@ class H5StampStream(StampStream):
             with h5py.File(path, "r") as probe:
                 keys = set(probe.keys())
                 if "images" not in keys:
-                    raise _missing_images(path, keys)
+                    raise missing_images_error(path, keys)
                 images = probe["images"]
                 self._check_images(images.shape, images.dtype)
                 file_chunk = images.chunks[0] if images.chunks else None
@@ -292,7 +282,7 @@ class NpzStampStream(StampStream):
         try:
             members = {n[:-4]: n for n in self._zip.namelist() if n.endswith(".npy")}
             if "images" not in members:
-                raise _missing_images(path, set(members))
+                raise missing_images_error(path, set(members))
             self._images = _NpyMember(self._zip, members["images"], path, "images")
             self._check_images(self._images.shape, self._images.dtype)
             self._ids = None
