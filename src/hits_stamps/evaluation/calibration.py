@@ -28,6 +28,16 @@ if TYPE_CHECKING:
     from hits_stamps.training.modeldir import TrainedModel
 
 DEFAULT_MC_SAMPLES = 100
+
+
+def mc_sample_count(mc_samples: int | None) -> int:
+    """Monte-Carlo passes for a Bayesian model: `mc_samples`, or DEFAULT_MC_SAMPLES when None; >= 1."""
+    s = DEFAULT_MC_SAMPLES if mc_samples is None else int(mc_samples)
+    if s < 1:
+        raise HitsStampsError(f"mc_samples must be >= 1; got {s}")
+    return s
+
+
 REFERRAL_FRACTIONS = np.round(np.arange(0.0, 0.501, 0.01), 2)
 
 
@@ -242,10 +252,7 @@ def uncertainty_report(
         samples = None
     if bayesian:
         if samples is None:
-            s = DEFAULT_MC_SAMPLES if mc_samples is None else int(mc_samples)
-            if s < 1:
-                raise HitsStampsError(f"mc_samples must be >= 1; got {s}")
-            samples = mc_predict_stamps(model, data, n_samples=s, seed=0)  # (S, N, 2)
+            samples = mc_predict_stamps(model, data, n_samples=mc_sample_count(mc_samples), seed=0)  # (S, N, 2)
         else:
             samples = np.asarray(samples)
             if samples.ndim != 3 or samples.shape[1:] != (len(stamps), 2):

@@ -26,7 +26,7 @@ import numpy as np
 
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.evaluation import plots
-from hits_stamps.evaluation.calibration import DEFAULT_MC_SAMPLES, uncertainty_report
+from hits_stamps.evaluation.calibration import mc_sample_count, uncertainty_report
 from hits_stamps.evaluation.metrics import classification_metrics
 from hits_stamps.io.atomic import atomic_path
 from hits_stamps.stamps import StampSet
@@ -124,10 +124,8 @@ def evaluate_model(
     t0 = time.perf_counter()
     samples = None
     if model.spec.task == "bayesian-classifier":  # one Monte-Carlo pass serves the metrics and the uncertainty
-        s = DEFAULT_MC_SAMPLES if mc_samples is None else int(mc_samples)
-        if s < 1:
-            raise HitsStampsError(f"mc_samples must be >= 1; got {s}")
-        samples = mc_samples_with_progress(model, stamps, s, progress=progress, device=device)
+        samples = mc_samples_with_progress(model, stamps, mc_sample_count(mc_samples), progress=progress,
+                                           device=device)
         probs = samples.mean(axis=0)
     else:
         probs = predict_with_progress(model, stamps, progress=progress, device=device)
