@@ -305,3 +305,48 @@ def test_residual_model_matches_the_residual_moments_and_draws_correlated_noise(
                                / math.sqrt(2000))
     np.testing.assert_allclose(draws.var(0).numpy(), var.numpy(), rtol=0.2, atol=1e-6)
     assert model.sample(y[:3], mode="residual").shape == (3, 4, 21, 21)
+
+
+def test_kind_conditions_map_stamps_to_kinds_and_draw_kinds_of_a_class():
+    kinds, labels = ["bad_column", "cosmic_ray", "sn", "variable"], [0, 0, 1, 1]
+    model = ConditionalVAE(4, (21, 21), condition="kind", kinds=kinds, kind_labels=labels, **TINY)
+    assert model.n_classes == 4 and model.condition_label.tolist() == labels
+    cond = model.condition_index(np.array([1, 0, 1]), np.array(["variable", "bad_column", "sn"]))
+    assert cond.tolist() == [3, 0, 2]
+    assert model.class_of(torch.tensor([3, 0, 2])).tolist() == [1, 0, 1]
+    with pytest.raises(ValueError, match="not among the kinds"):
+        model.condition_index(np.array([0]), np.array(["satellite"]))
+    with pytest.raises(ValueError, match="differs from the class of their kind"):
+        model.condition_index(np.array([0]), np.array(["sn"]))
+    with pytest.raises(ValueError, match="the stamps need kinds"):
+        model.condition_index(np.array([0]))
+    model.condition_weight.copy_(torch.tensor([1.0, 3.0, 5.0, 0.0]))
+    g = torch.Generator().manual_seed(0)
+    drawn = model.draw_conditions(0, 4000, generator=g)
+    assert set(drawn.tolist()) == {0, 1} and abs(float((drawn == 1).float().mean()) - 0.75) < 0.03
+    assert set(model.draw_conditions(1, 50, generator=g).tolist()) == {2}  # variable has weight 0
+    assert model.draw_conditions(0, 3, kind="cosmic_ray").tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match="not a kind of class 1"):
+        model.draw_conditions(1, 3, kind="cosmic_ray")
+    plain = ConditionalVAE(4, (21, 21), **TINY)
+    assert plain.condition_index(np.array([1, 0]), np.array(["x", "y"])).tolist() == [1, 0]
+    assert plain.draw_conditions(1, 3).tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match="class only"):
+        plain.draw_conditions(1, 3, kind="sn")
+
+
+def test_kind_condition_arguments_and_data_kwargs():
+    with pytest.raises(ValueError, match="condition must be one of"):
+        ConditionalVAE(4, (21, 21), condition="snr", **TINY)
+    with pytest.raises(ValueError, match="one class label per kind"):
+        ConditionalVAE(4, (21, 21), condition="kind", kinds=["sn", "noise"], kind_labels=[1], **TINY)
+    with pytest.raises(ValueError, match="kind_labels must be class labels"):
+        ConditionalVAE(4, (21, 21), condition="kind", kinds=["sn"], kind_labels=[2], **TINY)
+    spec = get_spec("cvae")
+    toy = make_synthetic_stamps(60, seed=3)
+    filled = spec.data_kwargs(toy, {"condition": "kind"})
+    assert filled["kinds"] == sorted(set(toy.kind))
+    assert spec.data_kwargs(toy, {"condition": "class"}) == {"condition": "class"}
+    toy.labels[np.flatnonzero(toy.kind == "sn")[0]] = 0
+    with pytest.raises(ValueError, match="'sn' has stamps of both classes"):
+        spec.data_kwargs(toy, {"condition": "kind"})

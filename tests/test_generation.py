@@ -7,7 +7,7 @@ import scipy.linalg
 from hits_stamps.cli import main
 from hits_stamps.datasets import make_synthetic_stamps
 from hits_stamps.errors import HitsStampsError
-from hits_stamps.generation import generate, interpolate, reconstruct
+from hits_stamps.generation import generate, interpolate, load_generator, reconstruct
 from hits_stamps.generation.augment import augmentation_experiment
 from hits_stamps.generation.judge import (
     evaluate_generator,
@@ -210,3 +210,51 @@ def test_augmentation_experiment_tiny(cvae_dir, toy_train, tmp_path):
     assert (tmp_path / "aug" / "augmentation.json").exists() and (tmp_path / "aug" / "gen_augmentation.png").exists()
     with pytest.raises(HitsStampsError, match=r"fractions must be in \(0, 1\]"):
         augmentation_experiment(toy_train, test, cvae_dir, fractions=(0.0,), out_dir=tmp_path / "x")
+
+
+@pytest.fixture(scope="module")
+def kind_cvae_dir(tmp_path_factory, toy_train):
+    out = tmp_path_factory.mktemp("gen_kind") / "cvae"
+    fit(TrainConfig(model="cvae", epochs=1, batch_size=32, model_kwargs={**TINY_CVAE, "condition": "kind"}),
+        toy_train, out, progress=False)
+    return out
+
+
+def test_kind_conditioned_generator_learns_the_kinds_and_their_frequencies(kind_cvae_dir, toy_train):
+    config = json.loads((kind_cvae_dir / "config.json").read_text())
+    kinds = sorted(set(toy_train.kind))
+    assert config["model_kwargs"]["kinds"] == kinds  # filled from the training stamps and stored
+    assert config["model_kwargs"]["kind_labels"] == [int(toy_train.labels[toy_train.kind == k][0]) for k in kinds]
+    tm = load_generator(kind_cvae_dir)
+    train_part = toy_train.split((0.8, 0.2), seed=0)[0]  # the loop's own seeded split
+    expected = [float(np.sum(train_part.kind == k)) for k in kinds]
+    np.testing.assert_array_equal(tm.module.condition_weight.numpy(), expected)
+
+    g = generate(kind_cvae_dir, 400, "bogus", seed=3)
+    assert (g.labels == 0).all() and set(g.kind) == {"generated"} and len(set(g.ids)) == 400
+    drawn = g.meta["kinds"]
+    assert sum(drawn.values()) == 400 and set(drawn) <= {"bad_subtraction", "cosmic_ray", "noise"}
+    bogus_total = sum(e for k, e in zip(kinds, expected, strict=True) if k != "sn")
+    for k, count in drawn.items():  # drawn with the training frequencies (binomial, 400 draws)
+        p = expected[kinds.index(k)] / bogus_total
+        assert abs(count - 400 * p) < 5 * np.sqrt(400 * p * (1 - p)) + 1
+    assert sum(f"_{k}_" in i for k in drawn for i in g.ids) == 400  # each id names its kind
+    one = generate(kind_cvae_dir, 5, "bogus", kind="cosmic_ray", seed=3)
+    assert one.meta["kinds"] == {"cosmic_ray": 5} and all("_cosmic_ray_" in i for i in one.ids)
+    np.testing.assert_array_equal(generate(kind_cvae_dir, 400, "bogus", seed=3).images, g.images)
+
+
+def test_kind_conditioned_generator_refusals_and_reconstruction(kind_cvae_dir, toy_train):
+    with pytest.raises(HitsStampsError, match="not a kind of class"):
+        generate(kind_cvae_dir, 3, "bogus", kind="sn")
+    with pytest.raises(HitsStampsError, match="not a kind of class"):
+        generate(kind_cvae_dir, 3, "real", kind="hot_pixel")
+    rec = reconstruct(kind_cvae_dir, toy_train[:12])
+    assert rec.shape == (12, 21, 21, 4) and np.isfinite(rec.images).all()
+    odd = toy_train[:3]
+    odd.kind = np.array(["satellite"] * 3, dtype=object)
+    with pytest.raises(HitsStampsError, match="not among the kinds"):
+        reconstruct(kind_cvae_dir, odd)
+    ends = [toy_train[np.flatnonzero(toy_train.kind == k)[:1]] for k in ("sn", "cosmic_ray")]
+    path = interpolate(kind_cvae_dir, ends[0], ends[1], steps=4)
+    assert (path.labels == -1).all() and path.shape == (4, 21, 21, 4)

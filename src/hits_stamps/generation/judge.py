@@ -34,6 +34,7 @@ from hits_stamps.errors import HitsStampsError
 from hits_stamps.generation import figures
 from hits_stamps.generation.sample import (
     GENERATED_KIND,
+    conditions_of,
     generate,
     generate_like,
     interpolate,
@@ -146,12 +147,13 @@ def negative_elbo(gen: TrainedModel, stamps: StampSet, seed: int = 0, batch_size
 
     module = gen.module.eval()
     labelled = stamps if np.all(stamps.labels >= 0) else stamps[stamps.labels >= 0]
+    conds = conditions_of(gen, labelled)
     sums = {"neg_elbo": 0.0, "neg_elbo_data": 0.0, "nll_data": 0.0, "kl": 0.0}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, len(labelled), batch_size):
             x = quiet_inputs(gen, labelled.images[start : start + batch_size])
-            y = torch.from_numpy(labelled.labels[start : start + batch_size])
+            y = conds[start : start + batch_size]
             res = cvae_objective(module, x, y, len(labelled))
             logdet = float(module.transform.log_abs_det_jacobian(x).mean())
             b = len(x)

@@ -49,6 +49,14 @@ def quiet_inputs(tm: TrainedModel, images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(tm.preprocessor.transform(images, report=False))
 
 
+def conditions_of(tm: TrainedModel, stamps: StampSet) -> torch.Tensor:
+    """The generator's condition for each labelled stamp (N,): its class, or its kind for a kind-conditioned cvae."""
+    try:
+        return torch.from_numpy(tm.module.condition_index(stamps.labels, stamps.kind))
+    except ValueError as exc:
+        raise HitsStampsError(f"{tm.path}: {exc}") from exc
+
+
 def _check_mode(mode: str, tm: TrainedModel | None = None) -> None:
     if mode not in MODES:
         raise HitsStampsError(f"mode must be one of {MODES}; got {mode!r}")
@@ -97,8 +105,9 @@ def fit_sampling_models(
 ) -> TrainedModel:
     """(Re)fit what a generator samples from after training, on labelled `stamps` (its training stamps).
 
-    The per-class latent mixture (`ConditionalVAE.fit_latent`) and the per-class residual model
-    (`ConditionalVAE.fit_residuals`); the training loop fits both after training, so this is for
+    The conditions' frequencies, the per-condition latent mixture (`ConditionalVAE.fit_latent`) and
+    residual model (`ConditionalVAE.fit_residuals`), all by `ConditionalVAE.post_fit`; the training
+    loop fits them after training, so this is for
     directories written before they existed, or to try another number of mixture components.
     `components` (None: the model's `latent_components`) may only be <= that number (the buffers
     have a fixed size; unused components get weight 0). With `save`, the weights file of the model
@@ -112,13 +121,12 @@ def fit_sampling_models(
     m = module.latent_components
     if components is not None and not 1 <= components <= m:
         raise HitsStampsError(f"components must be in 1..{m} for this model; got {components}")
-    x, y = quiet_inputs(tm, stamps.images), torch.from_numpy(stamps.labels)
+    x, y = quiet_inputs(tm, stamps.images), conditions_of(tm, stamps)
     module.latent_components = components or m
     try:
-        module.fit_latent(x, y, seed=seed)
+        module.post_fit(x, y, seed=seed)
     finally:
         module.latent_components = m
-    module.fit_residuals(x, y)
     if save:
         save_weights(module, Path(tm.path) / WEIGHTS)
     return tm
@@ -170,46 +178,55 @@ def generate(
     pixel from the decoder distribution (independent per pixel); `mode="loc"` returns the location
     (noise-free). None (the default) means "residual" when the model has a residual model, else
     "sample" (`default_mode`). `temperature` in [0, 1] scales the pixel deviations from the location (1: the
-    model's own distribution). `kind` asks for a stamp kind; the `cvae` is conditioned on the
-    class only, so any value other than None is refused.
+    model's own distribution). `kind` asks for one stamp kind of that class; it needs a generator
+    conditioned on kinds (`condition="kind"`), which otherwise draws the kinds of the class with
+    their training frequencies; a class-conditioned generator refuses any `kind`. The kind each stamp
+    was generated as is in its id (`gen_<label>_<kind>_s<seed>_<i>`) and in `meta["kinds"]`
+    (counts); the `kind` field stays "generated".
     """
     tm = load_generator(model, device=device)
     mode = resolve_mode(tm, mode)
     latent = resolve_latent(tm, latent)
     y = label_value(label)
-    if kind is not None:
-        raise HitsStampsError(
-            f"{tm.path}: this generator is conditioned on the class only (real/bogus), not on kind; "
-            f"drop --kind {kind!r}"
-        )
     if not 0.0 <= temperature <= 1.0:
         raise HitsStampsError(f"temperature must be in [0, 1]; got {temperature}")
     if n < 0 or batch_size < 1:
         raise HitsStampsError(f"need n >= 0 and batch_size >= 1; got n={n}, batch_size={batch_size}")
     module = tm.module.to(device).eval()
     gen = torch.Generator().manual_seed(int(seed))
-    z_all = module.sample_latent(torch.full((n,), y, dtype=torch.long), latent, gen)  # (n, d): fixed by seed alone
+    try:
+        conds = module.draw_conditions(y, n, kind, gen)  # (n,): the class, or kinds of the class
+    except ValueError as exc:
+        raise HitsStampsError(f"{tm.path}: {exc}") from exc
+    z_all = module.sample_latent(conds, latent, gen)  # (n, d): fixed by seed alone
     chunks = []
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(int(seed) + 1)
         for start in range(0, n, batch_size):
             z = z_all[start : start + batch_size].to(device)
-            labels = torch.full((len(z),), y, dtype=torch.long, device=device)
-            chunks.append(_to_stamps_layout(module.sample(labels, mode=mode, z=z, temperature=temperature)))
+            c = conds[start : start + batch_size].to(device)
+            chunks.append(_to_stamps_layout(module.sample(c, mode=mode, z=z, temperature=temperature)))
     h, w = tm.config["input"]["size"]
     channels = _channels(tm)
     images = np.concatenate(chunks) if chunks else np.zeros((0, h, w, len(channels)), np.float32)
     name = LABEL_NAMES[y]
+    meta = {"source": "generated", "generator": str(tm.path), "label": name, "seed": int(seed), "mode": mode,
+            "temperature": float(temperature), "latent": latent}
+    if module.kinds:
+        kinds = [module.kinds[i] for i in conds.tolist()]
+        ids = [f"gen_{name}_{k}_s{seed}_{i:07d}" for i, k in enumerate(kinds)]
+        meta["kinds"] = {k: kinds.count(k) for k in sorted(set(kinds))}
+    else:
+        ids = [f"gen_{name}_s{seed}_{i:07d}" for i in range(n)]
     return StampSet(
         images=images,
         labels=np.full(n, y, dtype=np.int64),
         snr=_peak_snr(images, channels),
         kind=np.full(n, GENERATED_KIND),
-        ids=np.array([f"gen_{name}_s{seed}_{i:07d}" for i in range(n)]),
+        ids=np.array(ids),
         channels=channels,
-        meta={"source": "generated", "generator": str(tm.path), "label": name, "seed": int(seed), "mode": mode,
-              "temperature": float(temperature), "latent": latent},
+        meta=meta,
     )
 
 
@@ -238,21 +255,21 @@ def train_config_of(tm: TrainedModel) -> TrainConfig:
 
 
 def _encode(tm: TrainedModel, stamps: StampSet, device: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means (N, d) of labelled stamps, and their labels (N,)."""
+    """Posterior means (N, d) of labelled stamps, and their conditions (N,) (`conditions_of`)."""
     tm.check_input(stamps)
     if np.any(stamps.labels < 0):
         raise HitsStampsError(
             f"{int(np.sum(stamps.labels < 0))} stamps have unknown labels (-1); the cvae encoder needs the class"
         )
+    conds = conditions_of(tm, stamps)
     module = tm.module.to(device).eval()
     mus = []
     with torch.no_grad():
         for start in range(0, len(stamps), batch_size):
             x = quiet_inputs(tm, stamps.images[start : start + batch_size]).to(device)  # (B, C, H, W) data units
-            y = torch.from_numpy(stamps.labels[start : start + batch_size]).to(device)
-            mus.append(module.encode(x, y)[0].cpu())
+            mus.append(module.encode(x, conds[start : start + batch_size].to(device))[0].cpu())
     d = module.latent_dim
-    return (torch.cat(mus) if mus else torch.zeros(0, d)), torch.from_numpy(stamps.labels)
+    return (torch.cat(mus) if mus else torch.zeros(0, d)), conds
 
 
 def reconstruct(
@@ -271,7 +288,7 @@ def reconstruct(
     """
     tm = load_generator(model, device=device)
     _check_mode(mode)
-    mu, labels = _encode(tm, stamps, device, batch_size)
+    mu, conds = _encode(tm, stamps, device, batch_size)
     module = tm.module
     chunks = []
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
@@ -279,7 +296,7 @@ def reconstruct(
         torch.manual_seed(int(seed))
         for start in range(0, len(mu), batch_size):
             z = mu[start : start + batch_size].to(device)
-            chunks.append(_to_stamps_layout(module.sample(labels[start : start + batch_size].to(device), mode, z)))
+            chunks.append(_to_stamps_layout(module.sample(conds[start : start + batch_size].to(device), mode, z)))
     images = np.concatenate(chunks) if chunks else np.zeros((0, *stamps.shape[1:]), np.float32)
     return StampSet(
         images=images, labels=stamps.labels, snr=_peak_snr(images, stamps.channels), kind=stamps.kind,
@@ -302,7 +319,8 @@ def interpolate(
     a, b: StampSets of one labelled stamp each. Step k (0..steps-1) decodes
     z_k = (1 - s) mu_a + s mu_b with the class condition (1 - s) onehot_a + s onehot_b,
     s = k / (steps - 1); the first and last rows are the reconstructions of a and b. Labels are
-    the shared label when a and b agree, else -1 (unknown).
+    the shared label when a and b agree, else -1 (unknown). A kind-conditioned generator
+    interpolates between the two stamps' kinds in the same way.
     """
     tm = load_generator(model, device=device)
     _check_mode(mode)
@@ -310,11 +328,13 @@ def interpolate(
         raise HitsStampsError(f"interpolate needs one stamp at each end; got {len(a)} and {len(b)}")
     if steps < 2:
         raise HitsStampsError(f"steps must be >= 2; got {steps}")
-    mu, labels = _encode(tm, StampSet.concat([a, b]), device, 2)
+    ends = StampSet.concat([a, b])
+    mu, conds = _encode(tm, ends, device, 2)
+    labels = ends.labels
     module = tm.module
     s = torch.linspace(0.0, 1.0, steps)[:, None]  # (steps, 1)
     z = (1 - s) * mu[0] + s * mu[1]  # (steps, d)
-    onehot = module.condition(labels)  # (2, K)
+    onehot = module.condition(conds)  # (2, K)
     cond = (1 - s) * onehot[0] + s * onehot[1]  # (steps, K)
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():

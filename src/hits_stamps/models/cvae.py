@@ -62,8 +62,14 @@ stamps after the last epoch; both are buffers, so they are saved with the weight
 `sample(y, mode=...)`: "sample" draws t from the decoder distribution, "residual" adds r to the
 location, "loc" returns the location.
 
-Conditioning on `kind` or an SNR bin is not implemented: the training loop passes only (x, y) to
-the objective, so the class label is the only condition.
+Conditions (`condition`): "class" (default) conditions on the label alone (y in {bogus, real});
+"kind" conditions on the stamp kind (e.g. sn, variable, cosmic_ray, bad_subtraction), one
+condition per kind listed in `kinds`, each belonging to the class in `kind_labels`. The training
+loop fills both from the training stamps (`data_kwargs`) and passes condition indices to the
+objective (`training_targets`). Everything indexed "per class" above (one-hots, latent mixtures,
+residual models) is then per kind; `condition_label` (K,) maps a condition to its class, and
+`condition_weight` (K,), set by `post_fit` to the training frequencies, is what `draw_conditions`
+samples kinds from when only a class is asked for. An SNR-bin condition is not implemented.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ LIKELIHOODS = ("gaussian", "laplace", "student_t", "mvn", "mvn_lowrank")
 INPUT_TRANSFORMS = ("asinh", "standardize")
 LATENT_SOURCES = ("prior", "aggregate")
 SAMPLE_MODES = ("sample", "loc", "residual")
+CONDITIONS = ("class", "kind")
 
 
 class CVAEOutput(NamedTuple):
@@ -294,8 +301,29 @@ class ConditionalVAE(nn.Module):
         rank: int = 8,
         latent_components: int = 10,
         noise_rank: int = 64,
+        condition: str = "class",
+        kinds: list[str] | tuple[str, ...] | None = None,
+        kind_labels: list[int] | tuple[int, ...] | None = None,
     ):
         super().__init__()
+        if condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {CONDITIONS}; got {condition!r}")
+        self.condition_on = condition
+        if condition == "kind":
+            kinds, kind_labels = list(kinds or []), [int(v) for v in (kind_labels or [])]
+            if not kinds or len(kinds) != len(kind_labels) or len(set(kinds)) != len(kinds):
+                raise ValueError(
+                    f"condition 'kind' needs distinct `kinds` and one class label per kind in `kind_labels`; "
+                    f"got kinds {kinds}, kind_labels {kind_labels}"
+                )
+            if any(v < 0 or v >= n_classes for v in kind_labels):
+                raise ValueError(f"kind_labels must be class labels in 0..{n_classes - 1}; got {kind_labels}")
+            self.kinds: tuple[str, ...] = tuple(str(k) for k in kinds)
+            labels_of_conditions = kind_labels
+        else:
+            self.kinds = ()
+            labels_of_conditions = list(range(n_classes))
+        n_classes = len(labels_of_conditions)  # from here on: the number of conditions
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}; got {likelihood!r}")
         h, w = (int(size[0]), int(size[1]))
@@ -313,6 +341,9 @@ class ConditionalVAE(nn.Module):
         self.kl_weight_final = float(kl_weight)
         self.transform = ChannelTransform(in_channels, input_transform, asinh_softening, subtract_channels)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+        # condition -> class label, and the conditions' training frequencies (set by `post_fit`)
+        self.register_buffer("condition_label", torch.tensor(labels_of_conditions, dtype=torch.long))  # (K,)
+        self.register_buffer("condition_weight", torch.ones(n_classes))  # (K,)
         if latent_components < 1:
             raise ValueError(f"latent_components must be >= 1; got {latent_components}")
         # ex-post density of the codes: one Gaussian mixture per class (see `fit_latent`)
@@ -398,6 +429,61 @@ class ConditionalVAE(nn.Module):
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
             raise ValueError(f"class labels must be in 0..{self.n_classes - 1}; got {y.unique().tolist()}")
         return F.one_hot(y, self.n_classes).float()
+
+    def condition_index(self, labels: np.ndarray, kinds: np.ndarray | None = None) -> np.ndarray:
+        """The condition of each stamp (N,) int64: its label for "class", the index of its kind in `kinds` for "kind".
+
+        Raises ValueError for a kind the model was not trained on, or a kind listed under the other class.
+        """
+        labels = np.asarray(labels, dtype=np.int64)
+        if self.condition_on == "class":
+            return labels
+        if kinds is None:
+            raise ValueError(f"this generator is conditioned on the stamp kind ({', '.join(self.kinds)}); "
+                             "the stamps need kinds")
+        index = {k: i for i, k in enumerate(self.kinds)}
+        unknown = sorted(set(np.asarray(kinds).tolist()) - set(index))
+        if unknown:
+            raise ValueError(f"kinds {unknown} are not among the kinds this generator was trained on: "
+                             f"{list(self.kinds)}")
+        cond = np.array([index[k] for k in np.asarray(kinds).tolist()], dtype=np.int64)
+        if len(cond) and np.any(self.condition_label.cpu().numpy()[cond] != labels):
+            raise ValueError("some stamps carry a label that differs from the class of their kind")
+        return cond
+
+    def training_targets(self, stamps) -> np.ndarray:
+        """What the training loop passes to the objective as y for a StampSet: `condition_index` of its stamps."""
+        return self.condition_index(stamps.labels, stamps.kind)
+
+    def draw_conditions(
+        self, label: int, n: int, kind: str | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """n condition indices (n,) for new stamps of class `label`.
+
+        "class": all `label`. "kind": `kind` when given (it must belong to the class), else kinds of
+        that class drawn with their training frequencies (`condition_weight`).
+        """
+        if self.condition_on == "class":
+            if kind is not None:
+                raise ValueError("this generator is conditioned on the class only (real/bogus), not on kind")
+            return torch.full((n,), int(label), dtype=torch.long)
+        of_class = [i for i, v in enumerate(self.condition_label.tolist()) if v == int(label)]
+        if kind is not None:
+            if kind not in self.kinds or self.kinds.index(kind) not in of_class:
+                names = [self.kinds[i] for i in of_class]
+                raise ValueError(f"kind {kind!r} is not a kind of class {label} for this generator; "
+                                 f"choose one of {names}")
+            return torch.full((n,), self.kinds.index(kind), dtype=torch.long)
+        if not of_class:
+            raise ValueError(f"this generator has no kind of class {label}")
+        weights = self.condition_weight.cpu().double()[of_class]
+        pick = torch.multinomial(weights / weights.sum(), n, replacement=True, generator=generator) if n else \
+            torch.zeros(0, dtype=torch.long)
+        return torch.tensor(of_class, dtype=torch.long)[pick]
+
+    def class_of(self, y: torch.Tensor) -> torch.Tensor:
+        """Class labels (B,) of condition indices (B,)."""
+        return self.condition_label.to(y.device)[y.long()]
 
     # ------------------------------------------------------------------ encoder / decoder
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -560,9 +646,12 @@ class ConditionalVAE(nn.Module):
             self.resid_fitted[k] = True
         return self
 
-    def post_fit(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Hook the training loop calls once after training (on its training stamps): `fit_latent`, `fit_residuals`."""
-        self.fit_latent(x, y)
+    def post_fit(self, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> None:
+        """Hook the training loop calls once after training (on its training stamps, y their conditions):
+        the conditions' frequencies (`condition_weight`), `fit_latent`, `fit_residuals`."""
+        counts = torch.bincount(y.long().cpu(), minlength=self.n_classes)[: self.n_classes]
+        self.condition_weight.copy_(counts.float())
+        self.fit_latent(x, y, seed=seed)
         self.fit_residuals(x, y)
 
     @property
@@ -604,7 +693,7 @@ class ConditionalVAE(nn.Module):
         """As nn.Module's, but weights saved before the latent mixture existed load with it unfitted."""
         state_dict = dict(state_dict)
         for name in ("latent_weights", "latent_means", "latent_tril", "latent_fitted", "resid_mean", "resid_factor",
-                     "resid_tril", "resid_fitted"):
+                     "resid_tril", "resid_fitted", "condition_label", "condition_weight"):
             state_dict.setdefault(name, getattr(self, name).detach().clone())
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -698,12 +787,30 @@ def build_cvae(in_channels: int, size: tuple[int, int], **kwargs) -> Conditional
     return ConditionalVAE(in_channels=in_channels, size=tuple(size), **kwargs)
 
 
+def cvae_data_kwargs(train, kwargs: dict) -> dict:
+    """With condition "kind" and no `kinds` given: the sorted kinds of the training stamps and each one's class.
+
+    A kind that carries both labels in the training stamps cannot be a condition of one class: ValueError.
+    """
+    if kwargs.get("condition", "class") != "kind" or kwargs.get("kinds"):
+        return kwargs
+    kinds = sorted(set(np.asarray(train.kind).tolist()))
+    labels = []
+    for k in kinds:
+        seen = np.unique(train.labels[train.kind == k])
+        if len(seen) != 1:
+            raise ValueError(f"kind {k!r} has stamps of both classes; condition 'kind' needs one class per kind")
+        labels.append(int(seen[0]))
+    return {**kwargs, "kinds": kinds, "kind_labels": labels}
+
+
 register(
     ModelSpec(
         name="cvae",
         task="generator",
         builder=build_cvae,
         objective=cvae_objective,
+        data_kwargs=cvae_data_kwargs,
         recipe=Recipe(
             optimizer="adam", lr=1e-3, batch_size=64, epochs=30, scaling="none", nan_policy="median",
             clip_grad_norm=100.0,

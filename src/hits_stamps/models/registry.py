@@ -10,7 +10,9 @@ builder(in_channels: int, size: tuple[int, int], **kwargs) -> torch.nn.Module
 objective(model, x, y, n_train) -> ObjectiveOutput
     `loss` is the scalar to minimise for this batch (for variational models the per-batch share
     of the negative ELBO: `nll_mean + kl_sum / n_train`); `logits` (B, K) or None when the model
-    is not a classifier; `parts` named scalar terms (floats) for the history.
+    is not a classifier; `parts` named scalar terms (floats) for the history. y is the label of
+    each stamp, or what the model's `training_targets(stamps)` returns when it defines one (cvae:
+    the index of the condition, e.g. the stamp kind).
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class ModelSpec:
     recipe: Recipe
     description: str = ""
     default_kwargs: dict[str, Any] = field(default_factory=dict)
+    # (training StampSet, model kwargs) -> model kwargs completed from the data (cvae: the kinds it is
+    # conditioned on); called by the training loop before building, so the values are stored in config.json
+    data_kwargs: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -161,12 +161,20 @@ def fit(
             )
         kwargs = dict(stored_kwargs)  # resuming without model arguments: take the stored ones
     try:
+        if spec.data_kwargs is not None:
+            kwargs = spec.data_kwargs(train, kwargs)
         model = spec.builder(in_channels=train.n_channels, size=train.size, **kwargs).to(device)
     except (TypeError, ValueError) as exc:
         raise HitsStampsError(
             f"{spec.name}: cannot build the model for {train.size[0]}x{train.size[1]}x{train.n_channels} "
             f"stamps with arguments {kwargs}: {exc}"
         ) from exc
+    if hasattr(model, "training_targets"):  # models trained on other targets than the label (cvae: kinds)
+        try:
+            y_train = torch.from_numpy(model.training_targets(train))
+            y_val = torch.from_numpy(model.training_targets(val))
+        except ValueError as exc:
+            raise HitsStampsError(f"{spec.name}: {exc}") from exc
     if hasattr(model, "fit_input_stats"):  # models that hold their own invertible input scaling (cvae)
         model.fit_input_stats(x_train)
     optimizer = make_optimizer(recipe, model.parameters())
