@@ -57,7 +57,11 @@ def data_sets(args) -> dict[str, tuple[StampSet, StampSet]]:
     cache.mkdir(parents=True, exist_ok=True)
     sets = {}
     paths = {"train": cache / f"sim_train_{args.n_train}.npz", "test": cache / f"sim_test_{args.n_test}.npz"}
-    if not args.skip_simulated:
+    if not args.skip_simulated and args.train_file:
+        # files written before (e.g. by bench_classifiers.py data, so the judge can be that benchmark's model)
+        test = read_stamps(args.test_file)
+        sets["simulated"] = (read_stamps(args.train_file), test[: args.n_test] if args.n_test < len(test) else test)
+    elif not args.skip_simulated:
         if not paths["train"].exists():
             write_stamps(simulate_stamps(args.n_train, seed=args.seed), paths["train"], overwrite=True)
         if not paths["test"].exists():
@@ -253,7 +257,7 @@ def diagnose(args, out: Path, result: dict) -> None:
     from hits_stamps.simulate import simulate_stamps
     from hits_stamps.training.modeldir import load_model
 
-    train = read_stamps(Path(args.out) / "data" / f"sim_train_{args.n_train}.npz")
+    train = read_stamps(args.train_file or Path(args.out) / "data" / f"sim_train_{args.n_train}.npz")
     val = simulate_stamps(args.n_val, seed=args.seed + 1)
     judge = load_model(args.judge_dir)
     result["diagnosis"] = {}
@@ -279,6 +283,9 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=12000)
     p.add_argument("--n-test", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-file", default="", help="simulated training stamps from a file instead of "
+                   "simulate_stamps(--n-train, seed=--seed); needs --test-file (its first --n-test stamps are used)")
+    p.add_argument("--test-file", default="")
     p.add_argument("--cvae-epochs", type=int, default=12)
     p.add_argument("--cvae-kwargs", default="{}", help="JSON dict of cvae builder arguments")
     p.add_argument("--cvae-dir", default="", help="a cvae trained before on the same simulated training stamps "
@@ -312,6 +319,8 @@ def main() -> None:
     p.add_argument("--diagnose-components", default="1,10", help="mixture sizes for --diagnose")
     p.add_argument("--docs-figures", action="store_true", help="copy the figures to docs/figures/gen_*.png")
     args = p.parse_args()
+    if bool(args.train_file) != bool(args.test_file):
+        p.error("--train-file and --test-file go together")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

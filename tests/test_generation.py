@@ -189,6 +189,9 @@ def test_evaluate_generator_writes_judging_json(cvae_dir, toy_train, tmp_path):
                               progress=False, train=toy_train, max_per_class=10, make_figures=False, tstr=False)
     assert res2["judge"]["trained_here"] is False and res2["tstr_over_trtr"] is None
     assert res2["judge"]["test_accuracy"] == pytest.approx(res["judge"]["test_accuracy"])
+    recall = res2["judge"]["test_recall_per_kind"]
+    assert set(recall) == set(test.kind) and all(0.0 <= v <= 1.0 for v in recall.values())
+    assert "agreement_per_kind" not in res2  # a class-conditioned generator has no kinds
     mixed = StampSet.concat([toy_train, generate(cvae_dir, 4, "real")])
     with pytest.raises(HitsStampsError, match="include generated"):
         evaluate_generator(cvae_dir, test, tmp_path / "j3", train=mixed, progress=False, max_per_class=10)
@@ -258,3 +261,19 @@ def test_kind_conditioned_generator_refusals_and_reconstruction(kind_cvae_dir, t
     ends = [toy_train[np.flatnonzero(toy_train.kind == k)[:1]] for k in ("sn", "cosmic_ray")]
     path = interpolate(kind_cvae_dir, ends[0], ends[1], steps=4)
     assert (path.labels == -1).all() and path.shape == (4, 21, 21, 4)
+
+
+def test_judging_a_kind_conditioned_generator_reports_agreement_per_kind(kind_cvae_dir, cvae_dir, toy_train,
+                                                                           tmp_path):
+    test = make_synthetic_stamps(80, seed=12)
+    judge = fit(TrainConfig(model="rotinv-cnn", epochs=1, model_kwargs=TINY_CNN), toy_train, tmp_path / "clf",
+                progress=False)
+    res = evaluate_generator(kind_cvae_dir, test, tmp_path / "judge", classifier=judge.path, progress=False,
+                             train=toy_train, max_per_class=30, make_figures=False, tstr=False)
+    per_kind = res["agreement_per_kind"]
+    assert set(per_kind) <= set(toy_train.kind) and sum(v["n"] for v in per_kind.values()) == 60
+    for kind, row in per_kind.items():
+        assert 0.0 <= row["agreement"] <= 1.0 and row["n"] >= 1
+    n_bogus = sum(v["n"] for k, v in per_kind.items() if k != "sn")
+    agree_bogus = sum(v["agreement"] * v["n"] for k, v in per_kind.items() if k != "sn") / n_bogus
+    assert agree_bogus == pytest.approx(res["agreement_bogus"])  # the per-kind rows add up to the class's

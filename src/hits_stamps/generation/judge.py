@@ -4,7 +4,9 @@ The judge is a classifier trained on real (or simulated) stamps only, never on g
 either a trained classifier directory passed as `classifier`, or one trained here (`rotinv-cnn` by
 default) on the generator's training file. Against a labelled test set it measures:
 
-- agreement_c: the fraction of generated class-c stamps that the judge labels c (p >= 0.5);
+- agreement_c: the fraction of generated class-c stamps that the judge labels c (p >= 0.5), per
+  kind as well for a kind-conditioned generator (`agreement_per_kind`); beside it the judge's own
+  recall on the real test stamps, per class and per kind, which is what a perfect generator scores;
 - Fréchet distance (Heusel et al. 2017) between real and generated class-c stamps in the judge's
   penultimate features, ``FD = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))``, with the
   floor: the same distance between two disjoint halves of the real class-c test stamps (the
@@ -298,6 +300,11 @@ def evaluate_generator(
     trtr, trtr_per_class = _accuracy(judge, test)
     result["judge"] = {"path": str(judge.path), "model": judge.name, "trained_here": trained_here,
                        "test_accuracy": trtr, "test_recall_per_class": trtr_per_class}
+    if test.kind is not None:  # how often the judge itself is right on each kind of real stamp
+        pred = judge.predict(test)
+        result["judge"]["test_recall_per_kind"] = {
+            str(k): float(np.mean(pred[test.kind == k] == test.labels[test.kind == k])) for k in sorted(set(test.kind))
+        }
 
     # generated and real samples per class
     generated: dict[str, StampSet] = {}
@@ -320,9 +327,16 @@ def evaluate_generator(
 
     # agreement and Fréchet distances
     log("agreement and Fréchet distances in the judge's features")
+    per_kind: dict[str, dict[str, float]] = {}
     for name, lab in CLASSES:
         p = judge.predict_proba(generated[name])[:, 1]
-        result[f"agreement_{name}"] = float(np.mean((p >= 0.5) == bool(lab)))
+        agree = (p >= 0.5) == bool(lab)
+        result[f"agreement_{name}"] = float(np.mean(agree))
+        if "condition" in generated[name].columns:  # a kind-conditioned generator: agreement per kind
+            cond = generated[name].columns["condition"]
+            for i in np.unique(cond):
+                kind = generated[name].meta["condition_kinds"][int(i)]
+                per_kind[kind] = {"n": int(np.sum(cond == i)), "agreement": float(np.mean(agree[cond == i]))}
         real = real_test[name]
         halves = rng.permutation(len(real))
         a_idx, b_idx = np.sort(halves[: len(real) // 2]), np.sort(halves[len(real) // 2 :])
@@ -332,6 +346,8 @@ def evaluate_generator(
         result[f"frechet_{name}"] = frechet_distance(fg, fa)
         result[f"frechet_floor_{name}"] = frechet_distance(fb, fa)
     result["n_per_class"] = {name: len(real_test[name]) for name, _ in CLASSES}
+    if per_kind:
+        result["agreement_per_kind"] = dict(sorted(per_kind.items()))
 
     # TSTR / TRTR
     if tstr:

@@ -181,8 +181,9 @@ def generate(
     model's own distribution). `kind` asks for one stamp kind of that class; it needs a generator
     conditioned on kinds (`condition="kind"`), which otherwise draws the kinds of the class with
     their training frequencies; a class-conditioned generator refuses any `kind`. The kind each stamp
-    was generated as is in its id (`gen_<label>_<kind>_s<seed>_<i>`) and in `meta["kinds"]`
-    (counts); the `kind` field stays "generated".
+    was generated as is in its id (`gen_<label>_<kind>_s<seed>_<i>`) and in the column
+    `condition` (an index into `meta["condition_kinds"]`; counts in `meta["kinds"]`); the `kind`
+    field stays "generated".
     """
     tm = load_generator(model, device=device)
     mode = resolve_mode(tm, mode)
@@ -213,10 +214,13 @@ def generate(
     name = LABEL_NAMES[y]
     meta = {"source": "generated", "generator": str(tm.path), "label": name, "seed": int(seed), "mode": mode,
             "temperature": float(temperature), "latent": latent}
+    columns = {}
     if module.kinds:
         kinds = [module.kinds[i] for i in conds.tolist()]
         ids = [f"gen_{name}_{k}_s{seed}_{i:07d}" for i, k in enumerate(kinds)]
         meta["kinds"] = {k: kinds.count(k) for k in sorted(set(kinds))}
+        meta["condition_kinds"] = list(module.kinds)
+        columns["condition"] = conds.numpy().astype(np.int64)  # index into meta["condition_kinds"]
     else:
         ids = [f"gen_{name}_s{seed}_{i:07d}" for i in range(n)]
     return StampSet(
@@ -226,6 +230,7 @@ def generate(
         kind=np.full(n, GENERATED_KIND),
         ids=np.array(ids),
         channels=channels,
+        columns=columns,
         meta=meta,
     )
 
