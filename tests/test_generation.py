@@ -272,8 +272,7 @@ def test_judging_a_kind_conditioned_generator_reports_agreement_per_kind(kind_cv
                              train=toy_train, max_per_class=30, make_figures=False, tstr=False)
     per_kind = res["agreement_per_kind"]
     assert set(per_kind) <= set(toy_train.kind) and sum(v["n"] for v in per_kind.values()) == 60
-    for kind, row in per_kind.items():
-        assert 0.0 <= row["agreement"] <= 1.0 and row["n"] >= 1
+    assert all(0.0 <= row["agreement"] <= 1.0 and row["n"] >= 1 for row in per_kind.values())
     n_bogus = sum(v["n"] for k, v in per_kind.items() if k != "sn")
     agree_bogus = sum(v["agreement"] * v["n"] for k, v in per_kind.items() if k != "sn") / n_bogus
     assert agree_bogus == pytest.approx(res["agreement_bogus"])  # the per-kind rows add up to the class's
