@@ -272,18 +272,23 @@ def test_mixture_components_and_weights_saved_and_old_weights_still_load():
         legacy.load_state_dict({**state, "bogus_key": torch.zeros(1)})
 
 
-def test_residual_model_matches_the_residual_moments_and_draws_correlated_noise():
-    model, x = _fitted(noise_rank=20)
+@pytest.mark.parametrize("units", ["model", "decoder"])
+def test_residual_model_matches_the_residual_moments_and_draws_correlated_noise(units):
+    model, x = _fitted(noise_rank=20, residual_units=units)
     x = x + 3 * torch.randn_like(x)
     y = torch.tensor([0] * 6 + [1] * 10)
     model.eval()
     with pytest.raises(ValueError, match="no residual model fitted"):
         model.sample(y, mode="residual")
     model.fit_residuals(x, y)
-    assert model.has_residual_model
+    assert model.has_residual_model and bool(model.resid_standardized) == (units == "decoder")
     t = model.to_model_units(x)
     mu = model.encode(x, y)[0]
-    r = (t.permute(0, 2, 3, 1) - model.decode(mu, y).mean).flatten(1).detach().double()  # (16, P)
+    dist = model.decode(mu, y)
+    r = (t.permute(0, 2, 3, 1) - dist.mean).detach()  # (16, H, W, C)
+    if units == "decoder":  # each pixel standardised by the decoder's channel scale factor
+        r = torch.linalg.solve_triangular(model.pixel_tril(dist), r.unsqueeze(-1), upper=False).squeeze(-1).detach()
+    r = r.flatten(1).double()  # (16, P)
     for k in (0, 1):
         rk = r[y == k]
         np.testing.assert_allclose(model.resid_mean[k].numpy(), rk.mean(0).numpy(), atol=1e-5)
@@ -292,9 +297,20 @@ def test_residual_model_matches_the_residual_moments_and_draws_correlated_noise(
         f = model.resid_factor[k].double()
         np.testing.assert_allclose((f @ f.T).numpy(), cov.numpy(), atol=1e-4)
         assert float(model.resid_tril[k].abs().max()) < 1e-3
-    twin = ConditionalVAE(4, (21, 21), **TINY, noise_rank=20)
+    twin = ConditionalVAE(4, (21, 21), **TINY, noise_rank=20, residual_units=units)
     twin.load_state_dict(model.state_dict())
-    assert twin.has_residual_model
+    assert twin.has_residual_model and bool(twin.resid_standardized) == (units == "decoder")
+    # a sample is loc + L e (decoder units) or loc + r (model units), e / r a draw of the fitted model
+    z, yy = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    torch.manual_seed(3)
+    got = model.sample(yy, mode="residual", z=z)
+    torch.manual_seed(3)
+    d5 = model.decode(z, yy)
+    draw = model._residual_draw(yy, d5.mean)
+    if units == "decoder":
+        draw = (model.pixel_tril(d5) @ draw.unsqueeze(-1)).squeeze(-1)
+    expected = model.to_data_units((d5.mean + draw).permute(0, 3, 1, 2))
+    torch.testing.assert_close(got, expected.detach())
     # draws: mean residual + correlated noise with the fitted per-pixel variance
     torch.manual_seed(0)
     loc = torch.zeros(2000, 21, 21, 4)
@@ -350,3 +366,27 @@ def test_kind_condition_arguments_and_data_kwargs():
     toy.labels[np.flatnonzero(toy.kind == "sn")[0]] = 0
     with pytest.raises(ValueError, match="'sn' has stamps of both classes"):
         spec.data_kwargs(toy, {"condition": "kind"})
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "laplace", "student_t", "mvn", "mvn_lowrank"])
+def test_pixel_tril_is_the_decoders_channel_scale(likelihood):
+    model, _ = _fitted(likelihood=likelihood)
+    dist = model.decode(torch.randn(2, 3), torch.tensor([0, 1]))
+    tril = model.pixel_tril(dist)
+    assert tril.shape == (2, 21, 21, 4, 4)
+    torch.testing.assert_close(tril, torch.tril(tril))
+    assert bool((torch.diagonal(tril, dim1=-2, dim2=-1) > 0).all())
+    if likelihood in ("gaussian", "laplace", "student_t"):
+        torch.testing.assert_close(torch.diagonal(tril, dim1=-2, dim2=-1), dist.base_dist.scale)
+
+
+def test_weights_without_the_standardisation_flag_load_as_model_unit_residuals():
+    model, x = _fitted(noise_rank=4, residual_units="model")
+    model.eval()
+    model.fit_residuals(x, torch.tensor([0] * 8 + [1] * 8))
+    state = {k: v for k, v in model.state_dict().items() if k != "resid_standardized"}  # written before the flag
+    twin = ConditionalVAE(4, (21, 21), **TINY, noise_rank=4)  # today's default: decoder units
+    twin.load_state_dict(state)
+    assert twin.has_residual_model and not bool(twin.resid_standardized)
+    with pytest.raises(ValueError, match="residual_units must be one of"):
+        ConditionalVAE(4, (21, 21), residual_units="pixels", **TINY)

@@ -55,9 +55,11 @@ stamps after the last epoch; both are buffers, so they are saved with the weight
 
     z ~ sum_m w_km N(mean_km, L_km L_km^T)        per-class mixture fitted to the posterior means
                                                   (`fit_latent`; ex-post density, Ghosh et al. 2020)
-    t = loc(z, k) + r,  r ~ N(m_k, U_k S_k^2 U_k^T + blockdiag_p B_kp)
-                                                  per-class low-rank + diagonal Gaussian fitted to the
-                                                  residuals t - loc(mu(x), k) (`fit_residuals`)
+    t = loc(z, k) + L(z, k) e,  e ~ N(m_k, U_k S_k^2 U_k^T + blockdiag_p B_kp)
+                                                  per-class low-rank + block-diagonal Gaussian fitted to
+                                                  the residuals t - loc(mu(x), k), each pixel standardised
+                                                  by the decoder's scale factor L_p (`fit_residuals`;
+                                                  `residual_units="model"`: L = I)
 
 `sample(y, mode=...)`: "sample" draws t from the decoder distribution, "residual" adds r to the
 location, "loc" returns the location.
@@ -91,6 +93,7 @@ INPUT_TRANSFORMS = ("asinh", "standardize")
 LATENT_SOURCES = ("prior", "aggregate")
 SAMPLE_MODES = ("sample", "loc", "residual")
 CONDITIONS = ("class", "kind")
+RESIDUAL_UNITS = ("decoder", "model")
 
 
 class CVAEOutput(NamedTuple):
@@ -304,8 +307,12 @@ class ConditionalVAE(nn.Module):
         condition: str = "class",
         kinds: list[str] | tuple[str, ...] | None = None,
         kind_labels: list[int] | tuple[int, ...] | None = None,
+        residual_units: str = "decoder",
     ):
         super().__init__()
+        if residual_units not in RESIDUAL_UNITS:
+            raise ValueError(f"residual_units must be one of {RESIDUAL_UNITS}; got {residual_units!r}")
+        self.residual_units = residual_units
         if condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {CONDITIONS}; got {condition!r}")
         self.condition_on = condition
@@ -363,6 +370,8 @@ class ConditionalVAE(nn.Module):
         # per-pixel C x C Cholesky factors of the remainder (channels of one pixel stay correlated)
         self.register_buffer("resid_tril", torch.eye(in_channels).repeat(n_classes, h * w, 1, 1))  # (K, H W, C, C)
         self.register_buffer("resid_fitted", torch.zeros(n_classes, dtype=torch.bool))  # (K,)
+        # True when the residual model was fitted to residuals standardised by the decoder's pixel scales
+        self.register_buffer("resid_standardized", torch.zeros((), dtype=torch.bool))
 
         # spatial sizes of the encoder levels, e.g. 21x21 -> [(21, 21), (11, 11), (6, 6)]
         sizes = [(h, w)]
@@ -530,6 +539,20 @@ class ConditionalVAE(nn.Module):
         """The decoder's location (B, H, W, C): its mean (for Laplace also the median)."""
         return dist.mean
 
+    @staticmethod
+    def pixel_tril(dist: D.Distribution) -> torch.Tensor:
+        """(B, H, W, C, C): the decoder's per-pixel lower-triangular channel scale factor.
+
+        mvn: its scale_tril; mvn_lowrank: the per-pixel part (without the stamp-wide patterns);
+        gaussian / laplace / student_t: diag(scale).
+        """
+        if isinstance(dist, LowRankPixelMVN):
+            return dist.tril
+        base = dist.base_dist
+        if isinstance(base, D.MultivariateNormal):
+            return base.scale_tril
+        return torch.diag_embed(base.scale)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> CVAEOutput:
         """x (B, C, H, W) data units, y (B,) -> reconstruction distribution and posterior."""
         t = self.to_model_units(x)
@@ -602,7 +625,11 @@ class ConditionalVAE(nn.Module):
         covariance with N_k - 1) and B_kp the C x C sample covariance of the channels of pixel p minus
         the low-rank part's (eigenvalues clipped at 1e-8; stored as Cholesky factors `resid_tril`), so
         each pixel's channel covariance is that of the residuals. A class with fewer than 2 stamps
-        stays unfitted.
+        stays unfitted. With `residual_units="decoder"` (default) each pixel's residual is first
+        standardised by the decoder's own channel scale at that pixel, e_p = L_p^-1 r_p (`pixel_tril`),
+        the model is fitted to e, and a draw is mapped back with r_p = L_p e_p: the noise then grows
+        where the decoder expects it to (on bright sources) while the fitted model keeps the spatial
+        and channel correlations; `resid_standardized` records which units the buffers hold.
         """
         if x.ndim != 4 or len(x) != len(y):
             raise ValueError(f"expected x (N, C, H, W) and y (N,) of one N; got {tuple(x.shape)}, {tuple(y.shape)}")
@@ -614,8 +641,12 @@ class ConditionalVAE(nn.Module):
             xb, yb = x[start : start + batch_size].to(dev), y[start : start + batch_size].to(dev)
             t = self.to_model_units(xb)
             mu, _ = self._encode_t(t, self.condition(yb).to(t.dtype))
-            loc = self.location(self.decode(mu, yb))  # (B, H, W, C)
-            res.append((t.permute(0, 2, 3, 1) - loc).flatten(1).double().cpu())
+            dist = self.decode(mu, yb)
+            resid = t.permute(0, 2, 3, 1) - self.location(dist)  # (B, H, W, C)
+            if self.residual_units == "decoder":  # standardised by the decoder's own pixel scales
+                tril = self.pixel_tril(dist)
+                resid = torch.linalg.solve_triangular(tril, resid.unsqueeze(-1), upper=False).squeeze(-1)
+            res.append(resid.flatten(1).double().cpu())
         self.train(was_training)
         r_all = torch.cat(res) if res else torch.zeros(0, self.resid_mean.shape[1], dtype=torch.float64)
         labels = y.detach().cpu()
@@ -644,6 +675,7 @@ class ConditionalVAE(nn.Module):
             self.resid_factor[k] = factor.float()
             self.resid_tril[k] = torch.linalg.cholesky(rest).float()
             self.resid_fitted[k] = True
+        self.resid_standardized.fill_(self.residual_units == "decoder")
         return self
 
     def post_fit(self, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> None:
@@ -693,7 +725,7 @@ class ConditionalVAE(nn.Module):
         """As nn.Module's, but weights saved before the latent mixture existed load with it unfitted."""
         state_dict = dict(state_dict)
         for name in ("latent_weights", "latent_means", "latent_tril", "latent_fitted", "resid_mean", "resid_factor",
-                     "resid_tril", "resid_fitted", "condition_label", "condition_weight"):
+                     "resid_tril", "resid_fitted", "condition_label", "condition_weight", "resid_standardized"):
             state_dict.setdefault(name, getattr(self, name).detach().clone())
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -721,7 +753,10 @@ class ConditionalVAE(nn.Module):
         if mode == "sample":
             t = loc + temperature * (dist.sample() - loc)
         elif mode == "residual":
-            t = loc + temperature * self._residual_draw(y, loc)
+            draw = self._residual_draw(y, loc)
+            if bool(self.resid_standardized):  # back from standardised units: scaled by the decoder per pixel
+                draw = (self.pixel_tril(dist) @ draw.unsqueeze(-1)).squeeze(-1)
+            t = loc + temperature * draw
         else:
             t = loc
         return self.to_data_units(t.permute(0, 3, 1, 2))
