@@ -363,9 +363,16 @@ def test_kind_condition_arguments_and_data_kwargs():
     filled = spec.data_kwargs(toy, {"condition": "kind"})
     assert filled["kinds"] == sorted(set(toy.kind))
     assert spec.data_kwargs(toy, {"condition": "class"}) == {"condition": "class"}
+    assert spec.data_kwargs(toy, {"condition": "auto"})["condition"] == "kind"  # 4 kinds, one class each
+    two = toy[:]
+    two.kind = np.where(two.labels == 1, "sn", "bad_subtraction").astype(object)
+    assert spec.data_kwargs(two, {"condition": "auto"}) == {"condition": "class"}  # one kind per class
     toy.labels[np.flatnonzero(toy.kind == "sn")[0]] = 0
     with pytest.raises(ValueError, match="'sn' has stamps of both classes"):
         spec.data_kwargs(toy, {"condition": "kind"})
+    assert spec.data_kwargs(toy, {"condition": "auto"}) == {"condition": "class"}
+    with pytest.raises(ValueError, match="resolved by the training loop"):
+        ConditionalVAE(4, (21, 21), condition="auto", **TINY)
 
 
 @pytest.mark.parametrize("likelihood", ["gaussian", "laplace", "student_t", "mvn", "mvn_lowrank"])

@@ -19,7 +19,7 @@ from hits_stamps.io import read_stamps, write_stamps
 from hits_stamps.stamps import StampSet
 from hits_stamps.training import TrainConfig, fit
 
-TINY_CVAE = {"latent_dim": 3, "base_channels": 4, "hidden": 16}
+TINY_CVAE = {"latent_dim": 3, "base_channels": 4, "hidden": 16, "condition": "class"}
 TINY_CNN = {"widths": [4, 8], "hidden": 8}
 
 
@@ -218,14 +218,16 @@ def test_augmentation_experiment_tiny(cvae_dir, toy_train, tmp_path):
 @pytest.fixture(scope="module")
 def kind_cvae_dir(tmp_path_factory, toy_train):
     out = tmp_path_factory.mktemp("gen_kind") / "cvae"
-    fit(TrainConfig(model="cvae", epochs=1, batch_size=32, model_kwargs={**TINY_CVAE, "condition": "kind"}),
-        toy_train, out, progress=False)
+    # the registry default, condition "auto", resolves to "kind" on these stamps (4 kinds, each of one class)
+    tiny = {k: v for k, v in TINY_CVAE.items() if k != "condition"}
+    fit(TrainConfig(model="cvae", epochs=1, batch_size=32, model_kwargs=tiny), toy_train, out, progress=False)
     return out
 
 
 def test_kind_conditioned_generator_learns_the_kinds_and_their_frequencies(kind_cvae_dir, toy_train):
     config = json.loads((kind_cvae_dir / "config.json").read_text())
     kinds = sorted(set(toy_train.kind))
+    assert config["model_kwargs"]["condition"] == "kind"  # "auto" resolved on the data and stored
     assert config["model_kwargs"]["kinds"] == kinds  # filled from the training stamps and stored
     assert config["model_kwargs"]["kind_labels"] == [int(toy_train.labels[toy_train.kind == k][0]) for k in kinds]
     tm = load_generator(kind_cvae_dir)

@@ -64,14 +64,16 @@ stamps after the last epoch; both are buffers, so they are saved with the weight
 `sample(y, mode=...)`: "sample" draws t from the decoder distribution, "residual" adds r to the
 location, "loc" returns the location.
 
-Conditions (`condition`): "class" (default) conditions on the label alone (y in {bogus, real});
-"kind" conditions on the stamp kind (e.g. sn, variable, cosmic_ray, bad_subtraction), one
+Conditions (`condition`): "class" conditions on the label alone (y in {bogus, real}); "kind"
+conditions on the stamp kind (e.g. sn, variable, cosmic_ray, bad_subtraction), one
 condition per kind listed in `kinds`, each belonging to the class in `kind_labels`. The training
 loop fills both from the training stamps (`data_kwargs`) and passes condition indices to the
 objective (`training_targets`). Everything indexed "per class" above (one-hots, latent mixtures,
 residual models) is then per kind; `condition_label` (K,) maps a condition to its class, and
 `condition_weight` (K,), set by `post_fit` to the training frequencies, is what `draw_conditions`
-samples kinds from when only a class is asked for. An SNR-bin condition is not implemented.
+samples kinds from when only a class is asked for. The registry default "auto" is resolved by the
+training loop (`cvae_data_kwargs`): "kind" when the training stamps have more kinds than classes and
+each kind belongs to one class, else "class". An SNR-bin condition is not implemented.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ LIKELIHOODS = ("gaussian", "laplace", "student_t", "mvn", "mvn_lowrank")
 INPUT_TRANSFORMS = ("asinh", "standardize")
 LATENT_SOURCES = ("prior", "aggregate")
 SAMPLE_MODES = ("sample", "loc", "residual")
-CONDITIONS = ("class", "kind")
+CONDITIONS = ("class", "kind")  # what the model is built with; "auto" is resolved on the data (cvae_data_kwargs)
 RESIDUAL_UNITS = ("decoder", "model")
 
 
@@ -314,7 +316,8 @@ class ConditionalVAE(nn.Module):
             raise ValueError(f"residual_units must be one of {RESIDUAL_UNITS}; got {residual_units!r}")
         self.residual_units = residual_units
         if condition not in CONDITIONS:
-            raise ValueError(f"condition must be one of {CONDITIONS}; got {condition!r}")
+            hint = " ('auto' is resolved by the training loop)" if condition == "auto" else ""
+            raise ValueError(f"condition must be one of {CONDITIONS}; got {condition!r}{hint}")
         self.condition_on = condition
         if condition == "kind":
             kinds, kind_labels = list(kinds or []), [int(v) for v in (kind_labels or [])]
@@ -822,20 +825,37 @@ def build_cvae(in_channels: int, size: tuple[int, int], **kwargs) -> Conditional
     return ConditionalVAE(in_channels=in_channels, size=tuple(size), **kwargs)
 
 
-def cvae_data_kwargs(train, kwargs: dict) -> dict:
-    """With condition "kind" and no `kinds` given: the sorted kinds of the training stamps and each one's class.
-
-    A kind that carries both labels in the training stamps cannot be a condition of one class: ValueError.
-    """
-    if kwargs.get("condition", "class") != "kind" or kwargs.get("kinds"):
-        return kwargs
+def _kinds_of(train) -> tuple[list[str], list[int], str | None]:
+    """Sorted kinds of labelled stamps, each one's class, and why they cannot be conditions (None if they can)."""
+    if train.kind is None:
+        return [], [], "the stamps have no kinds"
     kinds = sorted(set(np.asarray(train.kind).tolist()))
     labels = []
     for k in kinds:
         seen = np.unique(train.labels[train.kind == k])
         if len(seen) != 1:
-            raise ValueError(f"kind {k!r} has stamps of both classes; condition 'kind' needs one class per kind")
+            return kinds, labels, f"kind {k!r} has stamps of both classes"
         labels.append(int(seen[0]))
+    return kinds, labels, None
+
+
+def cvae_data_kwargs(train, kwargs: dict) -> dict:
+    """Resolve `condition` on the training stamps; for "kind", fill `kinds` and `kind_labels` unless given.
+
+    "auto" becomes "kind" when every kind of the training stamps belongs to one class and there are
+    more kinds than classes, else "class" (conditioning on one kind per class is the class itself).
+    "kind" with a kind that carries both labels: ValueError.
+    """
+    condition = kwargs.get("condition", "class")
+    if condition == "auto":
+        kinds, labels, problem = _kinds_of(train)
+        condition = "kind" if problem is None and len(kinds) > len(set(labels)) else "class"
+        kwargs = {**kwargs, "condition": condition}
+    if condition != "kind" or kwargs.get("kinds"):
+        return kwargs
+    kinds, labels, problem = _kinds_of(train)
+    if problem is not None:
+        raise ValueError(f"{problem}; condition 'kind' needs one class per kind")
     return {**kwargs, "kinds": kinds, "kind_labels": labels}
 
 
@@ -848,11 +868,11 @@ register(
         data_kwargs=cvae_data_kwargs,
         recipe=Recipe(
             optimizer="adam", lr=1e-3, batch_size=64, epochs=30, scaling="none", nan_policy="median",
-            clip_grad_norm=100.0,
+            clip_grad_norm=100.0, lr_schedule="cosine",
         ),
         description="Conditional VAE (class-conditioned) with a per-pixel probabilistic decoder",
         # HiTS channel order (template, science, difference, snr): science is modelled as science - template
         default_kwargs={"latent_dim": 16, "base_channels": 32, "likelihood": "mvn", "input_transform": "asinh",
-                        "subtract_channels": [[1, 0]]},
+                        "subtract_channels": [[1, 0]], "condition": "auto"},
     )
 )
