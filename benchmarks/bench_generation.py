@@ -277,6 +277,57 @@ def diagnose(args, out: Path, result: dict) -> None:
         write_json(out / "diagnosis.json", result)
 
 
+def per_kind(args, out: Path, result: dict) -> None:
+    """--per-kind: judge agreement per stamp kind, on simulated validation stamps, for each cvae directory.
+
+    Per kind: the judge's own recall on the validation stamps, the agreement of their reconstructions
+    (posterior mean, the model's default pixel mode) and, for kind-conditioned generators, of stamps
+    generated as that kind; per class: the same, and the Fréchet distance of generated stamps to the
+    validation stamps in the judge's features.
+    """
+    from hits_stamps.generation.judge import classifier_features, frechet_distance
+    from hits_stamps.generation.sample import reconstruct
+    from hits_stamps.simulate import simulate_stamps
+    from hits_stamps.training.modeldir import load_model
+
+    val = simulate_stamps(args.n_val, seed=args.seed + 1)
+    judge = load_model(args.judge_dir)
+    p_val = judge.predict(val)
+    f_val = classifier_features(judge, val)
+    result["per_kind"] = {"n_val": len(val), "val_seed": args.seed + 1, "judge": args.judge_dir, "models": {}}
+    for cvae_dir in args.per_kind.split(","):
+        tm = load_generator(cvae_dir)
+        gen = StampSet.concat([generate(tm, args.max_per_class, lab, seed=10 + lab, temperature=args.temperature)
+                               for lab in (0, 1)])
+        gen_kind = (np.array([tm.module.kinds[i] for i in gen.columns["condition"]]) if tm.module.kinds
+                    else np.full(len(gen), ""))
+        p_rec = judge.predict(reconstruct(tm, val, mode=generate(tm, 1, 1).meta["mode"], seed=args.seed))
+        p_gen = judge.predict(gen)
+        f_gen = classifier_features(judge, gen)
+        rows = {}
+        for k in sorted(set(val.kind)):
+            s, g = val.kind == k, gen_kind == k
+            rows[k] = {"n_val": int(s.sum()), "judge_recall": float(np.mean(p_val[s] == val.labels[s])),
+                       "reconstruction": float(np.mean(p_rec[s] == val.labels[s])),
+                       "n_generated": int(g.sum()),
+                       "generated": float(np.mean(p_gen[g] == gen.labels[g])) if g.any() else None}
+        for name, lab in (("real", 1), ("bogus", 0)):
+            s, g = val.labels == lab, gen.labels == lab
+            rows[name] = {"n_val": int(s.sum()), "judge_recall": float(np.mean(p_val[s] == lab)),
+                          "reconstruction": float(np.mean(p_rec[s] == lab)), "n_generated": int(g.sum()),
+                          "generated": float(np.mean(p_gen[g] == lab)),
+                          "frechet": frechet_distance(f_gen[g], f_val[s])}
+        result["per_kind"]["models"][cvae_dir] = {"model_kwargs": tm.config["model_kwargs"],
+                                                  "residual_standardized": bool(tm.module.resid_standardized),
+                                                  "temperature": args.temperature, "rows": rows}
+        print(f"== {cvae_dir}", flush=True)
+        for k, r in rows.items():
+            print(f"{k:16s} {r['n_val']:5d} judge {r['judge_recall']:.3f} rec {r['reconstruction']:.3f} gen "
+                  + (f"{r['generated']:.3f} ({r['n_generated']})" if r["generated"] is not None else "-")
+                  + (f" FD {r['frechet']:.1f}" if "frechet" in r else ""), flush=True)
+        write_json(out / "per_kind.json", result)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output folder")
@@ -310,6 +361,8 @@ def main() -> None:
     p.add_argument("--skip-simulated", action="store_true",
                    help="only the real-pixel set (no speed measurement, no augmentation)")
     p.add_argument("--skip-augmentation", action="store_true")
+    p.add_argument("--only-augmentation", action="store_true",
+                   help="run only the augmentation experiment with the cvae in --cvae-dir (simulated set)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--progress", action="store_true")
     p.add_argument("--diagnose", default="", help="comma-separated cvae directories: run only `latent_diagnosis` "
@@ -317,6 +370,8 @@ def main() -> None:
     p.add_argument("--judge-dir", default="", help="a judge this script trained before (simulated set; "
                    "for --diagnose and to skip retraining it)")
     p.add_argument("--diagnose-components", default="1,10", help="mixture sizes for --diagnose")
+    p.add_argument("--per-kind", default="", help="comma-separated cvae directories: run only `per_kind` (judge "
+                   "agreement per stamp kind on the simulated validation set, judge in --judge-dir)")
     p.add_argument("--docs-figures", action="store_true", help="copy the figures to docs/figures/gen_*.png")
     args = p.parse_args()
     if bool(args.train_file) != bool(args.test_file):
@@ -328,7 +383,21 @@ def main() -> None:
     if args.diagnose:
         diagnose(args, out, result)
         return
+    if args.per_kind:
+        per_kind(args, out, result)
+        return
     sets = data_sets(args)
+    if args.only_augmentation:
+        if not args.cvae_dir or "simulated" not in sets:
+            p.error("--only-augmentation needs --cvae-dir and the simulated set")
+        train, test = sets["simulated"]
+        result["augmentation"] = augmentation_experiment(
+            train, test, args.cvae_dir, fractions=tuple(float(f) for f in args.aug_fractions.split(",")),
+            seed=args.seed, epochs=args.aug_epochs, out_dir=out / "augmentation", progress=args.progress,
+            temperature=args.temperature, latent=args.latent or None,
+        )
+        write_json(out / "bench_generation.json", result)
+        return
     for name, (train, test) in sets.items():
         print(f"== {name}: {len(train)} train / {len(test)} test", flush=True)
         if name == "simulated" and args.judge_dir:
