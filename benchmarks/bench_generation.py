@@ -281,7 +281,7 @@ def per_kind(args, out: Path, result: dict) -> None:
     """--per-kind: judge agreement per stamp kind, on simulated validation stamps, for each cvae directory.
 
     Per kind: the judge's own recall on the validation stamps, the agreement of their reconstructions
-    (posterior mean, the model's default pixel mode) and, for kind-conditioned generators, of stamps
+    (posterior mean; pixel mode --mode, default the model's) and, for kind-conditioned generators, of stamps
     generated as that kind; per class: the same, and the Fréchet distance of generated stamps to the
     validation stamps in the judge's features.
     """
@@ -297,11 +297,12 @@ def per_kind(args, out: Path, result: dict) -> None:
     result["per_kind"] = {"n_val": len(val), "val_seed": args.seed + 1, "judge": args.judge_dir, "models": {}}
     for cvae_dir in args.per_kind.split(","):
         tm = load_generator(cvae_dir)
-        gen = StampSet.concat([generate(tm, args.max_per_class, lab, seed=10 + lab, temperature=args.temperature)
-                               for lab in (0, 1)])
+        mode = args.mode or generate(tm, 1, 1).meta["mode"]
+        gen = StampSet.concat([generate(tm, args.max_per_class, lab, seed=10 + lab, temperature=args.temperature,
+                                        mode=mode) for lab in (0, 1)])
         gen_kind = (np.array([tm.module.kinds[i] for i in gen.columns["condition"]]) if tm.module.kinds
                     else np.full(len(gen), ""))
-        p_rec = judge.predict(reconstruct(tm, val, mode=generate(tm, 1, 1).meta["mode"], seed=args.seed))
+        p_rec = judge.predict(reconstruct(tm, val, mode=mode, seed=args.seed))
         p_gen = judge.predict(gen)
         f_gen = classifier_features(judge, gen)
         rows = {}
@@ -319,7 +320,7 @@ def per_kind(args, out: Path, result: dict) -> None:
                           "frechet": frechet_distance(f_gen[g], f_val[s])}
         result["per_kind"]["models"][cvae_dir] = {"model_kwargs": tm.config["model_kwargs"],
                                                   "residual_standardized": bool(tm.module.resid_standardized),
-                                                  "temperature": args.temperature, "rows": rows}
+                                                  "temperature": args.temperature, "mode": mode, "rows": rows}
         print(f"== {cvae_dir}", flush=True)
         for k, r in rows.items():
             print(f"{k:16s} {r['n_val']:5d} judge {r['judge_recall']:.3f} rec {r['reconstruction']:.3f} gen "
