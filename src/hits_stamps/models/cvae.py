@@ -1,4 +1,4 @@
-"""`cvae`: a convolutional variational autoencoder conditioned on the class (real / bogus).
+"""`cvae`: a convolutional variational autoencoder conditioned on the class (real / bogus) or the stamp kind.
 
 Generative model (Kingma & Welling 2014; conditional form: Sohn et al. 2015)::
 
