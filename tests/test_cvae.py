@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -6,6 +7,7 @@ import torch
 from torch import distributions as D
 
 from hits_stamps.datasets import make_synthetic_stamps
+from hits_stamps.errors import HitsStampsError
 from hits_stamps.models.cvae import ChannelTransform, ConditionalVAE, LowRankPixelMVN, cvae_objective, gaussian_kl
 from hits_stamps.models.registry import get_spec
 from hits_stamps.training import TrainConfig, fit
@@ -397,3 +399,20 @@ def test_weights_without_the_standardisation_flag_load_as_model_unit_residuals()
     assert twin.has_residual_model and not bool(twin.resid_standardized)
     with pytest.raises(ValueError, match="residual_units must be one of"):
         ConditionalVAE(4, (21, 21), residual_units="pixels", **TINY)
+
+
+def test_kind_conditioned_training_resumes_with_the_same_or_no_model_arguments(tmp_path):
+    toy = make_synthetic_stamps(96, seed=4)
+    cfg = TrainConfig(model="cvae", epochs=2, batch_size=32, model_kwargs={**TINY, "condition": "kind"})
+
+    def interrupt(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, toy, tmp_path / "m", progress=False, on_epoch=interrupt)
+    resumed = fit(cfg, toy, tmp_path / "m", progress=False, resume=True)  # the arguments resolve to the stored ones
+    assert resumed.config["model_kwargs"]["kinds"] == sorted(set(toy.kind)) and len(resumed.history) == 2
+    with pytest.raises(HitsStampsError, match="resume with the model arguments"):
+        fit(dataclasses.replace(cfg, model_kwargs={**TINY, "condition": "class"}), toy, tmp_path / "m",
+            progress=False, resume=True)

@@ -154,6 +154,11 @@ def fit(
 
     torch.manual_seed(cfg.seed)
     kwargs = {**spec.default_kwargs, **cfg.model_kwargs}
+    if spec.data_kwargs is not None:  # arguments resolved on the training stamps (cvae: its conditions)
+        try:
+            kwargs = spec.data_kwargs(train, kwargs)
+        except ValueError as exc:
+            raise HitsStampsError(f"{spec.name}: {exc}") from exc
     if stored_kwargs is not None and stored_kwargs != kwargs:
         if cfg.model_kwargs:
             raise HitsStampsError(
@@ -161,8 +166,6 @@ def fit(
             )
         kwargs = dict(stored_kwargs)  # resuming without model arguments: take the stored ones
     try:
-        if spec.data_kwargs is not None:
-            kwargs = spec.data_kwargs(train, kwargs)
         model = spec.builder(in_channels=train.n_channels, size=train.size, **kwargs).to(device)
     except (TypeError, ValueError) as exc:
         raise HitsStampsError(
