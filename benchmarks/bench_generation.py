@@ -29,6 +29,7 @@ from _machine import cpu_model
 from hits_stamps.generation import generate, load_generator
 from hits_stamps.generation.augment import augmentation_experiment
 from hits_stamps.generation.judge import evaluate_generator, negative_elbo
+from hits_stamps.generation.sample import resolve_latent, resolve_mode
 from hits_stamps.io import read_stamps, write_stamps
 from hits_stamps.stamps import StampSet
 from hits_stamps.training import TrainConfig, fit
@@ -246,9 +247,9 @@ def speed(args, cvae_dir: Path) -> dict:
     t_smp, _ = timed(lambda: generate(tm, n, "real", seed=1, mode="sample", latent=latent), args.repeats)
     t_sim, _ = timed(lambda: simulate_stamps(n, seed=5), args.repeats)
     return {"n": n, "repeats": args.repeats, "cvae_stamps_per_s": n / t_gen, "cvae_loc_stamps_per_s": n / t_loc,
-            "cvae_sample_mode_stamps_per_s": n / t_smp, "mode": generate(tm, 1, "real").meta["mode"],
+            "cvae_sample_mode_stamps_per_s": n / t_smp, "mode": resolve_mode(tm, None),
             "simulator_stamps_per_s": n / t_sim, "cvae_over_simulator": t_sim / t_gen,
-            "latent": generate(tm, 1, "real", latent=latent).meta["latent"]}
+            "latent": resolve_latent(tm, latent)}
 
 
 def diagnose(args, out: Path, result: dict) -> None:
@@ -297,7 +298,7 @@ def per_kind(args, out: Path, result: dict) -> None:
     result["per_kind"] = {"n_val": len(val), "val_seed": args.seed + 1, "judge": args.judge_dir, "models": {}}
     for cvae_dir in args.per_kind.split(","):
         tm = load_generator(cvae_dir)
-        mode = args.mode or generate(tm, 1, 1).meta["mode"]
+        mode = resolve_mode(tm, args.mode or None)
         gen = StampSet.concat([generate(tm, args.max_per_class, lab, seed=10 + lab, temperature=args.temperature,
                                         mode=mode) for lab in (0, 1)])
         gen_kind = (np.array([tm.module.kinds[i] for i in gen.columns["condition"]]) if tm.module.kinds

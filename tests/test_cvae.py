@@ -331,7 +331,7 @@ def test_kind_conditions_map_stamps_to_kinds_and_draw_kinds_of_a_class():
     assert model.n_classes == 4 and model.condition_label.tolist() == labels
     cond = model.condition_index(np.array([1, 0, 1]), np.array(["variable", "bad_column", "sn"]))
     assert cond.tolist() == [3, 0, 2]
-    assert model.class_of(torch.tensor([3, 0, 2])).tolist() == [1, 0, 1]
+    assert model.condition_label[torch.tensor([3, 0, 2])].tolist() == [1, 0, 1]
     with pytest.raises(ValueError, match="not among the kinds"):
         model.condition_index(np.array([0]), np.array(["satellite"]))
     with pytest.raises(ValueError, match="differs from the class of their kind"):

@@ -90,6 +90,8 @@ def test_latent_sources_default_refit_and_legacy_models(cvae_dir, toy_train, tmp
         generate(legacy, 2, "bogus", latent="aggregate")
     with pytest.raises(HitsStampsError, match="no fitted residual model"):
         generate(legacy, 2, "bogus", mode="residual")
+    with pytest.raises(HitsStampsError, match="no fitted residual model"):
+        reconstruct(legacy, toy_train[:2], mode="residual")
     fit_sampling_models(legacy, toy_train, components=2)
     refit = load_file(legacy / "model.safetensors")
     assert bool(refit["latent_fitted"].all()) and int((refit["latent_weights"] > 0).sum(1).max()) <= 2

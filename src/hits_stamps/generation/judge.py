@@ -227,11 +227,12 @@ def _generator_training_part(gen: TrainedModel, reference: StampSet) -> tuple[St
     return reference, f"all {len(reference)} reference stamps (generator recorded n_train={n_train})"
 
 
-def _accuracy(tm: TrainedModel, stamps: StampSet) -> tuple[float, dict[str, float]]:
+def _accuracy(tm: TrainedModel, stamps: StampSet) -> tuple[float, dict[str, float], np.ndarray]:
+    """Accuracy of `tm` on labelled stamps, its recall per class, and its predictions (N,)."""
     pred = tm.predict(stamps)
     per_class = {name: float(np.mean(pred[stamps.labels == lab] == lab)) for name, lab in CLASSES
                  if np.any(stamps.labels == lab)}
-    return float(np.mean(pred == stamps.labels)), per_class
+    return float(np.mean(pred == stamps.labels)), per_class, pred
 
 
 def evaluate_generator(
@@ -297,11 +298,10 @@ def evaluate_generator(
         judge = fit(judge_cfg, reference, out / "judge_classifier", overwrite=True, progress=progress)
         trained_here = True
     judge.check_input(test)
-    trtr, trtr_per_class = _accuracy(judge, test)
+    trtr, trtr_per_class, pred = _accuracy(judge, test)
     result["judge"] = {"path": str(judge.path), "model": judge.name, "trained_here": trained_here,
                        "test_accuracy": trtr, "test_recall_per_class": trtr_per_class}
     if test.kind is not None:  # how often the judge itself is right on each kind of real stamp
-        pred = judge.predict(test)
         result["judge"]["test_recall_per_kind"] = {
             str(k): float(np.mean(pred[test.kind == k] == test.labels[test.kind == k])) for k in sorted(set(test.kind))
         }
@@ -356,7 +356,7 @@ def evaluate_generator(
         synth.ids = np.array([f"tstr_{i}" for i in synth.ids])
         tstr_cfg = dataclasses.replace(judge_cfg, seed=seed)
         twin = fit(tstr_cfg, synth, out / "tstr_classifier", overwrite=True, progress=progress)
-        tstr_acc, tstr_per_class = _accuracy(twin, test)
+        tstr_acc, tstr_per_class, _ = _accuracy(twin, test)
         result.update({"tstr_accuracy": tstr_acc, "trtr_accuracy": trtr, "tstr_over_trtr": tstr_acc / trtr,
                        "tstr_recall_per_class": tstr_per_class})
     else:

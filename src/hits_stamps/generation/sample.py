@@ -292,7 +292,7 @@ def reconstruct(
     those of the input; `meta["source"]` is "reconstruction".
     """
     tm = load_generator(model, device=device)
-    _check_mode(mode)
+    _check_mode(mode, tm)
     mu, conds = _encode(tm, stamps, device, batch_size)
     module = tm.module
     chunks = []
@@ -328,7 +328,7 @@ def interpolate(
     interpolates between the two stamps' kinds in the same way.
     """
     tm = load_generator(model, device=device)
-    _check_mode(mode)
+    _check_mode(mode, tm)
     if len(a) != 1 or len(b) != 1:
         raise HitsStampsError(f"interpolate needs one stamp at each end; got {len(a)} and {len(b)}")
     if steps < 2:

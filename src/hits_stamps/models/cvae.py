@@ -493,10 +493,6 @@ class ConditionalVAE(nn.Module):
             torch.zeros(0, dtype=torch.long)
         return torch.tensor(of_class, dtype=torch.long)[pick]
 
-    def class_of(self, y: torch.Tensor) -> torch.Tensor:
-        """Class labels (B,) of condition indices (B,)."""
-        return self.condition_label.to(y.device)[y.long()]
-
     # ------------------------------------------------------------------ encoder / decoder
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) in data units, y (B,) -> posterior (mu, log sigma), each (B, d)."""
