@@ -278,32 +278,68 @@ def diagnose(args, out: Path, result: dict) -> None:
         write_json(out / "diagnosis.json", result)
 
 
+def _snr_residuals(stamps: StampSet, rec: StampSet) -> tuple[np.ndarray, np.ndarray]:
+    """Per stamp (N,): RMS of rec - stamps in the SNR channel over the central 5 x 5 pixels and over the corners."""
+    c = list(stamps.channels).index("snr")
+    d = np.nan_to_num(rec.images[..., c].astype(np.float64) - stamps.images[..., c])  # (N, H, W)
+    h, w = d.shape[1:]
+    centre = d[:, h // 2 - 2 : h // 2 + 3, w // 2 - 2 : w // 2 + 3].reshape(len(d), -1)
+    corner = np.concatenate([d[:, :4, :4], d[:, :4, -4:], d[:, -4:, :4], d[:, -4:, -4:]], axis=1).reshape(len(d), -1)
+    return np.sqrt(np.mean(centre**2, axis=1)), np.sqrt(np.mean(corner**2, axis=1))
+
+
+def _validation_stamps(args, tm) -> tuple[StampSet, str]:
+    """Validation stamps for a cvae: the first --n-val stamps of its own held-out split of --train-file, else
+    simulate_stamps(--n-val, seed=--seed + 1); and a line saying which.
+
+    The held-out split is the one the training loop made (the cvae's seed and validation fraction on the
+    stamps it was given), so it comes from the same simulation as the training stamps and the cvae never
+    saw it; a judge trained on the same file with the same split (bench_classifiers.py) never saw it either.
+    """
+    from hits_stamps.generation.sample import train_config_of
+    from hits_stamps.simulate import simulate_stamps
+
+    if not args.train_file:
+        return simulate_stamps(args.n_val, seed=args.seed + 1), f"simulate_stamps({args.n_val}, seed={args.seed + 1})"
+    cfg = train_config_of(tm)
+    train = read_stamps(args.train_file)
+    n = tm.config["training_data"]["n_train"] + tm.config["training_data"]["n_val"]
+    part = train[:n] if n < len(train) else train
+    held_out = part.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)[1]
+    return held_out[: args.n_val], (f"first {min(args.n_val, len(held_out))} of the held-out split "
+                                    f"(fraction {cfg.val_fraction}, seed {cfg.seed}) of {args.train_file}")
+
+
 def per_kind(args, out: Path, result: dict) -> None:
-    """--per-kind: judge agreement per stamp kind, on simulated validation stamps, for each cvae directory.
+    """--per-kind: judge agreement per stamp kind, on validation stamps (`_validation_stamps`), for each cvae directory.
 
     Per kind: the judge's own recall on the validation stamps, the agreement of their reconstructions
     (posterior mean; pixel mode --mode, default the model's) and, for kind-conditioned generators, of stamps
     generated as that kind; per class: the same, and the Fréchet distance of generated stamps to the
-    validation stamps in the judge's features.
+    validation stamps in the judge's features. How well the decoder reproduces each kind: the SNR channel
+    of the noise-free reconstruction (mode "loc") minus the stamp's, in units of the pixel noise (the SNR
+    channel's unit), as the median over stamps of the per-stamp RMS over the central 5 x 5 pixels
+    (`snr_resid_centre`) and over the four 4 x 4 corners (`snr_resid_corner`, about 1 when only noise is
+    left).
     """
     from hits_stamps.generation.judge import classifier_features, frechet_distance
     from hits_stamps.generation.sample import reconstruct
-    from hits_stamps.simulate import simulate_stamps
     from hits_stamps.training.modeldir import load_model
 
-    val = simulate_stamps(args.n_val, seed=args.seed + 1)
     judge = load_model(args.judge_dir)
-    p_val = judge.predict(val)
-    f_val = classifier_features(judge, val)
-    result["per_kind"] = {"n_val": len(val), "val_seed": args.seed + 1, "judge": args.judge_dir, "models": {}}
+    result["per_kind"] = {"judge": args.judge_dir, "models": {}}
     for cvae_dir in args.per_kind.split(","):
         tm = load_generator(cvae_dir)
+        val, source = _validation_stamps(args, tm)
+        p_val = judge.predict(val)
+        f_val = classifier_features(judge, val)
         mode = resolve_mode(tm, args.mode or None)
         gen = StampSet.concat([generate(tm, args.max_per_class, lab, seed=10 + lab, temperature=args.temperature,
                                         mode=mode) for lab in (0, 1)])
         gen_kind = (np.array([tm.module.kinds[i] for i in gen.columns["condition"]]) if tm.module.kinds
                     else np.full(len(gen), ""))
         p_rec = judge.predict(reconstruct(tm, val, mode=mode, seed=args.seed))
+        centre, corner = _snr_residuals(val, reconstruct(tm, val, mode="loc", seed=args.seed))
         p_gen = judge.predict(gen)
         f_gen = classifier_features(judge, gen)
         rows = {}
@@ -311,22 +347,27 @@ def per_kind(args, out: Path, result: dict) -> None:
             s, g = val.kind == k, gen_kind == k
             rows[k] = {"n_val": int(s.sum()), "judge_recall": float(np.mean(p_val[s] == val.labels[s])),
                        "reconstruction": float(np.mean(p_rec[s] == val.labels[s])),
+                       "snr_resid_centre": float(np.median(centre[s])), "snr_resid_corner": float(np.median(corner[s])),
                        "n_generated": int(g.sum()),
                        "generated": float(np.mean(p_gen[g] == gen.labels[g])) if g.any() else None}
         for name, lab in (("real", 1), ("bogus", 0)):
             s, g = val.labels == lab, gen.labels == lab
             rows[name] = {"n_val": int(s.sum()), "judge_recall": float(np.mean(p_val[s] == lab)),
-                          "reconstruction": float(np.mean(p_rec[s] == lab)), "n_generated": int(g.sum()),
-                          "generated": float(np.mean(p_gen[g] == lab)),
+                          "reconstruction": float(np.mean(p_rec[s] == lab)),
+                          "snr_resid_centre": float(np.median(centre[s])),
+                          "snr_resid_corner": float(np.median(corner[s])),
+                          "n_generated": int(g.sum()), "generated": float(np.mean(p_gen[g] == lab)),
                           "frechet": frechet_distance(f_gen[g], f_val[s])}
-        result["per_kind"]["models"][cvae_dir] = {"model_kwargs": tm.config["model_kwargs"],
+        result["per_kind"]["models"][cvae_dir] = {"model_kwargs": tm.config["model_kwargs"], "validation": source,
                                                   "residual_standardized": bool(tm.module.resid_standardized),
                                                   "temperature": args.temperature, "mode": mode, "rows": rows}
         print(f"== {cvae_dir}", flush=True)
         for k, r in rows.items():
             print(f"{k:16s} {r['n_val']:5d} judge {r['judge_recall']:.3f} rec {r['reconstruction']:.3f} gen "
                   + (f"{r['generated']:.3f} ({r['n_generated']})" if r["generated"] is not None else "-")
-                  + (f" FD {r['frechet']:.1f}" if "frechet" in r else ""), flush=True)
+                  + (f" FD {r['frechet']:.1f}" if "frechet" in r else "")
+                  + (f" snr resid {r['snr_resid_centre']:.2f}/{r['snr_resid_corner']:.2f}" if "snr_resid_centre" in r
+                     else ""), flush=True)
         write_json(out / "per_kind.json", result)
 
 
@@ -373,7 +414,8 @@ def main() -> None:
                    "for --diagnose and to skip retraining it)")
     p.add_argument("--diagnose-components", default="1,10", help="mixture sizes for --diagnose")
     p.add_argument("--per-kind", default="", help="comma-separated cvae directories: run only `per_kind` (judge "
-                   "agreement per stamp kind on the simulated validation set, judge in --judge-dir)")
+                   "agreement per stamp kind on validation stamps: the cvae's held-out split of --train-file, "
+                   "else freshly simulated; judge in --judge-dir)")
     p.add_argument("--docs-figures", action="store_true", help="copy the figures to docs/figures/gen_*.png")
     args = p.parse_args()
     if bool(args.train_file) != bool(args.test_file):
@@ -409,10 +451,14 @@ def main() -> None:
         else:
             judge, judge_seconds = train_judge(train, args, out / name)
         val = None
-        if name == "simulated":
+        if name == "simulated" and args.train_file and args.cvae_dir:
+            val, source = _validation_stamps(args, load_generator(args.cvae_dir))  # the cvae's held-out split
+            result["validation"] = source
+        elif name == "simulated":
             from hits_stamps.simulate import simulate_stamps
 
             val = simulate_stamps(args.n_val, seed=args.seed + 1)
+            result["validation"] = f"simulate_stamps({args.n_val}, seed={args.seed + 1})"
         if val is not None and json.loads(args.select_variants):
             result["selection"] = {"n_train": args.select_n, "epochs": args.select_epochs, "n_val": len(val),
                                    "variants": select(train, val, judge, args, out / "selection")}
