@@ -370,6 +370,91 @@ def per_kind(args, out: Path, result: dict) -> None:
                      else ""), flush=True)
         write_json(out / "per_kind.json", result)
 
+NOISE_VARIANTS = ("loc", "default", "lowrank_half", "no_lowrank", "pixel_only")
+
+
+@torch.no_grad()
+def noise_variants(args, out: Path, result: dict) -> None:
+    """--noise-variants: which part of the residual noise model makes generated stamps of a kind look like another.
+
+    For each kind of a kind-conditioned cvae, `--max-per-class` codes are drawn from its latent mixture and
+    decoded once; the same locations get five kinds of pixel noise (decoder-standardised units, mapped back
+    with the decoder's per-pixel factor L_p as mode "residual" does): `loc` none; `default` the fitted model
+    m + U S e_r + B e_p; `lowrank_half` the low-rank (spatially correlated) part halved; `no_lowrank` it
+    left out (m + B e_p); `pixel_only` each pixel's full channel covariance of the standardised training
+    residuals, independent between pixels (no spatial correlation). The judge's agreement per kind and,
+    weighted by the training frequencies of the kinds, per class; the judge's recall on the validation
+    stamps (`_validation_stamps`) beside it. The residuals are those of the first --n-train stamps of the
+    cvae's training split.
+    """
+    from hits_stamps.generation.sample import conditions_of, quiet_inputs, train_config_of
+    from hits_stamps.training.modeldir import load_model
+
+    tm = load_generator(args.noise_variants)
+    m = tm.module.eval()
+    if not m.kinds or not m.has_residual_model or not bool(m.resid_standardized):
+        raise SystemExit("--noise-variants needs a kind-conditioned cvae with a decoder-standardised residual model")
+    cfg = train_config_of(tm)
+    n = tm.config["training_data"]["n_train"] + tm.config["training_data"]["n_val"]
+    train = read_stamps(args.train_file)
+    fit_on = (train[:n] if n < len(train) else train).split((1 - cfg.val_fraction, cfg.val_fraction),
+                                                            seed=cfg.seed)[0][: args.n_train]
+    val, source = _validation_stamps(args, tm)
+    judge = load_model(args.judge_dir)
+    p_val = judge.predict(val)
+    x, y = quiet_inputs(tm, fit_on.images), conditions_of(tm, fit_on)
+    resid = []
+    for start in range(0, len(x), 1024):
+        xb, yb = x[start : start + 1024], y[start : start + 1024]
+        t = m.to_model_units(xb)
+        mu, _ = m._encode_t(t, m.condition(yb).to(t.dtype))
+        dist = m.decode(mu, yb)
+        r = t.permute(0, 2, 3, 1) - m.location(dist)
+        resid.append(torch.linalg.solve_triangular(m.pixel_tril(dist), r.unsqueeze(-1), upper=False).squeeze(-1))
+    resid, cond = torch.cat(resid), y.numpy()
+    gen = torch.Generator().manual_seed(args.seed)
+    c_dim, per = m.in_channels, args.max_per_class
+    rows = {}
+    for k, name in enumerate(m.kinds):
+        e = resid[torch.as_tensor(np.flatnonzero(cond == k))]  # (N_k, H, W, C)
+        centred = e - e.mean(0)
+        cov = torch.einsum("nhwc,nhwd->hwcd", centred, centred) / max(len(e) - 1, 1)
+        pixel_tril = torch.linalg.cholesky(cov + 1e-6 * torch.eye(c_dim))  # (H, W, C, C)
+        c = torch.full((per,), k, dtype=torch.long)
+        dist = m.decode(m.sample_latent(c, "aggregate", gen), c)
+        loc, scale = m.location(dist), m.pixel_tril(dist)
+        mean = m.resid_mean[c].view_as(loc)
+        lowrank = (m.resid_factor[c] @ torch.randn(per, m.noise_rank, 1, generator=gen)).squeeze(-1).view_as(loc)
+        eps = torch.randn(per, loc.shape[1] * loc.shape[2], c_dim, 1, generator=gen)
+        blocks = (m.resid_tril[c] @ eps).view_as(loc)
+        pixel = e.mean(0) + (pixel_tril @ torch.randn(per, *loc.shape[1:3], c_dim, 1, generator=gen)).squeeze(-1)
+        draws = {"loc": torch.zeros_like(loc), "default": mean + lowrank + blocks,
+                 "lowrank_half": mean + 0.5 * lowrank + blocks, "no_lowrank": mean + blocks, "pixel_only": pixel}
+        label, s = int(m.condition_label[k]), val.kind == name
+        row = {"label": label, "n_val": int(s.sum()), "judge_recall": float(np.mean(p_val[s] == label)) if s.any()
+               else None, "training_weight": float(m.condition_weight[k])}
+        for variant in NOISE_VARIANTS:
+            t = loc + (scale @ draws[variant].unsqueeze(-1)).squeeze(-1)
+            images = m.to_data_units(t.permute(0, 3, 1, 2)).numpy().transpose(0, 2, 3, 1).astype(np.float32)
+            stamps = StampSet(images=images, labels=np.full(per, label), ids=np.array([f"g{i}" for i in range(per)]),
+                              channels=val.channels)
+            row[variant] = float(np.mean(judge.predict(stamps) == label))
+        rows[name] = row
+        print(f"{name:16s} judge {row['judge_recall']:.3f} " + " ".join(f"{v} {row[v]:.3f}" for v in NOISE_VARIANTS),
+              flush=True)
+    per_class = {}
+    for label, name in ((1, "real"), (0, "bogus")):
+        ks = [k for k in rows if rows[k]["label"] == label]
+        w = np.array([rows[k]["training_weight"] for k in ks])
+        w = w / w.sum()
+        per_class[name] = {v: float(sum(wi * rows[k][v] for wi, k in zip(w, ks, strict=True)))
+                           for v in ("judge_recall", *NOISE_VARIANTS)}
+        print(f"{name:16s} " + " ".join(f"{v} {x:.3f}" for v, x in per_class[name].items()), flush=True)
+    rows.update(per_class)
+    result["noise_variants"] = {"cvae": args.noise_variants, "judge": args.judge_dir, "validation": source,
+                                "n_residuals": len(fit_on), "per_kind": per, "rows": rows}
+    write_json(out / "noise_variants.json", result)
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -400,6 +485,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--aug-fractions", default="0.05,0.1,0.25,1.0")
     p.add_argument("--aug-epochs", type=int, default=3)
+    p.add_argument("--aug-reuse-cvae", action="store_true", help="augmentation: generate with the given cvae at "
+                   "every fraction instead of retraining it on each subset (fair at fraction 1 when it was "
+                   "trained on the same file; optimistic below)")
     p.add_argument("--skip-real", action="store_true")
     p.add_argument("--skip-simulated", action="store_true",
                    help="only the real-pixel set (no speed measurement, no augmentation)")
@@ -416,6 +504,9 @@ def main() -> None:
     p.add_argument("--per-kind", default="", help="comma-separated cvae directories: run only `per_kind` (judge "
                    "agreement per stamp kind on validation stamps: the cvae's held-out split of --train-file, "
                    "else freshly simulated; judge in --judge-dir)")
+    p.add_argument("--noise-variants", default="", help="a kind-conditioned cvae directory: run only "
+                   "`noise_variants` (judge agreement per kind with parts of the residual noise model left out; "
+                   "needs --train-file, --test-file and --judge-dir)")
     p.add_argument("--docs-figures", action="store_true", help="copy the figures to docs/figures/gen_*.png")
     args = p.parse_args()
     if bool(args.train_file) != bool(args.test_file):
@@ -430,6 +521,11 @@ def main() -> None:
     if args.per_kind:
         per_kind(args, out, result)
         return
+    if args.noise_variants:
+        if not (args.train_file and args.judge_dir):
+            p.error("--noise-variants needs --train-file, --test-file and --judge-dir")
+        noise_variants(args, out, result)
+        return
     sets = data_sets(args)
     if args.only_augmentation:
         if not args.cvae_dir or "simulated" not in sets:
@@ -438,7 +534,7 @@ def main() -> None:
         result["augmentation"] = augmentation_experiment(
             train, test, args.cvae_dir, fractions=tuple(float(f) for f in args.aug_fractions.split(",")),
             seed=args.seed, epochs=args.aug_epochs, out_dir=out / "augmentation", progress=args.progress,
-            temperature=args.temperature, latent=args.latent or None,
+            temperature=args.temperature, latent=args.latent or None, retrain_cvae=not args.aug_reuse_cvae,
         )
         write_json(out / "bench_generation.json", result)
         return
@@ -479,7 +575,7 @@ def main() -> None:
         result["augmentation"] = augmentation_experiment(
             train, test, out / "simulated" / "cvae", fractions=fractions, seed=args.seed, epochs=args.aug_epochs,
             out_dir=out / "augmentation", progress=args.progress, temperature=args.temperature,
-            latent=args.latent or None,
+            latent=args.latent or None, retrain_cvae=not args.aug_reuse_cvae,
         )
         write_json(out / "bench_generation.json", result)
     if args.docs_figures:
