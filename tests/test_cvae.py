@@ -416,3 +416,45 @@ def test_kind_conditioned_training_resumes_with_the_same_or_no_model_arguments(t
     with pytest.raises(HitsStampsError, match="resume with the model arguments"):
         fit(dataclasses.replace(cfg, model_kwargs={**TINY, "condition": "class"}), toy, tmp_path / "m",
             progress=False, resume=True)
+
+
+@pytest.mark.parametrize("mode", ["sample", "residual"])
+def test_condition_temperature_scales_the_pixel_noise_of_its_condition_only(mode):
+    model, x = _fitted(noise_rank=8)
+    y = torch.tensor([0, 1] * 8)
+    model.fit_residuals(x, y)
+    model.eval()
+    z = torch.randn(4, model.latent_dim)
+    yy = torch.tensor([0, 1, 0, 1])
+
+    def draw(**kw):
+        torch.manual_seed(3)
+        return model.sample(yy, mode=mode, z=z, **kw)
+
+    full, half = draw(), draw(temperature=0.5)
+    model.condition_temperature[1] = 0.5  # class 1 only
+    mixed = draw()
+    torch.testing.assert_close(mixed[yy == 0], full[yy == 0])
+    torch.testing.assert_close(mixed[yy == 1], half[yy == 1])
+    assert not torch.allclose(mixed[yy == 1], full[yy == 1])
+    # the condition's temperature multiplies the global one: 0.5 x 0.5 = 0.25 for class 1
+    torch.testing.assert_close(draw(temperature=0.5)[yy == 1], _at(model, yy, z, mode, 0.25)[yy == 1])
+    # the buffer is saved with the weights; older weights without it load with every temperature 1
+    state = model.state_dict()
+    twin = ConditionalVAE(4, (21, 21), **TINY, noise_rank=8)
+    twin.load_state_dict(state)
+    assert twin.condition_temperature.tolist() == [1.0, 0.5]
+    state.pop("condition_temperature")
+    older = ConditionalVAE(4, (21, 21), **TINY, noise_rank=8)
+    older.load_state_dict(state)
+    assert older.condition_temperature.tolist() == [1.0, 1.0]
+
+
+def _at(model, yy, z, mode, temperature):
+    """The same draw as `sample` with the condition temperatures reset to 1 and one global temperature."""
+    saved = model.condition_temperature.clone()
+    model.condition_temperature.fill_(1.0)
+    torch.manual_seed(3)
+    out = model.sample(yy, mode=mode, z=z, temperature=temperature)
+    model.condition_temperature.copy_(saved)
+    return out

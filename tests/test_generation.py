@@ -280,3 +280,50 @@ def test_judging_a_kind_conditioned_generator_reports_agreement_per_kind(kind_cv
     n_bogus = sum(v["n"] for k, v in per_kind.items() if k != "sn")
     agree_bogus = sum(v["agreement"] * v["n"] for k, v in per_kind.items() if k != "sn") / n_bogus
     assert agree_bogus == pytest.approx(res["agreement_bogus"])  # the per-kind rows add up to the class's
+
+
+def test_choose_keeps_the_largest_temperature_within_one_standard_error():
+    from hits_stamps.generation.tune import _choose
+
+    # measured shapes: a star kind that wants less noise, an artefact kind that does not care
+    assert _choose({0.25: 0.980, 0.5: 0.967, 0.75: 0.940, 1.0: 0.890}, 300) == 0.25
+    assert _choose({0.25: 0.973, 0.5: 0.993, 0.75: 0.993, 1.0: 0.997}, 300) == 1.0
+    assert _choose({0.5: 0.80, 1.0: 0.79}, 300) == 1.0  # 0.01 apart, inside one standard error (0.023)
+    assert _choose({0.5: 0.80, 1.0: 0.70}, 300) == 0.5
+    assert _choose({0.5: 1.0, 1.0: 0.99}, 50) == 1.0  # best at 1.0: the standard error floor is 1/n
+
+
+def test_tune_temperatures_sets_stores_and_applies_per_condition_temperatures(kind_cvae_dir, cvae_dir, toy_train,
+                                                                             tmp_path):
+    import shutil
+
+    from hits_stamps.generation.tune import tune_temperatures
+
+    work = tmp_path / "cvae"
+    shutil.copytree(kind_cvae_dir, work)
+    clf = fit(TrainConfig(model="rotinv-cnn", epochs=1, model_kwargs=TINY_CNN), toy_train, tmp_path / "clf",
+              progress=False)
+    res = tune_temperatures(work, clf.path, temperatures=(1.0, 0.5), n_per_condition=20, seed=4)
+    kinds = sorted(set(toy_train.kind))
+    assert list(res["conditions"]) == kinds and res["temperatures"] == [0.5, 1.0]
+    for name, row in res["conditions"].items():
+        assert set(row["agreement"]) == {0.5, 1.0} and row["chosen"] in (0.5, 1.0)
+        assert row["label"] == ("real" if name == "sn" else "bogus")
+    tm = load_generator(work)  # stored in the weights and in config.json
+    chosen = [res["conditions"][k]["chosen"] for k in kinds]
+    np.testing.assert_allclose(tm.module.condition_temperature.numpy(), chosen)
+    assert tm.config["sampling"]["condition_temperature"] == dict(zip(kinds, chosen, strict=True))
+    # generate applies the stored temperature: the same stamps as the untuned model at that temperature
+    for kind in ("sn", "cosmic_ray"):
+        t = res["conditions"][kind]["chosen"]
+        label = "real" if kind == "sn" else "bogus"
+        tuned = generate(work, 6, label, kind=kind, seed=9)
+        np.testing.assert_allclose(tuned.images, generate(kind_cvae_dir, 6, label, kind=kind, seed=9,
+                                                          temperature=t).images, rtol=1e-5, atol=1e-5)
+    with pytest.raises(HitsStampsError, match="must be a classifier"):
+        tune_temperatures(work, cvae_dir, n_per_condition=5)
+    with pytest.raises(HitsStampsError, match=r"temperatures must be in \(0, 1\]"):
+        tune_temperatures(work, clf.path, temperatures=(0.0, 1.0))
+    cli = ["tune-generator", str(work), "--classifier", str(clf.path)]
+    assert main([*cli, "--temperatures", "0.5,1", "--n", "5"]) == 0
+    assert main([*cli, "--temperatures", "half"]) == 2

@@ -50,3 +50,37 @@ def generate(
     h, w = stamps.size
     console.print(f"wrote {out}: {len(stamps)} generated {stamps.meta['label']} stamps of {h}x{w}x{stamps.n_channels} "
                   f"in {seconds:.2f} s ({len(stamps) / max(seconds, 1e-9):.0f} stamps/s)")
+
+
+@app.command("tune-generator")
+def tune_generator(
+    model_dir: Path = typer.Argument(..., help="A trained generator directory (hits-stamps train --model cvae)."),
+    classifier: Path = typer.Option(
+        ..., "--classifier", help="A classifier trained on the same real stamps, NOT the one that will judge the "
+        "generator (e.g. deephits when rotinv-cnn judges)."),
+    temperatures: str = typer.Option("0.25,0.5,0.75,1", "--temperatures", help="Comma-separated values in (0, 1]."),
+    n_per_condition: int = typer.Option(300, "--n", help="Stamps generated per condition and temperature."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated stamps."),
+) -> None:
+    """Choose each condition's pixel temperature with a selection classifier and store it in the model directory."""
+    from rich.table import Table
+
+    from hits_stamps.errors import HitsStampsError
+    from hits_stamps.generation.tune import tune_temperatures
+
+    try:
+        temps = tuple(float(t) for t in temperatures.split(","))
+    except ValueError as exc:
+        raise HitsStampsError(f"--temperatures must be comma-separated numbers; got {temperatures!r}") from exc
+    result = tune_temperatures(model_dir, classifier, temperatures=temps, n_per_condition=n_per_condition, seed=seed,
+                               progress=True)
+    table = Table(title=f"agreement of {result['classifier']} with the generated stamps")
+    table.add_column("condition")
+    table.add_column("class")
+    for t in result["temperatures"]:
+        table.add_column(f"T={t:g}", justify="right")
+    table.add_column("chosen", justify="right")
+    for name, row in result["conditions"].items():
+        table.add_row(name, row["label"], *(f"{a:.3f}" for a in row["agreement"].values()), f"{row['chosen']:g}")
+    console.print(table)
+    console.print(f"wrote the chosen temperatures into {model_dir} (config.json: sampling)")

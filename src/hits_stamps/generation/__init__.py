@@ -2,6 +2,7 @@
 
 - `sample`: `generate`, `reconstruct`, `interpolate` (a trained `cvae` directory -> StampSet);
 - `judge`: `evaluate_generator`, the independent-classifier judgement written to generation.json;
+- `tune`: `tune_temperatures`, the per-condition pixel temperature chosen with a selection classifier;
 - `augment`: `augmentation_experiment`, classifiers trained with and without generated stamps.
 """
 

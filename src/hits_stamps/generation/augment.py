@@ -13,8 +13,9 @@ The cvae for fraction f < 1 is, by default, retrained on that same f-subset with
 configuration of `cvae_dir` (so the generator knows no more real stamps than the classifier);
 `cvae_dir` itself is used for f = 1 and, with `retrain_cvae=False`, for every fraction (the
 generator then has seen stamps the classifier has not: an optimistic setting, recorded in the
-result). Each classifier is scored on the real test set: accuracy at p >= 0.5 and the FNR at the
-threshold where FPR = 1%.
+result). A retrained cvae takes over the per-condition pixel temperatures of `cvae_dir`
+(`generation.tune`) when both have the same conditions. Each classifier is scored on the real
+test set: accuracy at p >= 0.5 and the FNR at the threshold where FPR = 1%.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from hits_stamps.generation.sample import GENERATED_KIND, generate_like, load_ge
 from hits_stamps.io.atomic import save_figure
 from hits_stamps.stamps import StampSet
 from hits_stamps.training.loop import TrainConfig, fit, resolve_recipe
-from hits_stamps.training.modeldir import write_json
+from hits_stamps.training.modeldir import WEIGHTS, TrainedModel, save_weights, write_json
 
 AUGMENTATION_JSON = "augmentation.json"
 ARMS = ("none", "dihedral", "generated")
@@ -98,6 +99,8 @@ def augmentation_experiment(
             cfg = dataclasses.replace(cvae_cfg, seed=seed)
             cvae = fit(cfg, subset, out / tag / "cvae", val=val, overwrite=True, progress=progress)
             cvae_note = f"retrained on the {len(subset)}-stamp subset"
+            if _carry_temperatures(base_cvae, cvae):
+                cvae_note += ", with the given cvae's per-condition temperatures"
         else:
             cvae, cvae_note = base_cvae, f"{base_cvae.path} (as given)"
         synth = generate_like(cvae, subset, generated_per_real, seed + 17, temperature=temperature, latent=latent)
@@ -136,6 +139,17 @@ def augmentation_experiment(
     summary["figure"] = str(plot_augmentation(summary, out / "gen_augmentation.png"))
     write_json(out / AUGMENTATION_JSON, summary)
     return summary
+
+
+def _carry_temperatures(base: TrainedModel, new: TrainedModel) -> bool:
+    """Give a retrained cvae the per-condition pixel temperatures of the one it was retrained from (generation.tune),
+    when both have the same conditions and the given one's are not all 1; saved into its weights. True if carried."""
+    src, dst = base.module.condition_temperature, new.module.condition_temperature
+    if tuple(base.module.kinds) != tuple(new.module.kinds) or src.shape != dst.shape or bool((src == 1).all()):
+        return False
+    dst.copy_(src)
+    save_weights(new.module, Path(new.path) / WEIGHTS)
+    return True
 
 
 def plot_augmentation(summary: dict[str, Any], path: str | os.PathLike) -> Path:

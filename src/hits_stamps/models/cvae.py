@@ -62,7 +62,9 @@ stamps after the last epoch; both are buffers, so they are saved with the weight
                                                   `residual_units="model"`: L = I)
 
 `sample(y, mode=...)`: "sample" draws t from the decoder distribution, "residual" adds r to the
-location, "loc" returns the location.
+location, "loc" returns the location. The pixel deviation from the location is scaled by a
+temperature per row: the `temperature` argument times `condition_temperature[k]` (K,), a buffer
+that is 1 after training and may be set per condition by `generation.tune.tune_temperatures`.
 
 Conditions (`condition`): "class" conditions on the label alone (y in {bogus, real}); "kind"
 conditions on the stamp kind (e.g. sn, variable, cosmic_ray, bad_subtraction), one
@@ -354,6 +356,9 @@ class ConditionalVAE(nn.Module):
         # condition -> class label, and the conditions' training frequencies (set by `post_fit`)
         self.register_buffer("condition_label", torch.tensor(labels_of_conditions, dtype=torch.long))  # (K,)
         self.register_buffer("condition_weight", torch.ones(n_classes))  # (K,)
+        # per-condition pixel temperature, multiplied into `sample`'s temperature (1: the fitted noise as it is;
+        # set after training by `generation.tune.tune_temperatures`)
+        self.register_buffer("condition_temperature", torch.ones(n_classes))  # (K,)
         if latent_components < 1:
             raise ValueError(f"latent_components must be >= 1; got {latent_components}")
         # ex-post density of the codes: one Gaussian mixture per class (see `fit_latent`)
@@ -724,7 +729,8 @@ class ConditionalVAE(nn.Module):
         """As nn.Module's, but weights saved before the latent mixture existed load with it unfitted."""
         state_dict = dict(state_dict)
         for name in ("latent_weights", "latent_means", "latent_tril", "latent_fitted", "resid_mean", "resid_factor",
-                     "resid_tril", "resid_fitted", "condition_label", "condition_weight", "resid_standardized"):
+                     "resid_tril", "resid_fitted", "condition_label", "condition_weight", "resid_standardized",
+                     "condition_temperature"):
             state_dict.setdefault(name, getattr(self, name).detach().clone())
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -736,10 +742,12 @@ class ConditionalVAE(nn.Module):
         """Stamps in data units (B, C, H, W) for labels y (B,) (or soft (B, K)).
 
         z defaults to draws from the prior N(0, I). `mode="sample"` draws every pixel from the
-        decoder distribution, t = loc + temperature * (t_drawn - loc) (temperature 1: the model's
-        own distribution; below 1: pixel deviations shrunk towards the location); `mode="loc"`
-        returns the location (noise-free). Uses torch's global RNG: seed it (or use
-        `torch.random.fork_rng`) for reproducible draws.
+        decoder distribution, t = loc + T * (t_drawn - loc); `mode="residual"` adds a draw of the fitted
+        residual model, t = loc + T * r; `mode="loc"` returns the location (noise-free). The pixel
+        temperature of a row is T = temperature x `condition_temperature[k]` for its condition k (the
+        condition of largest weight for soft labels): 1 is the model's own noise, below 1 pixel deviations
+        shrink towards the location. Uses torch's global RNG: seed it (or use `torch.random.fork_rng`) for
+        reproducible draws.
         """
         if mode not in SAMPLE_MODES:
             raise ValueError(f"mode must be one of {SAMPLE_MODES}; got {mode!r}")
@@ -749,13 +757,16 @@ class ConditionalVAE(nn.Module):
             z = torch.randn(len(y), self.latent_dim, device=self.transform.center.device)
         dist = self.decode(z, y)
         loc = self.location(dist)  # (B, H, W, C)
+        k = y.argmax(-1) if y.ndim == 2 else y.long()
+        temp = (temperature * self.condition_temperature[k.to(self.condition_temperature.device)]).to(loc.dtype)
+        temp = temp.view(-1, 1, 1, 1)  # (B, 1, 1, 1)
         if mode == "sample":
-            t = loc + temperature * (dist.sample() - loc)
+            t = loc + temp * (dist.sample() - loc)
         elif mode == "residual":
             draw = self._residual_draw(y, loc)
             if bool(self.resid_standardized):  # back from standardised units: scaled by the decoder per pixel
                 draw = (self.pixel_tril(dist) @ draw.unsqueeze(-1)).squeeze(-1)
-            t = loc + temperature * draw
+            t = loc + temp * draw
         else:
             t = loc
         return self.to_data_units(t.permute(0, 3, 1, 2))
