@@ -36,7 +36,7 @@ TINY = {
     "model": {"seed-cnn": {"epochs": 1}, "seed-bnn": {"epochs": 1},
               "cvae": {"epochs": 1, "batch_size": 32, "steps_per_epoch": 2}},
     "evaluate": {"mc_samples": 2, "max_bayesian": 40, "max_real": 60},
-    "generation": {"judge": "seed-cnn", "max_per_class": 16},
+    "generation": {"judge": "seed-cnn", "max_per_class": 16, "tune_with": "seed-bnn", "tune_n": 8},
     "augmentation": {"fraction": 0.5, "epochs": 1, "model": "seed-cnn", "retrain_cvae": False},
 }
 FAIL_AT = "train-seed-bnn"
@@ -162,12 +162,18 @@ def test_plan_lists_every_step_in_order(tiny_config):
     assert names[:3] == ["simulate", "build-real", "calibrate"]
     for m in C.DEFAULT_MODELS:
         assert f"train-{m}" in names
-    assert "evaluate-cvae" not in names and names[-2:] == ["generate", "augment"]
+    assert "evaluate-cvae" not in names and names[-3:] == ["tune-cvae", "generate", "augment"]
     assert names.index("train-rotinv-cnn") < names.index("evaluate-rotinv-cnn") < names.index("generate")
     assert [s.name for s in plan(tiny_config)] == [
         "simulate", "build-real", "calibrate", "train-seed-cnn", "evaluate-seed-cnn", "train-seed-bnn",
-        "evaluate-seed-bnn", "train-cvae", "generate", "augment",
+        "evaluate-seed-bnn", "train-cvae", "tune-cvae", "generate", "augment",
     ]
+    no_tuning = C.apply_overrides(tiny_config, {"generation": {"tune_with": ""}})
+    assert "tune-cvae" not in [s.name for s in plan(no_tuning)]
+    with pytest.raises(HitsStampsError, match=r"tune_with = 'deephits' is not one of the run's classifiers"):
+        plan(C.apply_overrides(tiny_config, {"generation": {"tune_with": "deephits"}}))
+    with pytest.raises(HitsStampsError, match="tune_with must not be the judge"):
+        C.apply_overrides(tiny_config, {"generation": {"tune_with": "seed-cnn"}})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +241,11 @@ def test_summary_has_every_part(finished_run, tiny_config):
     assert on_disk["models"]["seed-bnn"]["simulated"]["n"] == 40  # max_bayesian
     assert on_disk["models"]["seed-cnn"]["simulated"]["n"] == 100
     assert {"agreement_real", "agreement_bogus", "tstr_over_trtr"} <= set(on_disk["generation"])
+    tuning = on_disk["generator_tuning"]
+    assert tuning["classifier"].endswith("seed-bnn") and tuning["n_per_condition"] == 8
+    chosen = {k: row["chosen"] for k, row in tuning["conditions"].items()}
+    stored = json.loads((out / "models" / "cvae" / "config.json").read_text())["sampling"]
+    assert stored["condition_temperature"] == chosen
     assert on_disk["augmentation"]["fractions"]
     assert on_disk["config"] == C.to_dict(tiny_config)
     assert on_disk["steps"] == {s.name: "done" for s in plan(tiny_config)}
@@ -244,6 +255,14 @@ def test_summary_has_every_part(finished_run, tiny_config):
     for name in tiny_config.models:
         assert (out / "models" / name / "model.safetensors").exists()
         assert not (out / "models" / f"{name}.partial").exists()
+
+
+def test_report_shows_the_generator_tuning(finished_run):
+    out, summary, _ = finished_run
+    html = (out / "report.html").read_text()
+    assert "Before judging, the pixel temperature of each condition" in html and "<b>seed-bnn</b>" in html
+    for name in summary["generator_tuning"]["conditions"]:
+        assert f'<td class="l">{name}</td>' in html
 
 
 def test_report_is_self_contained_with_decodable_pngs(finished_run):

@@ -71,6 +71,9 @@ class GenerationConfig:
     judge_epochs: int = 2  # with judge = "": epochs of the judge trained for judging and of its TSTR twin
     reference_n: int = 0  # real training stamps given to the judging (0: all): TSTR trains on as many generated
     max_per_class: int = 500  # generated and real test stamps per class for agreement and Frechet distance
+    tune_with: str = "deephits"  # a classifier of this run (not the judge) that picks the cvae's per-condition
+    # pixel temperatures before judging (generation.tune); "": keep the fitted noise (temperature 1)
+    tune_n: int = 300  # stamps generated per condition and temperature for the tuning
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ QUICK: dict[str, Any] = {
     "data": {"n_train": 600, "n_val": 200, "n_test": 400, "calibration_n": 400},
     "model": {**{name: {"epochs": 1} for name in DEFAULT_MODELS}, "cvae": {"epochs": 1, "steps_per_epoch": 8}},
     "evaluate": {"mc_samples": 5, "max_bayesian": 200, "max_real": 300},
-    "generation": {"max_per_class": 100},
+    "generation": {"max_per_class": 100, "tune_n": 20},
     "augmentation": {"fraction": 0.25, "epochs": 1, "retrain_cvae": False},
 }
 
@@ -168,6 +171,11 @@ def _check_values(cfg: RunConfig) -> None:
         problems.append(f"generation.reference_n must be 0 (all) or >= 20; got {g.reference_n}")
     if g.max_per_class < 8:
         problems.append(f"generation.max_per_class must be >= 8; got {g.max_per_class}")
+    if g.tune_with and g.tune_with == g.judge:
+        problems.append(f"generation.tune_with must not be the judge ({g.judge!r}): the judged agreement would be "
+                        "the tuned quantity itself")
+    if g.tune_n < 8:
+        problems.append(f"generation.tune_n must be >= 8; got {g.tune_n}")
     if not 0 < cfg.augmentation.fraction <= 1:
         problems.append(f"augmentation.fraction must be in (0, 1]; got {cfg.augmentation.fraction}")
     if cfg.augmentation.epochs < 1:

@@ -242,6 +242,7 @@ def collect_summary(out: Path, config: RunConfig | None = None, steps: list[Step
         "data": {k: results[k] for k in ("simulate", "build-real") if k in results},
         "calibration": results.get("calibrate"),
         "generation": generation,
+        "generator_tuning": results.get("tune-cvae"),
         "augmentation": augmentation,
         "durations_s": durations,
         "cpu_s": cpu,

@@ -315,6 +315,17 @@ def _eval_device(ctx: RunContext) -> str:
 # generation
 
 
+def step_tune(ctx: RunContext) -> dict[str, Any]:
+    """Choose the cvae's per-condition pixel temperatures with a classifier that is not the judge."""
+    from hits_stamps.generation.tune import tune_temperatures
+
+    g = ctx.config.generation
+    with ctx.status(f"tuning the generator's temperatures with {g.tune_with}"):
+        result = tune_temperatures(ctx.model_dir("cvae"), ctx.model_dir(g.tune_with), n_per_condition=g.tune_n,
+                                   seed=ctx.config.seed)
+    return result
+
+
 def step_judge(ctx: RunContext) -> dict[str, Any]:
     """Sample the conditional VAE and judge the samples with an independent classifier."""
     from hits_stamps.generation.judge import evaluate_generator
@@ -377,6 +388,8 @@ def plan(config: RunConfig) -> list[Step]:
         steps.append(Step(f"train-{name}", f"train {name}", lambda ctx, n=name: step_train(ctx, n)))
         if task != "generator":
             steps.append(Step(f"evaluate-{name}", f"evaluate {name}", lambda ctx, n=name: step_evaluate(ctx, n)))
+    if "cvae" in tasks and config.generation.tune_with:
+        steps.append(Step("tune-cvae", "tune the generator's pixel temperatures", step_tune))
     if "cvae" in tasks:
         steps.append(Step("generate", "generate stamps and judge them", step_judge))
         if config.augmentation.enabled:
@@ -384,4 +397,8 @@ def plan(config: RunConfig) -> list[Step]:
     judge = config.generation.judge
     if "cvae" in tasks and judge and judge not in tasks:
         raise HitsStampsError(f"generation.judge = {judge!r} is not one of the run's models {list(config.models)}")
+    tune_with = config.generation.tune_with
+    if "cvae" in tasks and tune_with and (tune_with not in tasks or tasks[tune_with] == "generator"):
+        raise HitsStampsError(f"generation.tune_with = {tune_with!r} is not one of the run's classifiers "
+                              f"{[n for n, t in tasks.items() if t != 'generator']} (\"\" skips the tuning)")
     return steps

@@ -555,6 +555,25 @@ GEN_CAPTIONS = {
 }
 
 
+def _tuning_part(tuning: Any) -> list[str]:
+    """The per-condition pixel temperatures chosen before judging (generation.tune), as a note and a table."""
+    if not isinstance(tuning, dict) or not isinstance(tuning.get("conditions"), dict):
+        return []
+    temps = [float(t) for t in tuning.get("temperatures", [])]
+    rows = []
+    for name, row in tuning["conditions"].items():
+        agreement = {float(t): a for t, a in (row.get("agreement") or {}).items()}
+        rows.append([esc(name), esc(row.get("label", "")), *(fmt(agreement.get(t)) for t in temps),
+                     fmt(row.get("chosen"))])
+    who = esc(Path(str(tuning.get("classifier", "?"))).name)
+    n = fmt(tuning.get("n_per_condition"))
+    note = (f"<p>Before judging, the pixel temperature of each condition (the scale of the residual noise added to "
+            f"the decoder location) was chosen with <b>{who}</b>, a classifier that is not the judge: the largest "
+            f"temperature whose agreement is within one standard error of the best ({n} stamps per condition and "
+            "temperature).</p>")
+    return [note, table(["condition", "class", *(f"T = {t:g}" for t in temps), "chosen"], rows)]
+
+
 def _generation_section(out: Path, summary: dict[str, Any]) -> str:
     gen = summary.get("generation")
     parts = ['<h2 id="generation">4. Generated stamps</h2>']
@@ -577,6 +596,7 @@ def _generation_section(out: Path, summary: dict[str, Any]) -> str:
         f"accuracy of a classifier with the judge's recipe trained on {fmt(n_ref)} generated stamps over that of "
         "the judge trained on real ones, both on the simulated test set.</p>"
     )
+    parts.extend(_tuning_part(summary.get("generator_tuning")))
     rows = [(esc(label).replace("  ", "&nbsp;&nbsp;&nbsp;"), fmt(gen.get(key))) for key, label in JUDGE_KEYS
             if key in gen]
     mem = gen.get("memorisation")
