@@ -370,7 +370,7 @@ def per_kind(args, out: Path, result: dict) -> None:
                      else ""), flush=True)
         write_json(out / "per_kind.json", result)
 
-NOISE_VARIANTS = ("loc", "default", "lowrank_half", "no_lowrank", "pixel_only")
+NOISE_VARIANTS = ("loc", "default", "lowrank_half", "no_lowrank", "pixel_only", "bootstrap")
 
 
 @torch.no_grad()
@@ -378,13 +378,14 @@ def noise_variants(args, out: Path, result: dict) -> None:
     """--noise-variants: which part of the residual noise model makes generated stamps of a kind look like another.
 
     For each kind of a kind-conditioned cvae, `--max-per-class` codes are drawn from its latent mixture and
-    decoded once; the same locations get five kinds of pixel noise (decoder-standardised units, mapped back
+    decoded once; the same locations get six kinds of pixel noise (decoder-standardised units, mapped back
     with the decoder's per-pixel factor L_p as mode "residual" does): `loc` none; `default` the fitted model
     m + U S e_r + B e_p; `lowrank_half` the low-rank (spatially correlated) part halved; `no_lowrank` it
     left out (m + B e_p); `pixel_only` each pixel's full channel covariance of the standardised training
-    residuals, independent between pixels (no spatial correlation). The judge's agreement per kind and,
-    weighted by the training frequencies of the kinds, per class; the judge's recall on the validation
-    stamps (`_validation_stamps`) beside it. The residuals are those of the first --n-train stamps of the
+    residuals, independent between pixels (no spatial correlation); `bootstrap` the standardised residual of a
+    random training stamp of the same kind (the empirical noise, misfits included). The judge's agreement per
+    kind and, weighted by the training frequencies of the kinds, per class; the judge's recall on the
+    validation stamps (`_validation_stamps`) beside it. The residuals are those of the first --n-train stamps of the
     cvae's training split.
     """
     from hits_stamps.generation.sample import conditions_of, quiet_inputs, train_config_of
@@ -428,8 +429,10 @@ def noise_variants(args, out: Path, result: dict) -> None:
         eps = torch.randn(per, loc.shape[1] * loc.shape[2], c_dim, 1, generator=gen)
         blocks = (m.resid_tril[c] @ eps).view_as(loc)
         pixel = e.mean(0) + (pixel_tril @ torch.randn(per, *loc.shape[1:3], c_dim, 1, generator=gen)).squeeze(-1)
+        pick = torch.randint(0, len(e), (per,), generator=gen)
         draws = {"loc": torch.zeros_like(loc), "default": mean + lowrank + blocks,
-                 "lowrank_half": mean + 0.5 * lowrank + blocks, "no_lowrank": mean + blocks, "pixel_only": pixel}
+                 "lowrank_half": mean + 0.5 * lowrank + blocks, "no_lowrank": mean + blocks, "pixel_only": pixel,
+                 "bootstrap": e[pick]}
         label, s = int(m.condition_label[k]), val.kind == name
         row = {"label": label, "n_val": int(s.sum()), "judge_recall": float(np.mean(p_val[s] == label)) if s.any()
                else None, "training_weight": float(m.condition_weight[k])}

@@ -162,7 +162,7 @@ def test_plan_lists_every_step_in_order(tiny_config):
     assert names[:3] == ["simulate", "build-real", "calibrate"]
     for m in C.DEFAULT_MODELS:
         assert f"train-{m}" in names
-    assert "evaluate-cvae" not in names and names[-3:] == ["tune-cvae", "generate", "augment"]
+    assert "evaluate-cvae" not in names and names[-2:] == ["generate", "augment"]  # no tuning by default
     assert names.index("train-rotinv-cnn") < names.index("evaluate-rotinv-cnn") < names.index("generate")
     assert [s.name for s in plan(tiny_config)] == [
         "simulate", "build-real", "calibrate", "train-seed-cnn", "evaluate-seed-cnn", "train-seed-bnn",

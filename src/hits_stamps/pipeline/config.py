@@ -71,8 +71,8 @@ class GenerationConfig:
     judge_epochs: int = 2  # with judge = "": epochs of the judge trained for judging and of its TSTR twin
     reference_n: int = 0  # real training stamps given to the judging (0: all): TSTR trains on as many generated
     max_per_class: int = 500  # generated and real test stamps per class for agreement and Frechet distance
-    tune_with: str = "deephits"  # a classifier of this run (not the judge) that picks the cvae's per-condition
-    # pixel temperatures before judging (generation.tune); "": keep the fitted noise (temperature 1)
+    tune_with: str = ""  # a classifier of this run (not the judge) that picks the cvae's per-condition pixel
+    # temperatures before judging (generation.tune); "" (default): keep the fitted noise (temperature 1)
     tune_n: int = 300  # stamps generated per condition and temperature for the tuning
 
 
