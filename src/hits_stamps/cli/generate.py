@@ -74,7 +74,7 @@ def tune_generator(
         raise HitsStampsError(f"--temperatures must be comma-separated numbers; got {temperatures!r}") from exc
     result = tune_temperatures(model_dir, classifier, temperatures=temps, n_per_condition=n_per_condition, seed=seed,
                                progress=True)
-    table = Table(title=f"agreement of {result['classifier']} with the generated stamps")
+    table = Table(title=f"agreement of {Path(result['classifier']).name} with the generated stamps")
     table.add_column("condition")
     table.add_column("class")
     for t in result["temperatures"]:
