@@ -254,7 +254,6 @@ def speed(args, cvae_dir: Path) -> dict:
 
 def diagnose(args, out: Path, result: dict) -> None:
     """--diagnose: latent_diagnosis for each given cvae directory, on simulated validation stamps."""
-    from hits_stamps.generation.sample import train_config_of
     from hits_stamps.simulate import simulate_stamps
     from hits_stamps.training.modeldir import load_model
 
@@ -264,10 +263,7 @@ def diagnose(args, out: Path, result: dict) -> None:
     result["diagnosis"] = {}
     for cvae_dir in args.diagnose.split(","):
         tm = load_generator(cvae_dir)
-        cfg = train_config_of(tm)
-        n = tm.config["training_data"]["n_train"] + tm.config["training_data"]["n_val"]
-        part = train[:n] if n < len(train) else train  # the stamps the generator was given (a prefix, see select)
-        fit_on = part.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)[0]
+        fit_on = _generator_split(tm, train)[0]
         print(f"== {cvae_dir}: {tm.config['model_kwargs']}, fitted on {len(fit_on)}", flush=True)
         t0 = time.perf_counter()
         rows = latent_diagnosis(tm, fit_on, val, judge, args.seed,
@@ -288,9 +284,19 @@ def _snr_residuals(stamps: StampSet, rec: StampSet) -> tuple[np.ndarray, np.ndar
     return np.sqrt(np.mean(centre**2, axis=1)), np.sqrt(np.mean(corner**2, axis=1))
 
 
-def _validation_stamps(args, tm) -> tuple[StampSet, str]:
-    """Validation stamps for a cvae: the first --n-val stamps of its own held-out split of --train-file, else
-    simulate_stamps(--n-val, seed=--seed + 1); and a line saying which.
+def _generator_split(tm, train: StampSet) -> tuple[StampSet, StampSet]:
+    """The training loop's own split of the stamps a cvae was given (a prefix of `train`): (fitted on, held out)."""
+    from hits_stamps.generation.sample import train_config_of
+
+    cfg = train_config_of(tm)
+    n = tm.config["training_data"]["n_train"] + tm.config["training_data"]["n_val"]
+    part = train[:n] if n < len(train) else train  # the stamps the generator was given (a prefix, see select)
+    return part.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)
+
+
+def _validation_stamps(args, tm, train: StampSet | None) -> tuple[StampSet, str]:
+    """Validation stamps for a cvae: the first --n-val stamps of its own held-out split of `train` (the stamps of
+    --train-file), else simulate_stamps(--n-val, seed=--seed + 1); and a line saying which.
 
     The held-out split is the one the training loop made (the cvae's seed and validation fraction on the
     stamps it was given), so it comes from the same simulation as the training stamps and the cvae never
@@ -299,13 +305,10 @@ def _validation_stamps(args, tm) -> tuple[StampSet, str]:
     from hits_stamps.generation.sample import train_config_of
     from hits_stamps.simulate import simulate_stamps
 
-    if not args.train_file:
+    if train is None:
         return simulate_stamps(args.n_val, seed=args.seed + 1), f"simulate_stamps({args.n_val}, seed={args.seed + 1})"
     cfg = train_config_of(tm)
-    train = read_stamps(args.train_file)
-    n = tm.config["training_data"]["n_train"] + tm.config["training_data"]["n_val"]
-    part = train[:n] if n < len(train) else train
-    held_out = part.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)[1]
+    held_out = _generator_split(tm, train)[1]
     return held_out[: args.n_val], (f"first {min(args.n_val, len(held_out))} of the held-out split "
                                     f"(fraction {cfg.val_fraction}, seed {cfg.seed}) of {args.train_file}")
 
@@ -327,10 +330,11 @@ def per_kind(args, out: Path, result: dict) -> None:
     from hits_stamps.training.modeldir import load_model
 
     judge = load_model(args.judge_dir)
+    train = read_stamps(args.train_file) if args.train_file else None
     result["per_kind"] = {"judge": args.judge_dir, "models": {}}
     for cvae_dir in args.per_kind.split(","):
         tm = load_generator(cvae_dir)
-        val, source = _validation_stamps(args, tm)
+        val, source = _validation_stamps(args, tm, train)
         p_val = judge.predict(val)
         f_val = classifier_features(judge, val)
         mode = resolve_mode(tm, args.mode or None)
@@ -388,31 +392,20 @@ def noise_variants(args, out: Path, result: dict) -> None:
     validation stamps (`_validation_stamps`) beside it. The residuals are those of the first --n-train stamps of the
     cvae's training split.
     """
-    from hits_stamps.generation.sample import conditions_of, quiet_inputs, train_config_of
+    from hits_stamps.generation.sample import conditions_of, quiet_inputs
     from hits_stamps.training.modeldir import load_model
 
     tm = load_generator(args.noise_variants)
     m = tm.module.eval()
     if not m.kinds or not m.has_residual_model or not bool(m.resid_standardized):
         raise SystemExit("--noise-variants needs a kind-conditioned cvae with a decoder-standardised residual model")
-    cfg = train_config_of(tm)
-    n = tm.config["training_data"]["n_train"] + tm.config["training_data"]["n_val"]
     train = read_stamps(args.train_file)
-    fit_on = (train[:n] if n < len(train) else train).split((1 - cfg.val_fraction, cfg.val_fraction),
-                                                            seed=cfg.seed)[0][: args.n_train]
-    val, source = _validation_stamps(args, tm)
+    fit_on = _generator_split(tm, train)[0][: args.n_train]
+    val, source = _validation_stamps(args, tm, train)
     judge = load_model(args.judge_dir)
     p_val = judge.predict(val)
     x, y = quiet_inputs(tm, fit_on.images), conditions_of(tm, fit_on)
-    resid = []
-    for start in range(0, len(x), 1024):
-        xb, yb = x[start : start + 1024], y[start : start + 1024]
-        t = m.to_model_units(xb)
-        mu, _ = m._encode_t(t, m.condition(yb).to(t.dtype))
-        dist = m.decode(mu, yb)
-        r = t.permute(0, 2, 3, 1) - m.location(dist)
-        resid.append(torch.linalg.solve_triangular(m.pixel_tril(dist), r.unsqueeze(-1), upper=False).squeeze(-1))
-    resid, cond = torch.cat(resid), y.numpy()
+    resid, cond = m.residuals(x, y), y.numpy()  # decoder-standardised: the units of the residual model
     gen = torch.Generator().manual_seed(args.seed)
     c_dim, per = m.in_channels, args.max_per_class
     rows = {}
@@ -551,7 +544,7 @@ def main() -> None:
             judge, judge_seconds = train_judge(train, args, out / name)
         val = None
         if name == "simulated" and args.train_file and args.cvae_dir:
-            val, source = _validation_stamps(args, load_generator(args.cvae_dir))  # the cvae's held-out split
+            val, source = _validation_stamps(args, load_generator(args.cvae_dir), train)  # its held-out split
             result["validation"] = source
         elif name == "simulated":
             from hits_stamps.simulate import simulate_stamps

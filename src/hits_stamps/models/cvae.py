@@ -616,6 +616,32 @@ class ConditionalVAE(nn.Module):
         return self
 
     @torch.no_grad()
+    def residuals(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """The residuals the residual model is fitted to, (N, H, W, C) on the CPU (channels last).
+
+        r = t - loc(mu(x, k), k) in model units for stamps x (N, C, H, W) in data units and conditions y
+        (N,); with `residual_units="decoder"` each pixel's r_p is standardised by the decoder's own scale
+        factor there, L_p^-1 r_p (`pixel_tril`). Evaluated in eval mode; the module's mode is restored.
+        """
+        was_training = self.training
+        self.eval()
+        dev = self.transform.center.device
+        res = []
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size].to(dev), y[start : start + batch_size].to(dev)
+            t = self.to_model_units(xb)
+            mu, _ = self._encode_t(t, self.condition(yb).to(t.dtype))
+            dist = self.decode(mu, yb)
+            resid = t.permute(0, 2, 3, 1) - self.location(dist)  # (B, H, W, C)
+            if self.residual_units == "decoder":  # standardised by the decoder's own pixel scales
+                tril = self.pixel_tril(dist)
+                resid = torch.linalg.solve_triangular(tril, resid.unsqueeze(-1), upper=False).squeeze(-1)
+            res.append(resid.cpu())
+        self.train(was_training)
+        h, w = self.size
+        return torch.cat(res) if res else torch.zeros(0, h, w, self.in_channels)
+
+    @torch.no_grad()
     def fit_residuals(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> ConditionalVAE:
         """Fit, per class k, a low-rank-plus-diagonal Gaussian to the residuals r = t - loc(mu(x, k), k).
 
@@ -637,22 +663,7 @@ class ConditionalVAE(nn.Module):
         """
         if x.ndim != 4 or len(x) != len(y):
             raise ValueError(f"expected x (N, C, H, W) and y (N,) of one N; got {tuple(x.shape)}, {tuple(y.shape)}")
-        was_training = self.training
-        self.eval()
-        dev = self.transform.center.device
-        res = []
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start : start + batch_size].to(dev), y[start : start + batch_size].to(dev)
-            t = self.to_model_units(xb)
-            mu, _ = self._encode_t(t, self.condition(yb).to(t.dtype))
-            dist = self.decode(mu, yb)
-            resid = t.permute(0, 2, 3, 1) - self.location(dist)  # (B, H, W, C)
-            if self.residual_units == "decoder":  # standardised by the decoder's own pixel scales
-                tril = self.pixel_tril(dist)
-                resid = torch.linalg.solve_triangular(tril, resid.unsqueeze(-1), upper=False).squeeze(-1)
-            res.append(resid.flatten(1).double().cpu())
-        self.train(was_training)
-        r_all = torch.cat(res) if res else torch.zeros(0, self.resid_mean.shape[1], dtype=torch.float64)
+        r_all = self.residuals(x, y, batch_size).flatten(1).double()  # (N, P)
         labels = y.detach().cpu()
         k_max = self.noise_rank
         for k in range(self.n_classes):
@@ -877,7 +888,7 @@ register(
             optimizer="adam", lr=1e-3, batch_size=64, epochs=30, scaling="none", nan_policy="median",
             clip_grad_norm=100.0, lr_schedule="cosine",
         ),
-        description="Conditional VAE (class-conditioned) with a per-pixel probabilistic decoder",
+        description="Conditional VAE (on the class or the stamp kind) with a per-pixel probabilistic decoder",
         # HiTS channel order (template, science, difference, snr): science is modelled as science - template
         default_kwargs={"latent_dim": 16, "base_channels": 32, "likelihood": "mvn", "input_transform": "asinh",
                         "subtract_channels": [[1, 0]], "condition": "auto"},
