@@ -11,6 +11,7 @@ from hits_stamps.errors import HitsStampsError
 from hits_stamps.models.cvae import ChannelTransform, ConditionalVAE, LowRankPixelMVN, cvae_objective, gaussian_kl
 from hits_stamps.models.registry import get_spec
 from hits_stamps.training import TrainConfig, fit
+from hits_stamps.training.modeldir import load_model
 
 TINY = {"latent_dim": 3, "base_channels": 4, "hidden": 16}
 
@@ -458,3 +459,77 @@ def _at(model, yy, z, mode, temperature):
     out = model.sample(yy, mode=mode, z=z, temperature=temperature)
     model.condition_temperature.copy_(saved)
     return out
+
+
+def _set_source(model, dy, dx, amp_core, sigma):
+    """Point the first source of `model` at (dy, dx) px from the centre with core flux `amp_core` and width `sigma`."""
+    c = model.in_channels
+    with torch.no_grad():
+        model.src_head.weight.zero_()
+        bias = torch.zeros_like(model.src_head.bias)
+        bias[0], bias[1] = math.atanh(dy / model.source_offset), math.atanh(dx / model.source_offset)
+        bias[2 : 2 + c] = math.asinh(amp_core / 10.0)
+        bias[2 + c : 2 + 2 * c] = 0.0  # no wing
+        bias[2 + 2 * c : 2 + 3 * c] = math.log(math.expm1(sigma - 0.5)) - 1.0
+        model.src_head.bias.copy_(bias)
+
+
+def test_point_source_layer_renders_unit_flux_gaussians_at_the_decoded_centre():
+    model, _ = _fitted(point_sources=1)
+    _set_source(model, dy=1.5, dx=-2.0, amp_core=40.0, sigma=1.3)
+    img = model.source_images(torch.zeros(2, 16)).detach().numpy()  # (2, H, W, C)
+    assert img.shape == (2, 21, 21, 4)
+    yy, xx = np.mgrid[:21, :21] - 10.0
+    for c in range(4):
+        plane = img[0, ..., c]
+        assert plane.sum() == pytest.approx(40.0, rel=1e-3)  # unit-flux Gaussian times the amplitude
+        assert (plane * yy).sum() / plane.sum() == pytest.approx(1.5, abs=1e-3)
+        assert (plane * xx).sum() / plane.sum() == pytest.approx(-2.0, abs=1e-3)
+        var = (plane * ((yy - 1.5) ** 2 + (xx + 2.0) ** 2)).sum() / plane.sum() / 2
+        assert math.sqrt(var) == pytest.approx(1.3, rel=1e-2)
+
+
+def test_point_source_is_added_in_linear_units_and_learns_a_star():
+    model, x = _fitted(point_sources=1)
+    model.eval()
+    z, y = torch.zeros(1, 3), torch.tensor([1])
+    with torch.no_grad():
+        plain = model.location(model.decode(z, y))
+        _set_source(model, 0.0, 0.0, 50.0, 1.0)
+        top = model.dec_head[:2](torch.cat([z, model.condition(y)], dim=-1))
+        with_star = model.location(model.decode(z, y))
+        np.testing.assert_allclose(torch.sinh(with_star) - torch.sinh(plain), model.source_images(top), atol=1e-3)
+    # a star the conv decoder alone cannot place: only the source head is trained, and it finds it
+    truth = ConditionalVAE(4, (21, 21), **TINY, point_sources=1)
+    truth.transform.load_state_dict(model.transform.state_dict())
+    truth.load_state_dict(model.state_dict())
+    _set_source(truth, -2.5, 3.0, 80.0, 1.4)
+    target = truth.location(truth.decode(z, y)).detach()
+    with torch.no_grad():
+        model.src_head.weight.zero_()
+        model.src_head.bias.zero_()
+    opt = torch.optim.Adam(model.src_head.parameters(), lr=0.05)
+    losses = []
+    for _ in range(600):
+        opt.zero_grad()
+        loss = (model.location(model.decode(z, y)) - target).pow(2).sum()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 1e-4 * losses[0]
+    with torch.no_grad():
+        centre = model.source_offset * torch.tanh(model.src_head(top)[0, :2])
+    np.testing.assert_allclose(centre.numpy(), [-2.5, 3.0], atol=0.05)
+
+
+def test_point_sources_are_off_by_default_and_saved_with_the_weights(tmp_path):
+    assert not any(k.startswith("src_head") for k in ConditionalVAE(**TINY).state_dict())
+    with pytest.raises(ValueError, match="point_sources >= 0"):
+        ConditionalVAE(**TINY, point_sources=-1)
+    toy = make_synthetic_stamps(64, seed=3)
+    cfg = TrainConfig(model="cvae", epochs=1, batch_size=32, model_kwargs={**TINY, "point_sources": 2})
+    tm = fit(cfg, toy, tmp_path / "m", progress=False)
+    again = load_model(tmp_path / "m").module
+    assert again.point_sources == 2
+    torch.testing.assert_close(again.src_head.weight, tm.module.src_head.weight)
+    assert again.sample(torch.tensor([0, 1]), mode="residual").shape == (2, 4, 21, 21)

@@ -286,6 +286,8 @@ class ConditionalVAE(nn.Module):
     size until it is <= `min_size` -> dense(hidden) -> (mu, log sigma) of d = `latent_dim`.
     Decoder: [z, one-hot] -> dense(hidden) -> dense -> per level (upsample to the encoder's size at
     that level, conv3x3, conv3x3) -> conv1x1 -> per-pixel distribution parameters for C channels.
+    With `point_sources` > 0 the first dense layer also predicts that many Gaussian point sources,
+    added to the location where the input transform is linear (`source_images`, `_add_sources`).
     """
 
     def __init__(
@@ -312,6 +314,8 @@ class ConditionalVAE(nn.Module):
         kinds: list[str] | tuple[str, ...] | None = None,
         kind_labels: list[int] | tuple[int, ...] | None = None,
         residual_units: str = "decoder",
+        point_sources: int = 0,
+        source_offset: float = 5.0,
     ):
         super().__init__()
         if residual_units not in RESIDUAL_UNITS:
@@ -413,6 +417,18 @@ class ConditionalVAE(nn.Module):
         if likelihood == "mvn_lowrank" and self.rank < 1:
             raise ValueError(f"rank must be >= 1 for mvn_lowrank; got {rank}")
         self.dec_out = nn.Conv2d(widths[0], 2 * in_channels + self.n_offdiag + in_channels * self.rank, kernel_size=1)
+        if point_sources < 0 or not source_offset > 0:
+            raise ValueError(f"need point_sources >= 0 and source_offset > 0; got {point_sources}, {source_offset}")
+        self.point_sources, self.source_offset = int(point_sources), float(source_offset)
+        if self.point_sources:
+            # per source: centre (dy, dx), and per channel two circular Gaussians (core, wing):
+            # amplitudes a, b, core width and wing/core width ratio
+            self.src_head = nn.Linear(hidden, self.point_sources * (2 + 4 * in_channels))
+            nn.init.normal_(self.src_head.weight, std=1e-3)
+            nn.init.zeros_(self.src_head.bias)
+            yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32) - (h - 1) / 2,
+                                    torch.arange(w, dtype=torch.float32) - (w - 1) / 2, indexing="ij")
+            self.register_buffer("_grid", torch.stack([yy, xx]), persistent=False)  # (2, H, W) from the centre
         if likelihood == "student_t":
             # degrees of freedom per channel: df = 2 + softplus(raw), initialised at df = 5
             self.raw_df = nn.Parameter(torch.full((in_channels,), math.log(math.expm1(3.0))))
@@ -513,13 +529,16 @@ class ConditionalVAE(nn.Module):
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> D.Distribution:
         """z (B, d), y (B,) or (B, K) -> p(t | z, y), batch shape (B,), event shape (H, W, C)."""
         onehot = self.condition(y).to(z.dtype)
-        hid = self.dec_head(torch.cat([z, onehot], dim=-1)).view(-1, *self._dec_shape)  # (B, W_L, h_L, w_L)
+        top = self.dec_head[:2](torch.cat([z, onehot], dim=-1))  # (B, hidden)
+        hid = self.dec_head[2:](top).view(-1, *self._dec_shape)  # (B, W_L, h_L, w_L)
         for level, target in zip(self.dec_levels, reversed(self.level_sizes[:-1]), strict=True):
             hid = level(F.interpolate(hid, size=target, mode="nearest"))
         params = self.dec_out(hid).permute(0, 2, 3, 1)  # (B, H, W, 2C [+ C(C-1)/2])
         c = self.in_channels
         k = 2 * c + self.n_offdiag
         loc, raw_scale, off = params[..., :c], params[..., c : 2 * c], params[..., 2 * c : k]
+        if self.point_sources:
+            loc = self._add_sources(loc, top)
         scale = F.softplus(raw_scale) + self.min_scale  # (B, H, W, C)
         if self.likelihood.startswith("mvn"):
             rows, cols = torch.tril_indices(c, c, offset=-1, device=params.device)
@@ -537,6 +556,39 @@ class ConditionalVAE(nn.Module):
             df = (2.0 + F.softplus(self.raw_df)).expand_as(loc)
             base = D.StudentT(df, loc, scale)
         return D.Independent(base, 3)
+
+    def source_images(self, top: torch.Tensor) -> torch.Tensor:
+        """The point-source layer (B, H, W, C) in the transform's linear units u (before asinh).
+
+        top: (B, hidden), the decoder's first hidden layer. Per source s and channel c,
+        a_sc G(r; sigma_sc) + b_sc G(r; k_sc sigma_sc), G the unit-flux circular Gaussian at the source
+        centre (shared by the channels, within `source_offset` pixels of the stamp centre),
+        sigma = 0.5 + softplus(.) pixels, k = 1 + softplus(.), a and b = 10 sinh(.) (signed, any magnitude
+        from a faint supernova to a saturated star).
+        """
+        b, c, n = top.shape[0], self.in_channels, self.point_sources
+        p = self.src_head(top).view(b, n, 2 + 4 * c)
+        centre = self.source_offset * torch.tanh(p[..., :2])  # (B, n, 2) (dy, dx) from the stamp centre
+        # signed amplitudes 10 sinh(.): a flux of 1 is the transform's scale (softening x noise) summed over the source
+        amp = 10.0 * torch.sinh(p[..., 2 : 2 + 2 * c].clamp(-10.0, 10.0))
+        amp_core, amp_wing = amp[..., :c], amp[..., c:]  # (B, n, C)
+        sigma = 0.5 + F.softplus(p[..., 2 + 2 * c : 2 + 3 * c] + 1.0)  # (B, n, C), about 1.8 px at start
+        ratio = 1.0 + F.softplus(p[..., 2 + 3 * c :] + 1.0)  # (B, n, C)
+        grid = self._grid.to(top.dtype)  # (2, H, W)
+        d2 = ((grid[None, None] - centre[..., None, None]) ** 2).sum(2)  # (B, n, H, W)
+
+        def gauss(s):  # unit-flux Gaussians (B, n, C, H, W)
+            var = (s * s)[..., None, None]
+            return torch.exp(-d2[:, :, None] / (2 * var)) / (2 * math.pi * var)
+
+        img = amp_core[..., None, None] * gauss(sigma) + amp_wing[..., None, None] * gauss(sigma * ratio)
+        return img.sum(1).permute(0, 2, 3, 1)  # (B, H, W, C)
+
+    def _add_sources(self, loc: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+        """loc (B, H, W, C) in model units plus the point sources, added where the transform is linear."""
+        u = torch.sinh(loc) if self.transform.kind == "asinh" else loc
+        u = u + self.source_images(top)
+        return torch.asinh(u) if self.transform.kind == "asinh" else u
 
     @staticmethod
     def location(dist: D.Distribution) -> torch.Tensor:
