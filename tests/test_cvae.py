@@ -533,3 +533,21 @@ def test_point_sources_are_off_by_default_and_saved_with_the_weights(tmp_path):
     assert again.point_sources == 2
     torch.testing.assert_close(again.src_head.weight, tm.module.src_head.weight)
     assert again.sample(torch.tensor([0, 1]), mode="residual").shape == (2, 4, 21, 21)
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "mvn"])
+def test_global_decoder_scale_is_one_learned_covariance_for_every_pixel(likelihood):
+    model, x = _fitted(likelihood=likelihood, decoder_scale="global")
+    per_pixel, _ = _fitted(likelihood=likelihood)
+    assert "global_scale" not in per_pixel.state_dict()
+    n_cov = 4 + (6 if likelihood == "mvn" else 0)
+    assert model.global_scale.shape == (n_cov,)
+    assert model.dec_out.out_channels == per_pixel.dec_out.out_channels - n_cov == 4
+    y = torch.tensor([0, 1] * 8)
+    tril = model.pixel_tril(model(x, y).dist)  # (B, H, W, C, C)
+    assert torch.equal(tril, tril[:1, :1, :1].expand_as(tril))
+    res = cvae_objective(model.train(), x, y, n_train=16)
+    res.loss.backward()
+    assert model.global_scale.grad.abs().sum() > 0  # learned with the rest
+    with pytest.raises(ValueError, match="decoder_scale must be one of"):
+        ConditionalVAE(**TINY, decoder_scale="stamp")

@@ -13,6 +13,10 @@ with y the class one-hot. `likelihood` chooses D, always with parameters predict
 - "mvn": a C-variate Gaussian per pixel with a full learned covariance L L^T (L lower-triangular,
   positive diagonal), so the decoder can express that the difference, science - template and
   SNR of one pixel move together.
+With `decoder_scale="global"` the scales (and, for "mvn", the whole C x C factor L) are not predicted
+per pixel but learned once, shared by every pixel and stamp (a calibrated decoder in the sense of
+Rybkin et al. 2021): the decoder can then no longer explain a missed star core with a wide
+distribution there, so the location has to fit the core.
 This is the PyTorch counterpart of TensorFlow Probability's probabilistic output layers: the
 decoder returns a `torch.distributions` object with event shape (H, W, C) (channels last, as in
 stamp files).
@@ -98,6 +102,7 @@ LATENT_SOURCES = ("prior", "aggregate")
 SAMPLE_MODES = ("sample", "loc", "residual")
 CONDITIONS = ("class", "kind")  # what the model is built with; "auto" is resolved on the data (cvae_data_kwargs)
 RESIDUAL_UNITS = ("decoder", "model")
+DECODER_SCALES = ("pixel", "global")
 
 
 class CVAEOutput(NamedTuple):
@@ -316,6 +321,7 @@ class ConditionalVAE(nn.Module):
         residual_units: str = "decoder",
         point_sources: int = 0,
         source_offset: float = 5.0,
+        decoder_scale: str = "pixel",
     ):
         super().__init__()
         if residual_units not in RESIDUAL_UNITS:
@@ -416,7 +422,14 @@ class ConditionalVAE(nn.Module):
         self.rank = int(rank) if likelihood == "mvn_lowrank" else 0
         if likelihood == "mvn_lowrank" and self.rank < 1:
             raise ValueError(f"rank must be >= 1 for mvn_lowrank; got {rank}")
-        self.dec_out = nn.Conv2d(widths[0], 2 * in_channels + self.n_offdiag + in_channels * self.rank, kernel_size=1)
+        if decoder_scale not in DECODER_SCALES:
+            raise ValueError(f"decoder_scale must be one of {DECODER_SCALES}; got {decoder_scale!r}")
+        self.decoder_scale = decoder_scale
+        n_scale = in_channels + self.n_offdiag  # per pixel: the scales (and the entries of L below its diagonal)
+        if decoder_scale == "global":  # one set shared by all pixels and stamps, learned
+            self.global_scale = nn.Parameter(torch.zeros(n_scale))
+            n_scale = 0
+        self.dec_out = nn.Conv2d(widths[0], in_channels + n_scale + in_channels * self.rank, kernel_size=1)
         if point_sources < 0 or not source_offset > 0:
             raise ValueError(f"need point_sources >= 0 and source_offset > 0; got {point_sources}, {source_offset}")
         self.point_sources, self.source_offset = int(point_sources), float(source_offset)
@@ -535,8 +548,14 @@ class ConditionalVAE(nn.Module):
             hid = level(F.interpolate(hid, size=target, mode="nearest"))
         params = self.dec_out(hid).permute(0, 2, 3, 1)  # (B, H, W, 2C [+ C(C-1)/2])
         c = self.in_channels
-        k = 2 * c + self.n_offdiag
-        loc, raw_scale, off = params[..., :c], params[..., c : 2 * c], params[..., 2 * c : k]
+        if self.decoder_scale == "global":
+            k = c
+            shared = self.global_scale.to(params.dtype).expand(*params.shape[:-1], -1)  # (B, H, W, C + off)
+            raw_scale, off = shared[..., :c], shared[..., c:]
+        else:
+            k = 2 * c + self.n_offdiag
+            raw_scale, off = params[..., c : 2 * c], params[..., 2 * c : k]
+        loc = params[..., :c]
         if self.point_sources:
             loc = self._add_sources(loc, top)
         scale = F.softplus(raw_scale) + self.min_scale  # (B, H, W, C)
