@@ -962,6 +962,6 @@ register(
         description="Conditional VAE (on the class or the stamp kind) with a per-pixel probabilistic decoder",
         # HiTS channel order (template, science, difference, snr): science is modelled as science - template
         default_kwargs={"latent_dim": 16, "base_channels": 32, "likelihood": "mvn", "input_transform": "asinh",
-                        "subtract_channels": [[1, 0]], "condition": "auto"},
+                        "subtract_channels": [[1, 0]], "condition": "auto", "decoder_scale": "global"},
     )
 )
