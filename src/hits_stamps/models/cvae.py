@@ -546,7 +546,7 @@ class ConditionalVAE(nn.Module):
         hid = self.dec_head[2:](top).view(-1, *self._dec_shape)  # (B, W_L, h_L, w_L)
         for level, target in zip(self.dec_levels, reversed(self.level_sizes[:-1]), strict=True):
             hid = level(F.interpolate(hid, size=target, mode="nearest"))
-        params = self.dec_out(hid).permute(0, 2, 3, 1)  # (B, H, W, 2C [+ C(C-1)/2])
+        params = self.dec_out(hid).permute(0, 2, 3, 1)  # (B, H, W, C [+ C scales + C(C-1)/2] [+ C rank])
         c = self.in_channels
         if self.decoder_scale == "global":
             k = c
@@ -605,7 +605,7 @@ class ConditionalVAE(nn.Module):
 
     def _add_sources(self, loc: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
         """loc (B, H, W, C) in model units plus the point sources, added where the transform is linear."""
-        u = torch.sinh(loc) if self.transform.kind == "asinh" else loc
+        u = torch.sinh(loc.clamp(-20.0, 20.0)) if self.transform.kind == "asinh" else loc  # finite in float32
         u = u + self.source_images(top)
         return torch.asinh(u) if self.transform.kind == "asinh" else u
 
