@@ -26,15 +26,16 @@ def main() -> None:
     if test.kind is None:
         raise SystemExit(f"{args.test_file} has no stamp kinds")
     kinds = sorted(set(test.kind.tolist()))
-    print(f"{'kind':16s} {'n':>5s} " + " ".join(f"{d.rstrip('/').split('/')[-4] if d.count('/') > 3 else d:>14s}"
-                                             for d in args.classifier_dirs))
+    for i, d in enumerate(args.classifier_dirs, 1):
+        print(f"[{i}] {d}")
+    print(f"{'kind':16s} {'n':>5s} " + " ".join(f"{f'[{i}]':>8s}" for i in range(1, len(args.classifier_dirs) + 1)))
     preds = []
     for d in args.classifier_dirs:
         p = np.asarray(load_model(d).predict_proba(test.images))
         preds.append(((p[:, 1] if p.ndim == 2 else p) >= 0.5).astype(int))
     for k in kinds + ["all"]:
         m = np.ones(len(test), bool) if k == "all" else test.kind == k
-        print(f"{k:16s} {int(m.sum()):5d} " + " ".join(f"{(pr[m] == test.labels[m]).mean():14.3f}" for pr in preds))
+        print(f"{k:16s} {int(m.sum()):5d} " + " ".join(f"{(pr[m] == test.labels[m]).mean():8.3f}" for pr in preds))
 
 
 if __name__ == "__main__":
