@@ -44,8 +44,7 @@ def main() -> None:
         y = torch.as_tensor(m.condition_index(held_out.labels[idx], held_out.kind[idx]))
         with torch.no_grad():
             t = m.to_model_units(x)
-            mu, _ = m._encode_t(t, m.condition(y))
-            dist = m.decode(mu, y)
+            dist = m.decode(m.encode(x, y)[0], y)
             r = t.permute(0, 2, 3, 1) - m.location(dist)  # (B, H, W, C)
             sc = torch.diagonal(m.pixel_tril(dist), dim1=-2, dim2=-1)  # (B, H, W, C)
 

@@ -29,10 +29,7 @@ def main() -> None:
     for i, d in enumerate(args.classifier_dirs, 1):
         print(f"[{i}] {d}")
     print(f"{'kind':16s} {'n':>5s} " + " ".join(f"{f'[{i}]':>8s}" for i in range(1, len(args.classifier_dirs) + 1)))
-    preds = []
-    for d in args.classifier_dirs:
-        p = np.asarray(load_model(d).predict_proba(test.images))
-        preds.append(((p[:, 1] if p.ndim == 2 else p) >= 0.5).astype(int))
+    preds = [load_model(d).predict(test) for d in args.classifier_dirs]
     for k in kinds + ["all"]:
         m = np.ones(len(test), bool) if k == "all" else test.kind == k
         print(f"{k:16s} {int(m.sum()):5d} " + " ".join(f"{(pr[m] == test.labels[m]).mean():8.3f}" for pr in preds))
