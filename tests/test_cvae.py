@@ -257,10 +257,14 @@ def test_latent_mixture_fits_the_codes_of_each_class_and_samples_from_them():
 
 
 def test_mixture_components_and_weights_saved_and_old_weights_still_load():
-    model, x = _fitted(latent_components=4)
-    y = torch.tensor([0] * 4 + [1] * 12)
+    from hits_stamps.models.cvae import CODES_PER_COMPONENT
+
+    model, _ = _fitted(latent_components=4)
+    x = torch.randn(145, 4, 21, 21) * 5 + 100
+    y = torch.tensor([0] * 45 + [1] * 100)
     model.fit_latent(x, y)
-    # class 0 has 4 codes: at most 4 // 2 = 2 components, the others weigh 0
+    # class 0 has 45 codes: at most 45 // 20 = 2 components, the others weigh 0; class 1 has all 4
+    assert CODES_PER_COMPONENT == 20
     assert int((model.latent_weights[0] > 0).sum()) == 2 and int((model.latent_weights[1] > 0).sum()) == 4
     torch.testing.assert_close(model.latent_weights.sum(1), torch.ones(2))
     state = model.state_dict()
@@ -324,6 +328,79 @@ def test_residual_model_matches_the_residual_moments_and_draws_correlated_noise(
                                / math.sqrt(2000))
     np.testing.assert_allclose(draws.var(0).numpy(), var.numpy(), rtol=0.2, atol=1e-6)
     assert model.sample(y[:3], mode="residual").shape == (3, 4, 21, 21)
+
+
+def test_location_amplitude_interpolates_between_knots_and_is_constant_beyond():
+    from hits_stamps.models.cvae import AMPLITUDE_KNOTS
+
+    model, _ = _fitted(residual_units="location")
+    nb = len(AMPLITUDE_KNOTS)
+    model.resid_amp[1] = torch.arange(nb, dtype=torch.float32).repeat(4, 1) + torch.arange(4.0)[:, None] * 10
+    k = torch.ones(3, dtype=torch.long)
+    knots = torch.tensor(AMPLITUDE_KNOTS)
+    b = torch.stack([knots[2].expand(21, 21), ((knots[3] + knots[4]) / 2).expand(21, 21),
+                     torch.full((21, 21), 50.0)])  # (3, H, W): a knot, half way between two, beyond the last
+    a = model.residual_amplitude(k, b[..., None].expand(-1, -1, -1, 4))  # (3, H, W, C)
+    torch.testing.assert_close(a[0, 5, 5], torch.tensor([2.0, 12.0, 22.0, 32.0]))
+    torch.testing.assert_close(a[1, 0, 0], torch.tensor([3.5, 13.5, 23.5, 33.5]))
+    torch.testing.assert_close(a[2, 20, 20], torch.tensor([8.0, 18.0, 28.0, 38.0]))
+    # each channel looks its brightness up in its own table
+    own = torch.stack([knots[1], knots[2], knots[3], torch.tensor(99.0)]).expand(1, 21, 21, 4)
+    torch.testing.assert_close(model.residual_amplitude(k[:1], own)[0, 3, 4], torch.tensor([1.0, 12.0, 23.0, 38.0]))
+
+
+def test_brightness_follows_all_channels_the_image_channels_or_each_channel_itself():
+    loc = torch.zeros(1, 21, 21, 4)
+    loc[0, 10, 10] = torch.tensor([0.5, -2.0, 1.0, 7.0])
+    expected = {"all": [7.0] * 4, "images": [2.0] * 4, "own": [0.5, 2.0, 1.0, 7.0]}
+    for how, want in expected.items():
+        model, _ = _fitted(residual_units="location", amplitude_from=how)
+        b = model.brightness(loc)
+        assert b.shape == loc.shape and float(b[0, 0, 0].abs().max()) == 0.0
+        torch.testing.assert_close(b[0, 10, 10], torch.tensor(want))
+    with pytest.raises(ValueError, match="amplitude_from must be one of"):
+        ConditionalVAE(4, (21, 21), amplitude_from="science")
+
+
+def test_location_units_fit_an_amplitude_that_grows_with_brightness_and_scale_draws_by_it():
+    from hits_stamps.models.cvae import AMPLITUDE_KNOTS
+
+    torch.manual_seed(0)
+    model, _ = _fitted(noise_rank=4, residual_units="location")
+    model.eval()
+    n = 400
+    # residuals whose spread grows with the location's brightness: |loc| 0.1 in one half, 3 in the other
+    b = torch.zeros(n, 21, 21, 4)
+    b[:, :, 11:] = 3.0
+    b[:, :, :10] = 0.1
+    spread = torch.where(b > 1, 2.0, 0.5)  # (N, H, W, C)
+    r = torch.randn(n, 21, 21, 4) * spread
+    y = torch.ones(n, dtype=torch.long)
+    model._fit_amplitude(r, b, y)
+    knots = list(AMPLITUDE_KNOTS)
+    amp = model.resid_amp[1]  # (C, nb)
+    np.testing.assert_allclose(amp[:, knots.index(3.0)].numpy(), 2.0, rtol=0.05)
+    np.testing.assert_allclose(amp[:, 0].numpy(), 0.5, rtol=0.05)
+    assert bool((model.resid_amp[0] == 1).all())  # class 0 had no stamps: left at 1
+    # standardised by the amplitude, the residuals have unit spread in both halves
+    e = r / model.residual_amplitude(y, b)
+    np.testing.assert_allclose([float(e[:, :, 12:].std()), float(e[:, :, :9].std())], 1.0, rtol=0.05)
+    # a residual draw is the standardised model's draw times L_p times the amplitude at the location
+    x = torch.randn(16, 4, 21, 21) * 5 + 100
+    yy = torch.tensor([0] * 6 + [1] * 10)
+    model.fit_residuals(x, yy)
+    assert bool(model.resid_amp_fitted) and bool(model.resid_standardized)
+    z, yk = torch.randn(3, 3), torch.tensor([1, 0, 1])
+    torch.manual_seed(5)
+    got = model.sample(yk, mode="residual", z=z)
+    torch.manual_seed(5)
+    d = model.decode(z, yk)
+    draw = model._residual_draw(yk, d.mean) * model.residual_amplitude(yk, model.brightness(d.mean))
+    draw = (model.pixel_tril(d) @ draw.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(got, model.to_data_units((d.mean + draw).permute(0, 3, 1, 2)).detach())
+    twin = ConditionalVAE(4, (21, 21), **TINY, noise_rank=4, residual_units="location")
+    twin.load_state_dict(model.state_dict())
+    assert bool(twin.resid_amp_fitted) and torch.equal(twin.resid_amp, model.resid_amp)
 
 
 def test_kind_conditions_map_stamps_to_kinds_and_draw_kinds_of_a_class():

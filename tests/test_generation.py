@@ -18,6 +18,7 @@ from hits_stamps.generation.judge import (
 from hits_stamps.io import read_stamps, write_stamps
 from hits_stamps.stamps import StampSet
 from hits_stamps.training import TrainConfig, fit
+from hits_stamps.training.modeldir import load_model
 
 TINY_CVAE = {"latent_dim": 3, "base_channels": 4, "hidden": 16, "condition": "class"}
 TINY_CNN = {"widths": [4, 8], "hidden": 8}
@@ -70,7 +71,7 @@ def test_latent_sources_default_refit_and_legacy_models(cvae_dir, toy_train, tmp
 
     g = generate(cvae_dir, 6, "real", seed=1)
     assert g.meta["latent"] == "aggregate"  # the loop fitted the mixture, so it is the default
-    assert g.meta["mode"] == "residual"  # and the residual model
+    assert g.meta["mode"] == "sample"  # the decoder's own noise, though the loop fitted a residual model too
     for mode in ("sample", "loc"):
         assert generate(cvae_dir, 2, "real", mode=mode).meta["mode"] == mode
     np.testing.assert_array_equal(generate(cvae_dir, 6, "real", seed=1, latent="aggregate").images, g.images)
@@ -97,8 +98,17 @@ def test_latent_sources_default_refit_and_legacy_models(cvae_dir, toy_train, tmp
     assert bool(refit["latent_fitted"].all()) and int((refit["latent_weights"] > 0).sum(1).max()) <= 2
     assert bool(refit["resid_fitted"].all())
     assert generate(legacy, 2, "bogus").meta["latent"] == "aggregate"
-    with pytest.raises(HitsStampsError, match="components must be in"):
-        fit_sampling_models(legacy, toy_train, components=99)
+    # more components than the model was built with: new buffers, recorded in config.json, loaded as refitted
+    fit_sampling_models(legacy, toy_train, components=7)
+    assert load_file(legacy / "model.safetensors")["latent_weights"].shape[1] == 7
+    reloaded = load_model(legacy)
+    assert reloaded.module.latent_components == 7 and reloaded.config["model_kwargs"]["latent_components"] == 7
+    assert int((reloaded.module.latent_weights > 0).sum(1).max()) > 2  # more than the 2 components before
+    a, b = generate(legacy, 5, "bogus", seed=3), generate(reloaded, 5, "bogus", seed=3)
+    np.testing.assert_array_equal(a.images, b.images)
+    for bad in (0, 2.5, True):
+        with pytest.raises(HitsStampsError, match="components must be a whole number"):
+            fit_sampling_models(legacy, toy_train, components=bad)
 
 
 def test_cli_generate_writes_file_and_refuses_overwrite(cvae_dir, tmp_path):

@@ -101,7 +101,12 @@ INPUT_TRANSFORMS = ("asinh", "standardize")
 LATENT_SOURCES = ("prior", "aggregate")
 SAMPLE_MODES = ("sample", "loc", "residual")
 CONDITIONS = ("class", "kind")  # what the model is built with; "auto" is resolved on the data (cvae_data_kwargs)
-RESIDUAL_UNITS = ("decoder", "model")
+RESIDUAL_UNITS = ("decoder", "model", "location")
+# the latent mixture has at most one component per this many training codes of a condition (`fit_latent`)
+CODES_PER_COMPONENT = 20
+AMPLITUDE_FROM = ("all", "images", "own")
+# brightness knots (model units, max |location| over the channels) of the "location" residual amplitude
+AMPLITUDE_KNOTS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 DECODER_SCALES = ("pixel", "global")
 
 
@@ -322,11 +327,15 @@ class ConditionalVAE(nn.Module):
         point_sources: int = 0,
         source_offset: float = 5.0,
         decoder_scale: str = "pixel",
+        amplitude_from: str = "all",
     ):
         super().__init__()
         if residual_units not in RESIDUAL_UNITS:
             raise ValueError(f"residual_units must be one of {RESIDUAL_UNITS}; got {residual_units!r}")
         self.residual_units = residual_units
+        if amplitude_from not in AMPLITUDE_FROM:
+            raise ValueError(f"amplitude_from must be one of {AMPLITUDE_FROM}; got {amplitude_from!r}")
+        self.amplitude_from = amplitude_from
         if condition not in CONDITIONS:
             hint = " ('auto' is resolved by the training loop)" if condition == "auto" else ""
             raise ValueError(f"condition must be one of {CONDITIONS}; got {condition!r}{hint}")
@@ -372,11 +381,8 @@ class ConditionalVAE(nn.Module):
         if latent_components < 1:
             raise ValueError(f"latent_components must be >= 1; got {latent_components}")
         # ex-post density of the codes: one Gaussian mixture per class (see `fit_latent`)
-        m = int(latent_components)
-        self.latent_components = m
-        self.register_buffer("latent_weights", torch.full((n_classes, m), 1.0 / m))  # (K, M)
-        self.register_buffer("latent_means", torch.zeros(n_classes, m, latent_dim))  # (K, M, d)
-        self.register_buffer("latent_tril", torch.eye(latent_dim).repeat(n_classes, m, 1, 1))  # (K, M, d, d)
+        self.latent_components = int(latent_components)
+        self._latent_buffers(self.latent_components)
         self.register_buffer("latent_fitted", torch.zeros(n_classes, dtype=torch.bool))  # (K,)
         # ex-post model of the decoder's residuals t - loc, per class (see `fit_residuals`)
         if noise_rank < 0:
@@ -390,6 +396,10 @@ class ConditionalVAE(nn.Module):
         self.register_buffer("resid_fitted", torch.zeros(n_classes, dtype=torch.bool))  # (K,)
         # True when the residual model was fitted to residuals standardised by the decoder's pixel scales
         self.register_buffer("resid_standardized", torch.zeros((), dtype=torch.bool))
+        # residual_units="location": per class and channel, the residual RMS at each brightness knot (see
+        # `residual_amplitude`); all ones (no effect) until fitted, and for the other units
+        self.register_buffer("resid_amp", torch.ones(n_classes, in_channels, len(AMPLITUDE_KNOTS)))  # (K, C, nb)
+        self.register_buffer("resid_amp_fitted", torch.zeros((), dtype=torch.bool))
 
         # spatial sizes of the encoder levels, e.g. 21x21 -> [(21, 21), (11, 11), (6, 6)]
         sizes = [(h, w)]
@@ -636,6 +646,15 @@ class ConditionalVAE(nn.Module):
         return CVAEOutput(self.decode(z, y), t.permute(0, 2, 3, 1), mu, log_std, z)
 
     # ------------------------------------------------------------------ ex-post latent density
+    def _latent_buffers(self, m: int) -> None:
+        """(Re)make the mixture buffers for M = m components per class, unfitted (uniform weights, N(0, I))."""
+        k, d = self.n_classes, self.latent_dim
+        like = getattr(self, "latent_means", None)
+        kw = {"device": like.device} if like is not None else {}
+        self.register_buffer("latent_weights", torch.full((k, m), 1.0 / m, **kw))  # (K, M)
+        self.register_buffer("latent_means", torch.zeros(k, m, d, **kw))  # (K, M, d)
+        self.register_buffer("latent_tril", torch.eye(d, **kw).repeat(k, m, 1, 1))  # (K, M, d, d)
+
     @torch.no_grad()
     def fit_latent(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, seed: int = 0) -> ConditionalVAE:
         """Fit, per class k, a Gaussian mixture to the posterior means mu(x_i, k) of the stamps of class k.
@@ -645,7 +664,8 @@ class ConditionalVAE(nn.Module):
         trained VAE does not fill the prior N(0, I) (it has holes, and the class leaks into z), so
         codes drawn from the prior decode to stamps the training set does not contain. Drawing z
         from a density fitted to the codes of class k instead keeps samples where the decoder was
-        trained. The mixture has min(latent_components, N_k // 2) components, full covariances
+        trained. The mixture has min(latent_components, N_k // CODES_PER_COMPONENT) components (at least
+        one; fewer codes per component and the draws start to copy training stamps), full covariances
         (sklearn GaussianMixture, k-means initialisation, reg_covar 1e-4, seeded); it is stored in
         buffers (`latent_weights` (K, M), `latent_means` (K, M, d), `latent_tril` (K, M, d, d)
         Cholesky factors, `latent_fitted` (K,)) and so saved with the weights. A class with fewer
@@ -665,13 +685,16 @@ class ConditionalVAE(nn.Module):
         self.train(was_training)
         mu = torch.cat(mus).numpy() if mus else np.zeros((0, self.latent_dim))
         labels = y.detach().cpu().numpy()
-        m, d = self.latent_weights.shape[1], self.latent_dim  # buffer size; at most latent_components used
+        if self.latent_weights.shape[1] != self.latent_components:  # another number of components: new buffers
+            self._latent_buffers(self.latent_components)
+            self.latent_fitted.fill_(False)
+        m, d = self.latent_weights.shape[1], self.latent_dim
         for k in range(self.n_classes):
             codes = mu[labels == k]
             if len(codes) < 2:
                 self.latent_fitted[k] = False
                 continue
-            n_comp = max(1, min(self.latent_components, m, len(codes) // 2))
+            n_comp = max(1, min(m, len(codes) // CODES_PER_COMPONENT))
             gmm = GaussianMixture(n_comp, covariance_type="full", reg_covar=1e-4, random_state=seed,
                                   max_iter=200).fit(codes)
             weights = np.zeros(m)
@@ -687,30 +710,104 @@ class ConditionalVAE(nn.Module):
         return self
 
     @torch.no_grad()
-    def residuals(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """The residuals the residual model is fitted to, (N, H, W, C) on the CPU (channels last).
-
-        r = t - loc(mu(x, k), k) in model units for stamps x (N, C, H, W) in data units and conditions y
-        (N,); with `residual_units="decoder"` each pixel's r_p is standardised by the decoder's own scale
-        factor there, L_p^-1 r_p (`pixel_tril`). Evaluated in eval mode; the module's mode is restored.
-        """
+    def _residual_parts(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r, b) on the CPU: r (N, H, W, C) = t - loc(mu(x, k), k), standardised by the decoder's pixel factor
+        L_p^-1 r_p unless `residual_units="model"`; b (N, H, W, C) the brightness of the location (`brightness`)."""
         was_training = self.training
         self.eval()
         dev = self.transform.center.device
-        res = []
+        res, bright = [], []
         for start in range(0, len(x), batch_size):
             xb, yb = x[start : start + batch_size].to(dev), y[start : start + batch_size].to(dev)
             t = self.to_model_units(xb)
             mu, _ = self._encode_t(t, self.condition(yb).to(t.dtype))
             dist = self.decode(mu, yb)
-            resid = t.permute(0, 2, 3, 1) - self.location(dist)  # (B, H, W, C)
-            if self.residual_units == "decoder":  # standardised by the decoder's own pixel scales
+            loc = self.location(dist)
+            resid = t.permute(0, 2, 3, 1) - loc  # (B, H, W, C)
+            if self.residual_units != "model":  # standardised by the decoder's own pixel scales
                 tril = self.pixel_tril(dist)
                 resid = torch.linalg.solve_triangular(tril, resid.unsqueeze(-1), upper=False).squeeze(-1)
             res.append(resid.cpu())
+            bright.append(self.brightness(loc).cpu())
         self.train(was_training)
         h, w = self.size
-        return torch.cat(res) if res else torch.zeros(0, h, w, self.in_channels)
+        if not res:
+            return torch.zeros(0, h, w, self.in_channels), torch.zeros(0, h, w, self.in_channels)
+        return torch.cat(res), torch.cat(bright)
+
+    def brightness(self, loc: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) location in model units -> (B, H, W, C): what each channel's residual amplitude follows.
+
+        `amplitude_from="all"`: the largest |loc| over the channels (the same for every channel);
+        "images": the largest |loc| over the first two channels (template and science - template in the
+        HiTS order); "own": each channel's own |loc|.
+        """
+        a = loc.abs()
+        if self.amplitude_from == "own":
+            return a
+        b = a[..., :2] if self.amplitude_from == "images" else a
+        return b.amax(-1, keepdim=True).expand_as(a)
+
+    def residual_amplitude(self, k: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The "location" residual amplitude a_kc(b) (B, H, W, C) for classes k (B,) and brightness b (B, H, W, C).
+
+        Piecewise linear in b between the knots `AMPLITUDE_KNOTS` (constant beyond the last), from the
+        per-class, per-channel residual RMS `resid_amp` (K, C, nb) fitted by `fit_residuals`.
+        """
+        knots = torch.as_tensor(AMPLITUDE_KNOTS, dtype=b.dtype, device=b.device)
+        nb, c = len(knots), b.shape[-1]
+        bc = b.clamp(knots[0], knots[-1]).contiguous()
+        i = torch.searchsorted(knots, bc, right=True).clamp(1, nb - 1)  # (B, H, W, C)
+        lo, hi = knots[i - 1], knots[i]
+        f = (bc - lo) / (hi - lo)
+        amp = self.resid_amp[k.to(self.resid_amp.device)].to(b.dtype).reshape(len(k), c * nb)  # (B, C nb)
+        offset = torch.arange(c, device=b.device) * nb  # channel c's knots start at c nb
+        idx = (i + offset).flatten(1)  # (B, H W C)
+        a_lo = torch.gather(amp, 1, idx - 1).view_as(b)
+        a_hi = torch.gather(amp, 1, idx).view_as(b)
+        return a_lo + f * (a_hi - a_lo)
+
+    def _fit_amplitude(self, r: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> None:
+        """resid_amp[k, c, j]: RMS of the residuals r (N, H, W, C) of class k, channel c, over pixels whose
+        brightness b (N, H, W, C) lies near knot j (linear weights between the two nearest knots); knots
+        with less than 200 pixels' weight take the nearest filled knot's value; a class without pixels keeps 1."""
+        knots = torch.as_tensor(AMPLITUDE_KNOTS, dtype=torch.float64)
+        nb, c = len(knots), self.in_channels
+        labels = labels.long().cpu()
+        for k in range(self.n_classes):
+            sel = labels == k
+            if not bool(sel.any()):
+                continue
+            for ch in range(c):
+                bc = b[sel, ..., ch].double().clamp(knots[0], knots[-1]).flatten()
+                r2 = r[sel, ..., ch].double().flatten() ** 2
+                i = torch.searchsorted(knots, bc, right=True).clamp(1, nb - 1)
+                f = (bc - knots[i - 1]) / (knots[i] - knots[i - 1])
+                mass = torch.bincount(i - 1, 1 - f, nb) + torch.bincount(i, f, nb)  # (nb,)
+                ms = (torch.bincount(i - 1, (1 - f) * r2, nb) + torch.bincount(i, f * r2, nb)) / mass.clamp_min(1e-12)
+                ok = mass >= 200
+                if not bool(ok.any()):
+                    continue
+                filled = torch.nonzero(ok).squeeze(1)
+                nearest = filled[(torch.arange(nb)[:, None] - filled[None]).abs().argmin(1)]
+                self.resid_amp[k, ch] = ms[nearest].sqrt().clamp_min(1e-6).float()
+
+    @torch.no_grad()
+    def residuals(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """The residuals the residual model is fitted to, (N, H, W, C) on the CPU (channels last).
+
+        r = t - loc(mu(x, k), k) in model units for stamps x (N, C, H, W) in data units and conditions y
+        (N,); with `residual_units="decoder"` each pixel's r_p is standardised by the decoder's own scale
+        factor there, L_p^-1 r_p (`pixel_tril`); with "location" that is further divided, per channel, by
+        the class's residual amplitude at the pixel's brightness (`residual_amplitude`, fitted by
+        `fit_residuals`). Evaluated in eval mode; the module's mode is restored.
+        """
+        r, b = self._residual_parts(x, y, batch_size)
+        if self.residual_units == "location" and len(r):
+            r = r / self.residual_amplitude(y.long().cpu(), b).to(r.dtype)
+        return r
 
     @torch.no_grad()
     def fit_residuals(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> ConditionalVAE:
@@ -734,8 +831,13 @@ class ConditionalVAE(nn.Module):
         """
         if x.ndim != 4 or len(x) != len(y):
             raise ValueError(f"expected x (N, C, H, W) and y (N,) of one N; got {tuple(x.shape)}, {tuple(y.shape)}")
-        r_all = self.residuals(x, y, batch_size).flatten(1).double()  # (N, P)
+        r_all, bright = self._residual_parts(x, y, batch_size)
         labels = y.detach().cpu()
+        if self.residual_units == "location":
+            self.resid_amp.fill_(1.0)
+            self._fit_amplitude(r_all, bright, labels)
+            r_all = r_all / self.residual_amplitude(labels.long(), bright).to(r_all.dtype)
+        r_all = r_all.flatten(1).double()  # (N, P)
         k_max = self.noise_rank
         for k in range(self.n_classes):
             r = r_all[labels == k]
@@ -761,7 +863,8 @@ class ConditionalVAE(nn.Module):
             self.resid_factor[k] = factor.float()
             self.resid_tril[k] = torch.linalg.cholesky(rest).float()
             self.resid_fitted[k] = True
-        self.resid_standardized.fill_(self.residual_units == "decoder")
+        self.resid_standardized.fill_(self.residual_units != "model")
+        self.resid_amp_fitted.fill_(self.residual_units == "location")
         return self
 
     def post_fit(self, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> None:
@@ -808,11 +911,17 @@ class ConditionalVAE(nn.Module):
         return (mean + (tril @ eps.unsqueeze(-1)).squeeze(-1)).float()
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """As nn.Module's, but weights saved before the latent mixture existed load with it unfitted."""
+        """As nn.Module's, but weights saved before the latent mixture existed load with it unfitted, and a
+        mixture saved with another number of components than the builder's `latent_components` (refitted
+        by `generation.sample.fit_sampling_models`) loads with its own."""
         state_dict = dict(state_dict)
+        saved = state_dict.get("latent_weights")
+        if saved is not None and saved.ndim == 2 and saved.shape[1] != self.latent_weights.shape[1]:
+            self.latent_components = int(saved.shape[1])
+            self._latent_buffers(self.latent_components)
         for name in ("latent_weights", "latent_means", "latent_tril", "latent_fitted", "resid_mean", "resid_factor",
                      "resid_tril", "resid_fitted", "condition_label", "condition_weight", "resid_standardized",
-                     "condition_temperature"):
+                     "condition_temperature", "resid_amp", "resid_amp_fitted"):
             state_dict.setdefault(name, getattr(self, name).detach().clone())
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -846,6 +955,8 @@ class ConditionalVAE(nn.Module):
             t = loc + temp * (dist.sample() - loc)
         elif mode == "residual":
             draw = self._residual_draw(y, loc)
+            if bool(self.resid_amp_fitted):  # amplitude that follows the location's brightness
+                draw = draw * self.residual_amplitude(k, self.brightness(loc))
             if bool(self.resid_standardized):  # back from standardised units: scaled by the decoder per pixel
                 draw = (self.pixel_tril(dist) @ draw.unsqueeze(-1)).squeeze(-1)
             t = loc + temp * draw
@@ -962,6 +1073,7 @@ register(
         description="Conditional VAE (on the class or the stamp kind) with a per-pixel probabilistic decoder",
         # HiTS channel order (template, science, difference, snr): science is modelled as science - template
         default_kwargs={"latent_dim": 16, "base_channels": 32, "likelihood": "mvn", "input_transform": "asinh",
-                        "subtract_channels": [[1, 0]], "condition": "auto", "decoder_scale": "global"},
+                        "subtract_channels": [[1, 0]], "condition": "auto", "decoder_scale": "global",
+                        "latent_components": 100, "residual_units": "location"},
     )
 )
