@@ -70,10 +70,10 @@ def _check_mode(mode: str, tm: TrainedModel | None = None) -> None:
 def default_mode(model: TrainedModel) -> str:
     """The pixel mode used when none is asked for: "sample" (the decoder's own noise).
 
-    Chosen on held-out validation stamps (docs/benchmarks/generation.md): of the modes whose stamps
-    train a classifier to >= 0.97 of the real-data accuracy (TSTR/TRTR), it has the best agreement with
-    the judge. "residual" reaches higher agreement and lower Fréchet distances, but its noise teaches a
-    classifier the wrong thing about bad subtractions.
+    Chosen on held-out simulated validation stamps (docs/benchmarks/generation.md): of the modes whose
+    stamps train a classifier to >= 0.97 of the real-data accuracy (TSTR/TRTR), it has the best
+    agreement with the judge. "residual" gives stamps closer to the real ones (smaller Fréchet
+    distances; on the real-pixel set also more agreement) and meets the TSTR goal only just.
     """
     return "sample"
 
