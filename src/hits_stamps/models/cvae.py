@@ -63,7 +63,9 @@ stamps after the last epoch; both are buffers, so they are saved with the weight
                                                   per-class low-rank + block-diagonal Gaussian fitted to
                                                   the residuals t - loc(mu(x), k), each pixel standardised
                                                   by the decoder's scale factor L_p (`fit_residuals`;
-                                                  `residual_units="model"`: L = I)
+                                                  `residual_units="model"`: L = I; "location": also by
+                                                  an amplitude a_k(loc) that follows the location's
+                                                  brightness, t = loc + L (a_k(loc) * e))
 
 `sample(y, mode=...)`: "sample" draws t from the decoder distribution, "residual" adds r to the
 location, "loc" returns the location. The pixel deviation from the location is scaled by a
