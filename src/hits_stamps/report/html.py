@@ -567,7 +567,7 @@ def _tuning_part(tuning: Any) -> list[str]:
                      fmt(row.get("chosen"))])
     who = esc(Path(str(tuning.get("classifier", "?"))).name)
     n = fmt(tuning.get("n_per_condition"))
-    note = (f"<p>Before judging, the pixel temperature of each condition (the scale of the residual noise added to "
+    note = (f"<p>Before judging, the pixel temperature of each condition (the scale of the pixel noise added to "
             f"the decoder location) was chosen with <b>{who}</b>, a classifier that is not the judge: the largest "
             f"temperature whose agreement is within one standard error of the best ({n} stamps per condition and "
             "temperature).</p>")
