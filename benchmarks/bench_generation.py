@@ -197,11 +197,12 @@ def run_set(name: str, train: StampSet, test: StampSet, judge, args, out: Path) 
         train = train[: args.cvae_n]  # the generator (and the judging's reference) sees this prefix only
         res["n_train_cvae"] = len(train)
     t0 = time.perf_counter()
-    if name == "simulated" and args.cvae_dir:
+    given = args.cvae_dir if name == "simulated" else args.real_cvae_dir
+    if given:
         # trained earlier with this script's settings (the same fit call); its time is the sum of its epochs
-        cvae = load_generator(args.cvae_dir)
+        cvae = load_generator(given)
         if cvae.config["training_data"]["n_train"] + cvae.config["training_data"]["n_val"] != len(train):
-            raise SystemExit(f"--cvae-dir {args.cvae_dir} was not trained on these {len(train)} stamps")
+            raise SystemExit(f"{given} was not trained on these {len(train)} {name} stamps")
         train_seconds = sum(r["seconds"] for r in cvae.history)
         res["cvae_dir"] = str(cvae.path)
         (out / "cvae").parent.mkdir(parents=True, exist_ok=True)
@@ -465,6 +466,8 @@ def main() -> None:
     p.add_argument("--cvae-kwargs", default="{}", help="JSON dict of cvae builder arguments")
     p.add_argument("--cvae-dir", default="", help="a cvae trained before on the same simulated training stamps "
                    "(fit with --seed; e.g. by an earlier run): reused instead of training one")
+    p.add_argument("--real-cvae-dir", default="", help="as --cvae-dir, for the real-pixel set (trained on its "
+                   "training part by an earlier run of this script)")
     p.add_argument("--judge-model", default="rotinv-cnn")
     p.add_argument("--judge-epochs", type=int, default=5)
     p.add_argument("--max-per-class", type=int, default=1000)

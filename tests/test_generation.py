@@ -71,7 +71,7 @@ def test_latent_sources_default_refit_and_legacy_models(cvae_dir, toy_train, tmp
 
     g = generate(cvae_dir, 6, "real", seed=1)
     assert g.meta["latent"] == "aggregate"  # the loop fitted the mixture, so it is the default
-    assert g.meta["mode"] == "sample"  # the decoder's own noise, though the loop fitted a residual model too
+    assert g.meta["mode"] == "residual"  # and the residual model
     for mode in ("sample", "loc"):
         assert generate(cvae_dir, 2, "real", mode=mode).meta["mode"] == mode
     np.testing.assert_array_equal(generate(cvae_dir, 6, "real", seed=1, latent="aggregate").images, g.images)

@@ -18,8 +18,8 @@ def generate(
     kind: str | None = typer.Option(None, "--kind", help="Stamp kind (only for generators conditioned on kind)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same stamps."),
     mode: str | None = typer.Option(
-        None, "--mode", help="sample (default): draw every pixel from the decoder; residual: decoder location + "
-        "correlated residual noise; loc: its location."),
+        None, "--mode", help="residual: decoder location + correlated residual noise (the default when the model "
+        "has a residual model); sample: draw every pixel from the decoder; loc: its location."),
     temperature: float = typer.Option(
         1.0, "--temperature", help="0..1: scale of the pixel deviations from the decoder location (1: as learned)."),
     latent: str | None = typer.Option(
