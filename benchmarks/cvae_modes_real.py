@@ -15,20 +15,16 @@ TSTR/TRTR on the validation stamps, physical consistency, memorisation).
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 
 import torch
 
+from _cvae_modes import refit_copy, row, show
 from hits_stamps.generation.judge import evaluate_generator
-from hits_stamps.generation.sample import fit_sampling_models, load_generator, train_config_of
+from hits_stamps.generation.sample import load_generator, train_config_of
 from hits_stamps.realdata import build_real
 from hits_stamps.training import TrainConfig, fit
-from hits_stamps.training.modeldir import CONFIG, write_json
-
-KEYS = ("agreement_real", "agreement_bogus", "frechet_real", "frechet_bogus", "frechet_floor_real",
-        "frechet_floor_bogus", "tstr_over_trtr")
+from hits_stamps.training.modeldir import write_json
 
 
 def main() -> None:
@@ -60,27 +56,17 @@ def main() -> None:
 
     rows = {}
     for units in args.residual_units.split(","):
-        copy = out / f"cvae_{units}"
-        shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(args.cvae_dir, copy)
-        config = json.loads((copy / CONFIG).read_text())
-        config["model_kwargs"]["residual_units"] = units
-        write_json(copy / CONFIG, config)
-        fit_sampling_models(copy, fit_on, seed=cfg.seed)
+        copy = refit_copy(args.cvae_dir, out / f"cvae_{units}", units, fit_on, cfg.seed)
         for mode in args.modes.split(","):
             if mode != "residual" and units != args.residual_units.split(",")[0]:
                 continue  # the residual units only change mode "residual"
             name = f"{mode}" if mode != "residual" else f"residual_{units}"
             res = evaluate_generator(copy, val, out / name, classifier=judge.path, seed=args.seed, progress=False,
                                      train=fit_on, max_per_class=args.max_per_class, mode=mode, make_figures=False)
-            rows[name] = {k: res.get(k) for k in KEYS}
-            rows[name]["tstr_recall"] = res.get("tstr_recall_per_class")
-            rows[name]["physical_real"] = res.get("physical", {}).get("real", {}).get("generated")
-            rows[name]["memorisation_ratio"] = res.get("memorisation", {}).get("ratio")
-            print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in rows[name].items()}, flush=True)
+            rows[name] = row(res)
+            show(name, rows[name])
             write_json(out / "modes.json", {"cvae_dir": args.cvae_dir, "n_fit": len(fit_on), "n_val": len(val),
                                             "rows": rows})
-
 
 if __name__ == "__main__":
     main()

@@ -14,19 +14,15 @@ the directory with its residual model refitted in those units on the stamps the 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 
 import torch
 
+from _cvae_modes import refit_copy, row, show
 from hits_stamps.generation.judge import evaluate_generator
-from hits_stamps.generation.sample import fit_sampling_models, load_generator, train_config_of
+from hits_stamps.generation.sample import load_generator, train_config_of
 from hits_stamps.io import read_stamps
-from hits_stamps.training.modeldir import CONFIG, write_json
-
-KEYS = ("agreement_real", "agreement_bogus", "frechet_real", "frechet_bogus", "frechet_floor_real",
-        "frechet_floor_bogus", "tstr_over_trtr")
+from hits_stamps.training.modeldir import write_json
 
 
 def main() -> None:
@@ -47,25 +43,18 @@ def main() -> None:
         mode, _, units = name.partition("_")
         cvae = run / "models" / "cvae"
         if units:
-            cvae = out / f"cvae_{units}"
-            shutil.rmtree(cvae, ignore_errors=True)
-            shutil.copytree(run / "models" / "cvae", cvae)
-            config = json.loads((cvae / CONFIG).read_text())
-            config["model_kwargs"]["residual_units"] = units
-            write_json(cvae / CONFIG, config)
             gen = load_generator(cvae)
             cfg = train_config_of(gen)
             fit_on = train  # the run trains on all of train.npz (val.npz is its validation set), else the loop split it
             if gen.config["training_data"]["n_train"] != len(train):
                 fit_on = train.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)[0]
-            fit_sampling_models(gen, fit_on, seed=cfg.seed)
+            cvae = refit_copy(cvae, out / f"cvae_{units}", units, fit_on, cfg.seed)
         res = evaluate_generator(cvae, val, out / name, classifier=run / "models" / args.judge, seed=0,
                                  progress=False, train=train, max_per_class=args.max_per_class, mode=mode,
                                  make_figures=False)
-        rows[name] = {k: res.get(k) for k in KEYS}
-        print(name, {k: round(v, 4) if isinstance(v, float) else v for k, v in rows[name].items()}, flush=True)
+        rows[name] = row(res)
+        show(name, rows[name])
         write_json(out / "modes.json", {"run_dir": str(run), "n_val": len(val), "rows": rows})
-
 
 if __name__ == "__main__":
     main()
