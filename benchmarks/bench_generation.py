@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _cvae import generator_split
 from _machine import cpu_model
 from hits_stamps.generation import generate, load_generator
 from hits_stamps.generation.augment import augmentation_experiment
@@ -264,7 +265,7 @@ def diagnose(args, out: Path, result: dict) -> None:
     result["diagnosis"] = {}
     for cvae_dir in args.diagnose.split(","):
         tm = load_generator(cvae_dir)
-        fit_on = _generator_split(tm, train)[0]
+        fit_on = generator_split(tm, train)[0]
         print(f"== {cvae_dir}: {tm.config['model_kwargs']}, fitted on {len(fit_on)}", flush=True)
         t0 = time.perf_counter()
         rows = latent_diagnosis(tm, fit_on, val, judge, args.seed,
@@ -285,16 +286,6 @@ def _snr_residuals(stamps: StampSet, rec: StampSet) -> tuple[np.ndarray, np.ndar
     return np.sqrt(np.mean(centre**2, axis=1)), np.sqrt(np.mean(corner**2, axis=1))
 
 
-def _generator_split(tm, train: StampSet) -> tuple[StampSet, StampSet]:
-    """The training loop's own split of the stamps a cvae was given (a prefix of `train`): (fitted on, held out)."""
-    from hits_stamps.generation.sample import train_config_of
-
-    cfg = train_config_of(tm)
-    n = tm.config["training_data"]["n_train"] + tm.config["training_data"]["n_val"]
-    part = train[:n] if n < len(train) else train  # the stamps the generator was given (a prefix, see select)
-    return part.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)
-
-
 def _validation_stamps(args, tm, train: StampSet | None) -> tuple[StampSet, str]:
     """Validation stamps for a cvae: the first --n-val stamps of its own held-out split of `train` (the stamps of
     --train-file), else simulate_stamps(--n-val, seed=--seed + 1); and a line saying which.
@@ -309,7 +300,7 @@ def _validation_stamps(args, tm, train: StampSet | None) -> tuple[StampSet, str]
     if train is None:
         return simulate_stamps(args.n_val, seed=args.seed + 1), f"simulate_stamps({args.n_val}, seed={args.seed + 1})"
     cfg = train_config_of(tm)
-    held_out = _generator_split(tm, train)[1]
+    held_out = generator_split(tm, train)[1]
     return held_out[: args.n_val], (f"first {min(args.n_val, len(held_out))} of the held-out split "
                                     f"(fraction {cfg.val_fraction}, seed {cfg.seed}) of {args.train_file}")
 
@@ -401,7 +392,7 @@ def noise_variants(args, out: Path, result: dict) -> None:
     if not m.kinds or not m.has_residual_model or not bool(m.resid_standardized):
         raise SystemExit("--noise-variants needs a kind-conditioned cvae with a decoder-standardised residual model")
     train = read_stamps(args.train_file)
-    fit_on = _generator_split(tm, train)[0][: args.n_train]
+    fit_on = generator_split(tm, train)[0][: args.n_train]
     val, source = _validation_stamps(args, tm, train)
     judge = load_model(args.judge_dir)
     p_val = judge.predict(val)

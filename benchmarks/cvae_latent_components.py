@@ -1,10 +1,11 @@
 """How many latent-mixture components a trained cvae should sample from: judge agreement against copying.
 
-For a trained kind- or class-conditioned cvae, refits only its latent mixture (`ConditionalVAE.fit_latent`,
-in memory; the directory is not changed) for every combination of --components (the most components per
-condition) and --codes-per-component (at most one component per this many training codes of a condition;
-`hits_stamps.models.cvae.CODES_PER_COMPONENT` is set to it for the fit), then on the cvae's own held-out
-validation stamps (the first --n-val of the training loop's split of --train-file):
+For a trained kind- or class-conditioned cvae, refits only its latent mixture
+(`ConditionalVAE.fit_latent_codes`, on codes computed once, in memory; the directory is not changed) for
+every combination of --components (the most components per condition) and --codes-per-component (at most
+one component per this many training codes of a condition; `hits_stamps.models.cvae.CODES_PER_COMPONENT`
+is set to it for the fit), then on the cvae's own held-out validation stamps (the first --n-val of the
+training loop's split of --train-file):
 
 - agreement: the fraction of --per-class generated stamps per class (pixel mode --mode) that the judge
   (--judge-dir, a classifier trained on the same file) labels as their class, per class and per kind;
@@ -31,14 +32,16 @@ import numpy as np
 import torch
 
 import hits_stamps.models.cvae as cvae_module
+from _cvae import generator_split
 from hits_stamps.generation.judge import classifier_features, frechet_distance, nearest_distances
-from hits_stamps.generation.sample import conditions_of, generate, load_generator, quiet_inputs, train_config_of
+from hits_stamps.generation.sample import conditions_of, generate, load_generator, quiet_inputs
 from hits_stamps.io import read_stamps
 from hits_stamps.training.modeldir import load_model, write_json
 
 
 @torch.no_grad()
-def _codes(tm, stamps, batch: int = 2048) -> torch.Tensor:
+def _codes(tm, stamps, batch: int = 1024) -> torch.Tensor:
+    """Posterior means (N, d), in the batches `fit_latent` uses (so a mixture fitted to them is the same)."""
     x, y = quiet_inputs(tm, stamps.images), conditions_of(tm, stamps)
     out = [tm.module.encode(x[a : a + batch], y[a : a + batch])[0] for a in range(0, len(x), batch)]
     return torch.cat(out) if out else torch.zeros(0, tm.module.latent_dim)
@@ -72,16 +75,12 @@ def main() -> None:
 
     tm = load_generator(args.cvae_dir)
     module = tm.module.eval()
-    cfg = train_config_of(tm)
-    stamps = read_stamps(args.train_file)
-    n = tm.config["training_data"]["n_train"] + tm.config["training_data"]["n_val"]
-    fit_on, held_out = (stamps[:n] if n < len(stamps) else stamps).split(
-        (1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)
+    fit_on, held_out = generator_split(tm, read_stamps(args.train_file))
     val = held_out[: args.n_val]
     judge = load_model(args.judge_dir)
     f_val = classifier_features(judge, val)
     names = list(module.kinds) if module.kinds else ["bogus", "real"]
-    x_fit, y_fit = quiet_inputs(tm, fit_on.images), conditions_of(tm, fit_on)
+    y_fit = conditions_of(tm, fit_on)
     y_val = conditions_of(tm, val)
     # per condition: decoded posterior means of its training and validation stamps (the copying reference)
     z_fit, z_val = _codes(tm, fit_on), _codes(tm, val)
@@ -101,7 +100,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 cvae_module.CODES_PER_COMPONENT = cpc
                 module.latent_components = m
-                module.fit_latent(x_fit, y_fit)
+                module.fit_latent_codes(z_fit, y_fit)
                 fitted = {name: int((w > 0).sum()) for name, w in zip(names, module.latent_weights, strict=True)}
                 row = {"components": m, "codes_per_component": cpc, "fitted_components": fitted,
                        "agreement": {}, "frechet": {}, "agreement_per_kind": {}, "copying": {}}

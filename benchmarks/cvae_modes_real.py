@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from _cvae_modes import refit_copy, row, show
+from _cvae import generator_split, refit_copy, row, show
 from hits_stamps.generation.judge import evaluate_generator
 from hits_stamps.generation.sample import load_generator, train_config_of
 from hits_stamps.realdata import build_real
@@ -48,7 +48,7 @@ def main() -> None:
     if gen.config["training_data"]["n_train"] + gen.config["training_data"]["n_val"] != len(train):
         raise SystemExit(f"{args.cvae_dir} was not trained on the {len(train)} stamps of the real training part")
     cfg = train_config_of(gen)
-    fit_on, val = train.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)
+    fit_on, val = generator_split(gen, train)
     print(f"real-pixel set: {len(fit_on)} stamps the cvae was fitted on {fit_on.class_balance()}, "
           f"{len(val)} validation stamps {val.class_balance()}", flush=True)
     judge = fit(TrainConfig(model="rotinv-cnn", seed=args.seed, epochs=args.judge_epochs), fit_on,

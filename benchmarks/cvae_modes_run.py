@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from _cvae_modes import refit_copy, row, show
+from _cvae import refit_copy, row, show
 from hits_stamps.generation.judge import evaluate_generator
 from hits_stamps.generation.sample import load_generator, train_config_of
 from hits_stamps.io import read_stamps

@@ -266,6 +266,15 @@ def test_mixture_components_and_weights_saved_and_old_weights_still_load():
     # class 0 has 45 codes: at most 45 // 20 = 2 components, the others weigh 0; class 1 has all 4
     assert CODES_PER_COMPONENT == 20
     assert int((model.latent_weights[0] > 0).sum()) == 2 and int((model.latent_weights[1] > 0).sum()) == 4
+    # the same mixture from the codes computed beforehand
+    model.eval()
+    codes = model.encode(x, y)[0].detach()
+    twin_fit = ConditionalVAE(4, (21, 21), **TINY, latent_components=4)
+    twin_fit.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("latent_")}, strict=False)
+    twin_fit.fit_latent_codes(codes, y)
+    torch.testing.assert_close(twin_fit.latent_means, model.latent_means)
+    with pytest.raises(ValueError, match="expected codes"):
+        model.fit_latent_codes(codes[:, :2], y)
     torch.testing.assert_close(model.latent_weights.sum(1), torch.ones(2))
     state = model.state_dict()
     twin = ConditionalVAE(4, (21, 21), **TINY, latent_components=4)

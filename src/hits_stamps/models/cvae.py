@@ -673,8 +673,6 @@ class ConditionalVAE(nn.Module):
         Cholesky factors, `latent_fitted` (K,)) and so saved with the weights. A class with fewer
         than 2 stamps keeps the prior. Called by the training loop after training (`post_fit`).
         """
-        from sklearn.mixture import GaussianMixture
-
         if x.ndim != 4 or len(x) != len(y):
             raise ValueError(f"expected x (N, C, H, W) and y (N,) of one N; got {tuple(x.shape)}, {tuple(y.shape)}")
         was_training = self.training
@@ -685,20 +683,30 @@ class ConditionalVAE(nn.Module):
             xb, yb = x[start : start + batch_size].to(dev), y[start : start + batch_size].to(dev)
             mus.append(self.encode(xb, yb)[0].double().cpu())
         self.train(was_training)
-        mu = torch.cat(mus).numpy() if mus else np.zeros((0, self.latent_dim))
+        return self.fit_latent_codes(torch.cat(mus) if mus else torch.zeros(0, self.latent_dim), y, seed=seed)
+
+    @torch.no_grad()
+    def fit_latent_codes(self, codes: torch.Tensor, y: torch.Tensor, seed: int = 0) -> ConditionalVAE:
+        """The per-class mixture of `fit_latent` from posterior means already computed, codes (N, d) and y (N,)."""
+        from sklearn.mixture import GaussianMixture
+
+        if codes.ndim != 2 or codes.shape[1] != self.latent_dim or len(codes) != len(y):
+            raise ValueError(f"expected codes (N, {self.latent_dim}) and y (N,) of one N; got {tuple(codes.shape)}, "
+                             f"{tuple(y.shape)}")
+        mu = codes.detach().double().cpu().numpy()
         labels = y.detach().cpu().numpy()
         if self.latent_weights.shape[1] != self.latent_components:  # another number of components: new buffers
             self._latent_buffers(self.latent_components)
             self.latent_fitted.fill_(False)
         m, d = self.latent_weights.shape[1], self.latent_dim
         for k in range(self.n_classes):
-            codes = mu[labels == k]
-            if len(codes) < 2:
+            mine = mu[labels == k]
+            if len(mine) < 2:
                 self.latent_fitted[k] = False
                 continue
-            n_comp = max(1, min(m, len(codes) // CODES_PER_COMPONENT))
+            n_comp = max(1, min(m, len(mine) // CODES_PER_COMPONENT))
             gmm = GaussianMixture(n_comp, covariance_type="full", reg_covar=1e-4, random_state=seed,
-                                  max_iter=200).fit(codes)
+                                  max_iter=200).fit(mine)
             weights = np.zeros(m)
             weights[:n_comp] = gmm.weights_
             means = np.zeros((m, d))

@@ -1,4 +1,4 @@
-"""Shared by the cvae pixel-mode benchmarks (cvae_modes_real.py, cvae_modes_run.py)."""
+"""Shared by the cvae benchmarks (bench_generation.py, cvae_latent_components.py, cvae_modes_*.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,20 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hits_stamps.generation.sample import fit_sampling_models
+from hits_stamps.generation.sample import fit_sampling_models, train_config_of
 from hits_stamps.stamps import StampSet
 from hits_stamps.training.modeldir import CONFIG, write_json
 
 KEYS = ("agreement_real", "agreement_bogus", "frechet_real", "frechet_bogus", "frechet_floor_real",
         "frechet_floor_bogus", "tstr_over_trtr")
+
+
+def generator_split(tm, stamps: StampSet) -> tuple[StampSet, StampSet]:
+    """The training loop's own split of the stamps a cvae was given (a prefix of `stamps`): (fitted on, held out)."""
+    cfg = train_config_of(tm)
+    n = tm.config["training_data"]["n_train"] + tm.config["training_data"]["n_val"]
+    part = stamps[:n] if n < len(stamps) else stamps  # the stamps the generator was given (a prefix, see select)
+    return part.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)
 
 
 def refit_copy(cvae_dir: str | Path, copy: Path, residual_units: str, fit_on: StampSet, seed: int) -> Path:
