@@ -40,6 +40,7 @@ def row(result: dict[str, Any]) -> dict[str, Any]:
     out["tstr_recall"] = result.get("tstr_recall_per_class")
     out["physical_real"] = (result.get("physical") or {}).get("real", {}).get("generated")
     out["memorisation_ratio"] = (result.get("memorisation") or {}).get("ratio")
+    out["memorisation_per_class"] = (result.get("memorisation") or {}).get("per_class")
     return out
 
 

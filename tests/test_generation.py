@@ -193,6 +193,8 @@ def test_evaluate_generator_writes_judging_json(cvae_dir, toy_train, tmp_path):
     assert on_disk["frechet_real"] >= 0 and on_disk["tstr_over_trtr"] > 0
     assert on_disk["physical"]["real"]["real"]["diff_corr"] > 0.99
     assert on_disk["memorisation"]["n_reference"] == 128  # the cvae's own 80% training split of 160
+    per_class = on_disk["memorisation"]["per_class"]
+    assert sum(v["n_reference"] for v in per_class.values()) == 128 and all(v["ratio"] > 0 for v in per_class.values())
     for path in on_disk["figures"].values():
         assert (tmp_path / "judge" / path.split("/")[-1]).stat().st_size > 1000
     assert res["n_generated"] == 40
@@ -207,6 +209,41 @@ def test_evaluate_generator_writes_judging_json(cvae_dir, toy_train, tmp_path):
     mixed = StampSet.concat([toy_train, generate(cvae_dir, 4, "real")])
     with pytest.raises(HitsStampsError, match="include generated"):
         evaluate_generator(cvae_dir, test, tmp_path / "j3", train=mixed, progress=False, max_per_class=10)
+
+
+def test_memorisation_per_class_catches_a_class_that_the_pooled_threshold_hides():
+    from hits_stamps.generation.judge import _memorisation_per_class, nearest_distances
+
+    rng = np.random.default_rng(0)
+
+    def stamps(points, label):  # one-pixel, one-channel "stamps" at the given positions on a line
+        img = np.zeros((len(points), 1, 1, 1), np.float32)
+        img[:, 0, 0, 0] = points
+        return StampSet(img, np.full(len(points), label), channels=("x",))
+
+    def flat(s):
+        return s.images.reshape(len(s), -1)
+
+    # bogus: a dense class (training stamps 0.1 apart, held-out ones 0.03 from one); real: sparse (10 apart,
+    # held-out ones 5 from one). Generated real stamps sit 0.5 from a training stamp: near-copies of their
+    # class, yet far from the pooled threshold, which the dense bogus class sets (0.03).
+    fitted_on = StampSet.concat([stamps(np.arange(1000) * 0.1, 0), stamps(1000 + np.arange(100) * 10.0, 1)])
+    held = {"bogus": stamps(rng.integers(0, 1000, 200) * 0.1 + 0.03, 0),
+            "real": stamps(1000 + rng.integers(0, 100, 50) * 10.0 + 5.0, 1)}
+    generated = {"bogus": stamps(rng.integers(0, 1000, 200) * 0.1 + 0.04, 0),
+                 "real": stamps(1000 + rng.integers(0, 100, 50) * 10.0 + 0.5, 1)}
+    ref = flat(fitted_on)
+    pooled_held = nearest_distances(np.concatenate([flat(held["bogus"]), flat(held["real"])]), ref)
+    pooled_gen = nearest_distances(np.concatenate([flat(generated["bogus"]), flat(generated["real"])]), ref)
+    assert np.mean(pooled_gen < np.percentile(pooled_held, 1)) == 0.0  # the pooled threshold sees nothing
+
+    per = _memorisation_per_class(flat, fitted_on, ref, generated, held)
+    assert per["real"]["fraction_generated_below_held_out_p1"] == 1.0
+    assert per["real"]["ratio"] == pytest.approx(0.1, rel=1e-3) and per["real"]["n_reference"] == 100
+    assert per["bogus"]["fraction_generated_below_held_out_p5"] == 0.0
+    assert per["bogus"]["ratio"] == pytest.approx(4 / 3, rel=1e-2) and per["bogus"]["n_reference"] == 1000
+    only_real = fitted_on[fitted_on.labels == 1]
+    assert _memorisation_per_class(flat, only_real, flat(only_real), generated, held)["bogus"] is None
 
 
 def test_augmentation_experiment_tiny(cvae_dir, toy_train, tmp_path):

@@ -605,6 +605,11 @@ def _generation_section(out: Path, summary: dict[str, Any]) -> str:
                      fmt(mem.get("ratio"))))
         rows.append(("memorisation: generated closer than 99% of held-out real stamps",
                      fmt(mem.get("fraction_generated_below_held_out_p1"))))
+        for cls, per in (mem.get("per_class") or {}).items():
+            if isinstance(per, dict):
+                rows.append((f"&nbsp;&nbsp;&nbsp;{esc(cls)} class against its own training stamps: distance ratio; "
+                             "closer than 99% of its held-out stamps",
+                             f"{fmt(per.get('ratio'))}; {fmt(per.get('fraction_generated_below_held_out_p1'))}"))
     if rows:
         parts.append(table(["judging number", "value"], rows))
     phys = gen.get("physical")
