@@ -124,6 +124,46 @@ def test_cli_generate_writes_file_and_refuses_overwrite(cvae_dir, tmp_path):
     assert main([*args, "--overwrite", "--latent", "nowhere"]) == 2
 
 
+def test_generate_in_snr_range_keeps_only_that_range(cvae_dir, tmp_path):
+    from hits_stamps.generation.sample import generate_in_snr_range
+
+    peaks = generate(cvae_dir, 600, "real", seed=9).snr
+    lo, hi = (float(v) for v in np.quantile(peaks, [0.4, 0.6]))  # about 20% of the draws fall inside
+    calls = []
+    g = generate_in_snr_range(cvae_dir, 50, "real", snr_min=lo, snr_max=hi, seed=3,
+                              progress=lambda kept, drawn: calls.append((kept, drawn)))
+    assert len(g) == 50 and ((g.snr >= lo) & (g.snr < hi)).all() and (g.labels == 1).all()
+    assert len(set(g.ids)) == 50 and all(i.startswith("gen_real_snr") for i in g.ids)
+    assert g.meta["drawn"] >= 50 and 0.05 < g.meta["acceptance"] < 0.6 and g.meta["snr_range"] == [lo, hi]
+    assert calls[-1] == (50, g.meta["drawn"])
+    np.testing.assert_array_equal(generate_in_snr_range(cvae_dir, 50, "real", lo, hi, seed=3).images, g.images)
+    # an open upper end, and the file round trip of the metadata
+    bright = generate_in_snr_range(cvae_dir, 10, "bogus", snr_min=float(np.median(peaks)), seed=1)
+    assert (bright.snr >= np.median(peaks)).all() and bright.meta["snr_range"][1] is None
+    write_stamps(bright, tmp_path / "bright.npz")
+    assert read_stamps(tmp_path / "bright.npz").meta["snr_range"][1] is None
+    with pytest.raises(HitsStampsError, match=r"only 0 of 1000 .*acceptance 0\.00%"):
+        generate_in_snr_range(cvae_dir, 5, "real", snr_min=1e6, snr_max=2e6, max_draws=1000)
+    with pytest.raises(HitsStampsError, match="snr_min < snr_max"):
+        generate_in_snr_range(cvae_dir, 5, "real", snr_min=3.0, snr_max=2.0)
+    # the command line
+    out = tmp_path / "range.npz"
+    assert main(["generate", str(cvae_dir), "--n", "6", "--label", "real", "--snr-min", str(lo), "--snr-max",
+                 str(hi), "--out", str(out)]) == 0
+    got = read_stamps(out)
+    assert len(got) == 6 and ((got.snr >= lo) & (got.snr < hi)).all()
+
+
+def test_generate_in_snr_range_needs_an_snr_channel(tmp_path):
+    from hits_stamps.generation.sample import generate_in_snr_range
+
+    three = make_synthetic_stamps(64, seed=2, channels=3)
+    gen = fit(TrainConfig(model="cvae", epochs=1, batch_size=32, model_kwargs=TINY_CVAE), three, tmp_path / "g3",
+              progress=False)
+    with pytest.raises(HitsStampsError, match="needs an 'snr' channel"):
+        generate_in_snr_range(gen.path, 5, "real", snr_min=1.0)
+
+
 def test_reconstruct_and_interpolate(cvae_dir, toy_train):
     stamps = toy_train[:6]
     rec = reconstruct(cvae_dir, stamps)

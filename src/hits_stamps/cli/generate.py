@@ -25,6 +25,9 @@ def generate(
     latent: str | None = typer.Option(
         None, "--latent", help="aggregate: codes from the fitted per-class latent mixture; prior: N(0, I). "
         "Default: aggregate when the model has the mixture."),
+    snr_min: float | None = typer.Option(
+        None, "--snr-min", help="Keep only stamps whose |SNR| peak (central 5x5) is at least this (drawn until N)."),
+    snr_max: float | None = typer.Option(None, "--snr-max", help="Keep only stamps whose |SNR| peak is below this."),
     out: Path = typer.Option(..., "--out", "-o", help="Output stamp file (.npz or .h5)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
@@ -43,13 +46,26 @@ def generate(
     check_writable(out, overwrite)
     model = load_generator(model_dir)
     t0 = time.perf_counter()
-    stamps = generate_stamps(model, n, label, kind=kind, seed=seed, mode=mode, temperature=temperature,
-                             latent=latent)
+    if snr_min is None and snr_max is None:
+        stamps = generate_stamps(model, n, label, kind=kind, seed=seed, mode=mode, temperature=temperature,
+                                 latent=latent)
+    else:
+        from hits_stamps.generation.sample import generate_in_snr_range
+
+        def report(kept: int, drawn: int) -> None:
+            console.print(f"  {kept} of {n} kept, {drawn} drawn")
+
+        stamps = generate_in_snr_range(
+            model, n, label, snr_min=0.0 if snr_min is None else snr_min,
+            snr_max=float("inf") if snr_max is None else snr_max, kind=kind, seed=seed, progress=report,
+            mode=mode, temperature=temperature, latent=latent)
     seconds = time.perf_counter() - t0
     write_stamps(stamps, out, overwrite=overwrite)
     h, w = stamps.size
+    drawn = stamps.meta.get("drawn")
     console.print(f"wrote {out}: {len(stamps)} generated {stamps.meta['label']} stamps of {h}x{w}x{stamps.n_channels} "
-                  f"in {seconds:.2f} s ({len(stamps) / max(seconds, 1e-9):.0f} stamps/s)")
+                  f"in {seconds:.2f} s ({len(stamps) / max(seconds, 1e-9):.0f} stamps/s"
+                  + (f", {drawn} drawn, acceptance {stamps.meta['acceptance']:.1%})" if drawn else ")"))
 
 
 @app.command("tune-generator")

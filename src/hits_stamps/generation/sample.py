@@ -240,6 +240,76 @@ def generate(
     )
 
 
+def generate_in_snr_range(
+    model: str | os.PathLike | TrainedModel,
+    n: int,
+    label: int | str,
+    snr_min: float = 0.0,
+    snr_max: float = float("inf"),
+    kind: str | None = None,
+    seed: int = 0,
+    max_draws: int | None = None,
+    progress=None,
+    **kwargs,
+) -> StampSet:
+    """n new stamps of class `label` whose |SNR| peak (`StampSet.snr`, central 5x5) lies in [snr_min, snr_max).
+
+    The generator is not conditioned on SNR: stamps are drawn with `generate` in rounds (round r with
+    a seed derived from (seed, r)) and kept when their peak falls in the range, until n are kept or
+    `max_draws` (default 200 n) have been drawn, which raises HitsStampsError with the acceptance
+    rate. So the stamps follow the generator's own distribution given the range; for a
+    kind-conditioned generator asked for a class, kinds that rarely reach the range are rarer among
+    the stamps than in training. `kwargs` go to `generate` (mode, temperature, latent, device,
+    batch_size). `progress(kept, drawn)` is called after each round. ids are
+    `gen_<label>_snr<min>-<max>_s<seed>_<i>`; meta records the range, the draws and the acceptance rate.
+    """
+    tm = load_generator(model, device=kwargs.get("device", "cpu"))
+    if "snr" not in _channels(tm):
+        raise HitsStampsError(f"{tm.path}: selecting by SNR needs an 'snr' channel; the generator has "
+                              f"{list(_channels(tm))}")
+    if not (np.isfinite(snr_min) and snr_min >= 0 and snr_max > snr_min):
+        raise HitsStampsError(f"need 0 <= snr_min < snr_max; got snr_min={snr_min}, snr_max={snr_max}")
+    if n < 0:
+        raise HitsStampsError(f"need n >= 0; got {n}")
+    max_draws = 200 * n if max_draws is None else int(max_draws)
+    kept: list[StampSet] = []
+    n_kept, drawn, rnd = 0, 0, 0
+    while n_kept < n:
+        if drawn >= max_draws:
+            raise HitsStampsError(
+                f"{tm.path}: only {n_kept} of {drawn} generated {LABEL_NAMES[label_value(label)]} stamps had an "
+                f"|SNR| peak in [{snr_min:g}, {snr_max:g}) (acceptance {n_kept / max(drawn, 1):.2%}); "
+                f"raise max_draws or widen the range")
+        rate = n_kept / drawn if drawn else 1.0
+        want = int(np.ceil(1.2 * (n - n_kept) / max(rate, 1.0 / max(drawn, 1))))
+        batch = min(max(want, 256), 20_000, max_draws - drawn)  # at most 20,000 stamps in memory per round
+        round_seed = int(np.random.SeedSequence([int(seed), rnd]).generate_state(1)[0])
+        draw = generate(tm, batch, label, kind=kind, seed=round_seed, **kwargs)
+        inside = (draw.snr >= snr_min) & (draw.snr < snr_max)
+        if inside.any():
+            kept.append(draw[np.flatnonzero(inside)[: n - n_kept]])
+            n_kept += len(kept[-1])
+        drawn += batch
+        rnd += 1
+        if progress is not None:
+            progress(n_kept, drawn)
+    if kept:
+        out = StampSet.concat(kept)
+    else:  # n == 0
+        out = generate(tm, 0, label, kind=kind, seed=seed, **kwargs)
+    name = LABEL_NAMES[label_value(label)]
+    out.ids = np.array([f"gen_{name}_snr{snr_min:g}-{snr_max:g}_s{seed}_{i:07d}" for i in range(len(out))])
+    meta = dict(kept[0].meta) if kept else dict(out.meta)
+    meta.update({"seed": int(seed), "snr_range": [float(snr_min), float(snr_max) if np.isfinite(snr_max) else None],
+                 "drawn": int(drawn),
+                 "acceptance": float(n_kept / drawn) if drawn else None})
+    if "condition" in out.columns:
+        kinds = [meta["condition_kinds"][i] for i in out.columns["condition"].tolist()]
+        meta["kinds"] = {k: kinds.count(k) for k in sorted(set(kinds))}
+    out.meta = meta
+    return out
+
+
 def generate_like(
     model: str | os.PathLike | TrainedModel, like: StampSet, ratio: float = 1.0, seed: int = 0, mode: str | None = None,
     temperature: float = 1.0, latent: str | None = None,
