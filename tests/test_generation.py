@@ -233,6 +233,7 @@ def test_evaluate_generator_writes_judging_json(cvae_dir, toy_train, tmp_path):
     assert on_disk["frechet_real"] >= 0 and on_disk["tstr_over_trtr"] > 0
     assert on_disk["physical"]["real"]["real"]["diff_corr"] > 0.99
     assert on_disk["memorisation"]["n_reference"] == 128  # the cvae's own 80% training split of 160
+    assert set(on_disk["peak_snr"]) == {"real", "bogus"} and 0.0 <= on_disk["peak_snr"]["real"]["ks"] <= 1.0
     per_class = on_disk["memorisation"]["per_class"]
     assert sum(v["n_reference"] for v in per_class.values()) == 128 and all(v["ratio"] > 0 for v in per_class.values())
     for path in on_disk["figures"].values():
@@ -249,6 +250,21 @@ def test_evaluate_generator_writes_judging_json(cvae_dir, toy_train, tmp_path):
     mixed = StampSet.concat([toy_train, generate(cvae_dir, 4, "real")])
     with pytest.raises(HitsStampsError, match="include generated"):
         evaluate_generator(cvae_dir, test, tmp_path / "j3", train=mixed, progress=False, max_per_class=10)
+
+
+def test_peak_snr_comparison_sees_a_longer_tail():
+    from hits_stamps.generation.judge import peak_snr_comparison
+
+    real = make_synthetic_stamps(300, seed=5)
+    same = peak_snr_comparison(real, real)
+    assert same["ks"] == 0.0 and same["generated"] == same["real"] and same["quantiles"][2] == 0.5
+    louder = real[np.arange(len(real))]  # a copy
+    louder.images[..., 3] *= 3.0  # the SNR channel three times too loud
+    cmp = peak_snr_comparison(louder, real)
+    np.testing.assert_allclose(cmp["generated"], 3.0 * np.array(cmp["real"]), rtol=1e-5)
+    assert cmp["ks"] > 0.3
+    assert peak_snr_comparison(make_synthetic_stamps(10, channels=3), real) is None
+    assert peak_snr_comparison(real[:0], real) is None
 
 
 def test_memorisation_per_class_catches_a_class_that_the_pooled_threshold_hides():

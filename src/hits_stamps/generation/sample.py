@@ -142,11 +142,11 @@ def _channels(tm: TrainedModel) -> tuple[str, ...]:
     return tuple(tm.config["input"]["channels"])
 
 
-def _peak_snr(images: np.ndarray, channels: tuple[str, ...], box: int = 5) -> np.ndarray | None:
-    """|SNR| peak in the central box x box pixels of the `snr` channel, (N,); None without one."""
+def peak_snr(images: np.ndarray, channels: tuple[str, ...], box: int = 5) -> np.ndarray | None:
+    """|SNR| peak in the central box x box pixels of the `snr` channel, (N,); None without one (non-finite: 0)."""
     if "snr" not in channels:
         return None
-    plane = images[..., channels.index("snr")]  # (N, H, W)
+    plane = np.nan_to_num(images[..., channels.index("snr")], nan=0.0, posinf=0.0, neginf=0.0)  # (N, H, W)
     h, w = plane.shape[1:]
     r0, c0 = max(0, (h - box) // 2), max(0, (w - box) // 2)
     return np.abs(plane[:, r0 : r0 + box, c0 : c0 + box]).max(axis=(1, 2)).astype(np.float64)
@@ -231,7 +231,7 @@ def generate(
     return StampSet(
         images=images,
         labels=np.full(n, y, dtype=np.int64),
-        snr=_peak_snr(images, channels),
+        snr=peak_snr(images, channels),
         kind=np.full(n, GENERATED_KIND),
         ids=np.array(ids),
         channels=channels,
@@ -379,7 +379,7 @@ def reconstruct(
             chunks.append(_to_stamps_layout(module.sample(conds[start : start + batch_size].to(device), mode, z)))
     images = np.concatenate(chunks) if chunks else np.zeros((0, *stamps.shape[1:]), np.float32)
     return StampSet(
-        images=images, labels=stamps.labels, snr=_peak_snr(images, stamps.channels), kind=stamps.kind,
+        images=images, labels=stamps.labels, snr=peak_snr(images, stamps.channels), kind=stamps.kind,
         ids=stamps.ids, channels=stamps.channels,
         meta={"source": "reconstruction", "generator": str(tm.path), "mode": mode, "seed": int(seed)},
     )
@@ -424,7 +424,7 @@ def interpolate(
     return StampSet(
         images=images,
         labels=np.full(steps, int(labels[0]) if same else -1, dtype=np.int64),
-        snr=_peak_snr(images, a.channels),
+        snr=peak_snr(images, a.channels),
         kind=np.full(steps, GENERATED_KIND),
         ids=np.array([f"interp_{a.ids[0]}_{b.ids[0]}_{k:03d}" for k in range(steps)]),
         channels=a.channels,

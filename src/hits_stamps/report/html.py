@@ -625,13 +625,19 @@ def _generation_section(out: Path, summary: dict[str, Any]) -> str:
         heads = ["physical consistency (median over stamps)"] + [f"{esc(c)}: {w}" for c in phys
                                                                   for w in ("generated", "real")]
         parts.append(table(heads, prow))
+    peaks = gen.get("peak_snr")
+    if isinstance(peaks, dict) and any(isinstance(v, dict) for v in peaks.values()):
+        srow = [[esc(cls), fmt(v["generated"][2]), fmt(v["real"][2]), fmt(v["generated"][-1]), fmt(v["real"][-1]),
+                 fmt(v["ks"])] for cls, v in peaks.items() if isinstance(v, dict)]
+        parts.append(table(["|SNR| peak (central 5x5)", "median: generated", "real", "95%: generated", "real",
+                            "Kolmogorov-Smirnov statistic"], srow))
     figs = {p.stem: p for ps in figures_in(out / "generation").values() for p in ps
             if "judge_classifier" not in p.parts and "tstr_classifier" not in p.parts}
     parts.append('<div class="grid2">')
     for stem in [k for k in GEN_CAPTIONS if k in figs] + sorted(k for k in figs if k not in GEN_CAPTIONS):
         parts.append(figure(figs[stem], GEN_CAPTIONS.get(stem, esc(_title_from_name(figs[stem])) + ".")))
     parts.append("</div>")
-    rest = {k: v for k, v in gen.items() if k not in dict(JUDGE_KEYS) and k not in ("physical", "figures")}
+    rest = {k: v for k, v in gen.items() if k not in dict(JUDGE_KEYS) and k not in ("physical", "figures", "peak_snr")}
     if rest:
         parts.append("<details><summary>All judging numbers</summary>" + kv_table(rest) + "</details>")
     return "\n".join(parts)
