@@ -637,3 +637,46 @@ def test_global_decoder_scale_is_one_learned_covariance_for_every_pixel(likeliho
     assert model.global_scale.grad.abs().sum() > 0  # learned with the rest
     with pytest.raises(ValueError, match="decoder_scale must be one of"):
         ConditionalVAE(**TINY, decoder_scale="stamp")
+
+
+def test_linear_noise_channels_keep_their_noise_flat_in_data_units():
+    from hits_stamps.models.cvae import AMPLITUDE_KNOTS
+
+    model, _ = _fitted(residual_units="location", linear_noise_channels=[3], subtract_channels=[[1, 0]])
+    twin, _ = _fitted(residual_units="location", subtract_channels=[[1, 0]])
+    real_only, _ = _fitted(residual_units="location", linear_noise_channels=[3], linear_noise_labels=[1],
+                           subtract_channels=[[1, 0]])
+    twin.load_state_dict(model.state_dict())
+    real_only.load_state_dict(model.state_dict())
+    h, w = model.size
+    # a location that is faint on the left half and bright (|t| = 4) on the right half, in every channel
+    loc = torch.zeros(1, h, w, 4)
+    loc[:, :, w // 2 + 1 :] = 4.0
+    for m in (model, twin, real_only):
+        m.eval()
+        m.decode = lambda z, y: D.Independent(D.Normal(loc.expand(len(z), -1, -1, -1), 1.0), 3)
+        m.resid_fitted.fill_(True)  # unit white residuals (mean 0, no low-rank part, identity blocks)
+        m.resid_amp.copy_(torch.tensor(AMPLITUDE_KNOTS).add(1.0).expand_as(m.resid_amp))  # amplitude 1 + brightness
+        m.resid_amp_fitted.fill_(True)
+    y, z = torch.zeros(4000, dtype=torch.long), torch.zeros(4000, model.latent_dim)
+    torch.manual_seed(0)
+    flat_noise = model.sample(y, mode="residual", z=z).std(0)  # (C, H, W) in data units
+    torch.manual_seed(0)
+    grown = twin.sample(y, mode="residual", z=z).std(0)
+    scale = model.transform.scale
+    faint, bright = (slice(None), slice(0, w // 2)), (slice(None), slice(w // 2 + 1, None))
+    # the linear channel: scale x amplitude at brightness 0 (= 1) everywhere, bright pixels included
+    torch.testing.assert_close(flat_noise[3][faint].mean(), scale[3], rtol=0.05, atol=0)
+    torch.testing.assert_close(flat_noise[3][bright].mean(), scale[3], rtol=0.05, atol=0)
+    # without it, the same channel's noise grows on the bright half (amplitude 5, and the asinh slope)
+    assert grown[3][bright].mean() > 20 * grown[3][faint].mean()
+    # the other channels are drawn as before
+    torch.testing.assert_close(flat_noise[:3], grown[:3])
+    # linear_noise_labels: only rows of those classes (here class 1) get it
+    for label, expected in ((1, flat_noise), (0, grown)):
+        torch.manual_seed(0)
+        torch.testing.assert_close(real_only.sample(torch.full((4000,), label), mode="residual", z=z).std(0), expected)
+    with pytest.raises(ValueError, match="linear_noise_channels"):
+        ConditionalVAE(4, (21, 21), **TINY, subtract_channels=[[1, 0]], linear_noise_channels=[1])
+    with pytest.raises(ValueError, match="linear_noise_channels"):
+        ConditionalVAE(4, (21, 21), **TINY, linear_noise_channels=[4])

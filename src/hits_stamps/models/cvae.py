@@ -330,6 +330,8 @@ class ConditionalVAE(nn.Module):
         source_offset: float = 5.0,
         decoder_scale: str = "pixel",
         amplitude_from: str = "all",
+        linear_noise_channels: tuple[int, ...] | list = (),
+        linear_noise_labels: tuple[int, ...] | list | None = None,
     ):
         super().__init__()
         if residual_units not in RESIDUAL_UNITS:
@@ -373,6 +375,14 @@ class ConditionalVAE(nn.Module):
             raise ValueError(f"kl_weight must be > 0; got {kl_weight}")
         self.kl_weight_final = float(kl_weight)
         self.transform = ChannelTransform(in_channels, input_transform, asinh_softening, subtract_channels)
+        lin = tuple(sorted({int(c) for c in linear_noise_channels}))
+        mixed = {c for pair in self.transform.subtract for c in pair}
+        if any(c < 0 or c >= in_channels or c in mixed for c in lin):
+            raise ValueError(f"linear_noise_channels must be channels in 0..{in_channels - 1} that subtract_channels "
+                             f"does not use; got {list(linear_noise_channels)}")
+        self.linear_noise_channels = lin
+        # the classes whose conditions get that noise (None: all)
+        self.linear_noise_labels = None if linear_noise_labels is None else tuple(int(v) for v in linear_noise_labels)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
         # condition -> class label, and the conditions' training frequencies (set by `post_fit`)
         self.register_buffer("condition_label", torch.tensor(labels_of_conditions, dtype=torch.long))  # (K,)
@@ -964,11 +974,32 @@ class ConditionalVAE(nn.Module):
         if mode == "sample":
             t = loc + temp * (dist.sample() - loc)
         elif mode == "residual":
-            draw = self._residual_draw(y, loc)
-            if bool(self.resid_amp_fitted):  # amplitude that follows the location's brightness
-                draw = draw * self.residual_amplitude(k, self.brightness(loc))
-            if bool(self.resid_standardized):  # back from standardised units: scaled by the decoder per pixel
-                draw = (self.pixel_tril(dist) @ draw.unsqueeze(-1)).squeeze(-1)
+            e = self._residual_draw(y, loc)
+            tril = self.pixel_tril(dist) if bool(self.resid_standardized) else None
+
+            def scaled(amplitude: torch.Tensor | None) -> torch.Tensor:
+                d = e if amplitude is None else e * amplitude
+                # back from standardised units: scaled by the decoder per pixel
+                return d if tril is None else (tril @ d.unsqueeze(-1)).squeeze(-1)
+
+            fitted_amp = bool(self.resid_amp_fitted)  # amplitude that follows the location's brightness
+            draw = scaled(self.residual_amplitude(k, self.brightness(loc)) if fitted_amp else None)
+            lin = list(self.linear_noise_channels)
+            if lin:
+                # these channels' noise does not grow with brightness: the draw at the faint level,
+                # added where the input transform is linear (data units / scale)
+                faint = scaled(self.residual_amplitude(k, torch.zeros_like(loc)) if fitted_amp else None)
+                t = loc + temp * draw
+                t_lin = t.clone()
+                t_lin[..., lin] = loc[..., lin]
+                x_lin = self.to_data_units(t_lin.permute(0, 3, 1, 2))
+                scale = self.transform.scale[lin].to(x_lin.dtype).view(1, -1, 1, 1)
+                x_lin[:, lin] = x_lin[:, lin] + scale * (temp * faint[..., lin]).permute(0, 3, 1, 2)
+                if self.linear_noise_labels is None:
+                    return x_lin
+                labels = self.condition_label[k.to(self.condition_label.device)].to(loc.device)
+                rows = torch.isin(labels, torch.tensor(self.linear_noise_labels, device=loc.device))
+                return torch.where(rows.view(-1, 1, 1, 1), x_lin, self.to_data_units(t.permute(0, 3, 1, 2)))
             t = loc + temp * draw
         else:
             t = loc
