@@ -1108,7 +1108,7 @@ register(
         objective=cvae_objective,
         data_kwargs=cvae_data_kwargs,
         recipe=Recipe(
-            optimizer="adam", lr=1e-3, batch_size=64, epochs=30, scaling="none", nan_policy="median",
+            optimizer="adam", lr=1e-3, batch_size=64, epochs=48, scaling="none", nan_policy="median",
             clip_grad_norm=100.0, lr_schedule="cosine",
         ),
         description="Conditional VAE (on the class or the stamp kind) with a per-pixel probabilistic decoder",
