@@ -160,12 +160,14 @@ def plot_augmentation(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     fr = sorted(rows, key=float)
     x = [float(f) * 100 for f in fr]
     fig = Figure(figsize=(8, 3.2))
-    axes = fig.subplots(1, 2)
+    axes = fig.subplots(1, 2, gridspec_kw={"wspace": 0.35})
     for arm in ARMS:
         axes[0].plot(x, [rows[f]["arms"][arm]["accuracy"] for f in fr], marker="o", label=arm)
         axes[1].plot(x, [rows[f]["arms"][arm]["fnr_at_fpr_1pct"] for f in fr], marker="o", label=arm)
     for ax, name in zip(axes, ("test accuracy", "FNR at FPR = 1%"), strict=True):
         ax.set_xscale("log")
+        ax.set_xticks(x, [f"{v:g}" for v in x])  # the fractions measured, not powers of ten
+        ax.minorticks_off()
         ax.set_xlabel("% of real training stamps")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
