@@ -293,13 +293,15 @@ def test_memorisation_per_class_catches_a_class_that_the_pooled_threshold_hides(
     pooled_gen = nearest_distances(np.concatenate([flat(generated["bogus"]), flat(generated["real"])]), ref)
     assert np.mean(pooled_gen < np.percentile(pooled_held, 1)) == 0.0  # the pooled threshold sees nothing
 
-    per = _memorisation_per_class(flat, fitted_on, ref, generated, held)
+    gen_flat = {name: flat(g) for name, g in generated.items()}
+    held_flat = {name: flat(h) for name, h in held.items()}
+    per = _memorisation_per_class(ref, fitted_on.labels, gen_flat, held_flat)
     assert per["real"]["fraction_generated_below_held_out_p1"] == 1.0
     assert per["real"]["ratio"] == pytest.approx(0.1, rel=1e-3) and per["real"]["n_reference"] == 100
     assert per["bogus"]["fraction_generated_below_held_out_p5"] == 0.0
     assert per["bogus"]["ratio"] == pytest.approx(4 / 3, rel=1e-2) and per["bogus"]["n_reference"] == 1000
     only_real = fitted_on[fitted_on.labels == 1]
-    assert _memorisation_per_class(flat, only_real, flat(only_real), generated, held)["bogus"] is None
+    assert _memorisation_per_class(flat(only_real), only_real.labels, gen_flat, held_flat)["bogus"] is None
 
 
 def test_augmentation_experiment_tiny(cvae_dir, toy_train, tmp_path):

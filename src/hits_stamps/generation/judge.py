@@ -399,12 +399,12 @@ def evaluate_generator(
     fitted_on, fitted_note = _generator_training_part(gen, reference)
     if len(fitted_on) > max_reference:
         fitted_on = fitted_on[np.sort(rng.choice(len(fitted_on), max_reference, replace=False))]
-    held_out = StampSet.concat([real_test[n] for n, _ in CLASSES])
-    all_gen = StampSet.concat([generated[n] for n, _ in CLASSES])
     flat = _model_units_flat(gen)
     ref_flat = flat(fitted_on)
-    d_gen = nearest_distances(flat(all_gen), ref_flat)
-    d_held = nearest_distances(flat(held_out), ref_flat)
+    gen_flat = {n: flat(generated[n]) for n, _ in CLASSES}  # each class once, for the pooled and per-class parts
+    held_flat = {n: flat(real_test[n]) for n, _ in CLASSES}
+    d_gen = nearest_distances(np.concatenate(list(gen_flat.values())), ref_flat)
+    d_held = nearest_distances(np.concatenate(list(held_flat.values())), ref_flat)
     copy_threshold = float(np.percentile(d_held, 1))
     result["memorisation"] = {
         "reference": fitted_note if ref_source.startswith("generator") or ref_source == "given" else ref_source,
@@ -413,7 +413,7 @@ def evaluate_generator(
         "median_nn_held_out": float(np.median(d_held)),
         "ratio": float(np.median(d_gen) / np.median(d_held)),
         "fraction_generated_below_held_out_p1": float(np.mean(d_gen < copy_threshold)),
-        "per_class": _memorisation_per_class(flat, fitted_on, ref_flat, generated, real_test),
+        "per_class": _memorisation_per_class(ref_flat, fitted_on.labels, gen_flat, held_flat),
         "units": "euclidean distance over all pixels and channels in the generator's transformed units",
     }
 
@@ -440,9 +440,12 @@ def _model_units_flat(gen: TrainedModel):
     return flat
 
 
-def _memorisation_per_class(flat, fitted_on: StampSet, ref_flat: np.ndarray, generated: dict[str, StampSet],
-                            real_test: dict[str, StampSet]) -> dict[str, dict[str, float] | None]:
+def _memorisation_per_class(ref_flat: np.ndarray, ref_labels: np.ndarray, gen_flat: dict[str, np.ndarray],
+                            held_flat: dict[str, np.ndarray]) -> dict[str, dict[str, float] | None]:
     """Per class: generated and held-out real stamps of that class against the training stamps of that class.
+
+    All stamps as flat rows in the generator's model units: ref_flat (M, P) the training stamps with
+    their labels ref_labels (M,); gen_flat and held_flat, per class name, (N, P).
 
     The pooled figures mix the classes, whose nearest-neighbour distances differ in scale (few, bright
     transients against many faint artifacts), so a class that reproduces its training stamps can hide
@@ -450,12 +453,12 @@ def _memorisation_per_class(flat, fitted_on: StampSet, ref_flat: np.ndarray, gen
     """
     out: dict[str, dict[str, float] | None] = {}
     for name, lab in CLASSES:
-        ref = ref_flat[fitted_on.labels == lab]
+        ref = ref_flat[ref_labels == lab]
         if len(ref) < 2:
             out[name] = None
             continue
-        d_gen = nearest_distances(flat(generated[name]), ref)
-        d_held = nearest_distances(flat(real_test[name]), ref)
+        d_gen = nearest_distances(gen_flat[name], ref)
+        d_held = nearest_distances(held_flat[name], ref)
         out[name] = {
             "n_reference": len(ref),
             "ratio": float(np.median(d_gen) / np.median(d_held)),
