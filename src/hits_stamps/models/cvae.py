@@ -770,18 +770,23 @@ class ConditionalVAE(nn.Module):
         b = a[..., :2] if self.amplitude_from == "images" else a
         return b.amax(-1, keepdim=True).expand_as(a)
 
+    @staticmethod
+    def _knot_position(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For brightness b (any shape): i, the index of the knot at or above b (1..nb-1), and f in [0, 1], b's
+        position between knots i - 1 and i (b clamped to the knot range), both shaped like b."""
+        knots = torch.as_tensor(AMPLITUDE_KNOTS, dtype=b.dtype, device=b.device)
+        bc = b.clamp(knots[0], knots[-1]).contiguous()
+        i = torch.searchsorted(knots, bc, right=True).clamp(1, len(knots) - 1)
+        return i, (bc - knots[i - 1]) / (knots[i] - knots[i - 1])
+
     def residual_amplitude(self, k: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The "location" residual amplitude a_kc(b) (B, H, W, C) for classes k (B,) and brightness b (B, H, W, C).
 
         Piecewise linear in b between the knots `AMPLITUDE_KNOTS` (constant beyond the last), from the
         per-class, per-channel residual RMS `resid_amp` (K, C, nb) fitted by `fit_residuals`.
         """
-        knots = torch.as_tensor(AMPLITUDE_KNOTS, dtype=b.dtype, device=b.device)
-        nb, c = len(knots), b.shape[-1]
-        bc = b.clamp(knots[0], knots[-1]).contiguous()
-        i = torch.searchsorted(knots, bc, right=True).clamp(1, nb - 1)  # (B, H, W, C)
-        lo, hi = knots[i - 1], knots[i]
-        f = (bc - lo) / (hi - lo)
+        nb, c = len(AMPLITUDE_KNOTS), b.shape[-1]
+        i, f = self._knot_position(b)  # (B, H, W, C) each
         amp = self.resid_amp[k.to(self.resid_amp.device)].to(b.dtype).reshape(len(k), c * nb)  # (B, C nb)
         offset = torch.arange(c, device=b.device) * nb  # channel c's knots start at c nb
         idx = (i + offset).flatten(1)  # (B, H W C)
@@ -793,18 +798,15 @@ class ConditionalVAE(nn.Module):
         """resid_amp[k, c, j]: RMS of the residuals r (N, H, W, C) of class k, channel c, over pixels whose
         brightness b (N, H, W, C) lies near knot j (linear weights between the two nearest knots); knots
         with less than 200 pixels' weight take the nearest filled knot's value; a class without pixels keeps 1."""
-        knots = torch.as_tensor(AMPLITUDE_KNOTS, dtype=torch.float64)
-        nb, c = len(knots), self.in_channels
+        nb, c = len(AMPLITUDE_KNOTS), self.in_channels
         labels = labels.long().cpu()
         for k in range(self.n_classes):
             sel = labels == k
             if not bool(sel.any()):
                 continue
             for ch in range(c):
-                bc = b[sel, ..., ch].double().clamp(knots[0], knots[-1]).flatten()
+                i, f = self._knot_position(b[sel, ..., ch].double().flatten())
                 r2 = r[sel, ..., ch].double().flatten() ** 2
-                i = torch.searchsorted(knots, bc, right=True).clamp(1, nb - 1)
-                f = (bc - knots[i - 1]) / (knots[i] - knots[i - 1])
                 mass = torch.bincount(i - 1, 1 - f, nb) + torch.bincount(i, f, nb)  # (nb,)
                 ms = (torch.bincount(i - 1, (1 - f) * r2, nb) + torch.bincount(i, f * r2, nb)) / mass.clamp_min(1e-12)
                 ok = mass >= 200
@@ -983,13 +985,12 @@ class ConditionalVAE(nn.Module):
                 return d if tril is None else (tril @ d.unsqueeze(-1)).squeeze(-1)
 
             fitted_amp = bool(self.resid_amp_fitted)  # amplitude that follows the location's brightness
-            draw = scaled(self.residual_amplitude(k, self.brightness(loc)) if fitted_amp else None)
+            t = loc + temp * scaled(self.residual_amplitude(k, self.brightness(loc)) if fitted_amp else None)
             lin = list(self.linear_noise_channels)
             if lin:
                 # these channels' noise does not grow with brightness: the draw at the faint level,
                 # added where the input transform is linear (data units / scale)
                 faint = scaled(self.residual_amplitude(k, torch.zeros_like(loc)) if fitted_amp else None)
-                t = loc + temp * draw
                 t_lin = t.clone()
                 t_lin[..., lin] = loc[..., lin]
                 x_lin = self.to_data_units(t_lin.permute(0, 3, 1, 2))
@@ -1000,7 +1001,6 @@ class ConditionalVAE(nn.Module):
                 labels = self.condition_label[k.to(self.condition_label.device)].to(loc.device)
                 rows = torch.isin(labels, torch.tensor(self.linear_noise_labels, device=loc.device))
                 return torch.where(rows.view(-1, 1, 1, 1), x_lin, self.to_data_units(t.permute(0, 3, 1, 2)))
-            t = loc + temp * draw
         else:
             t = loc
         return self.to_data_units(t.permute(0, 3, 1, 2))
