@@ -32,19 +32,11 @@ import numpy as np
 import torch
 
 import hits_stamps.models.cvae as cvae_module
-from _cvae import generator_split
+from _cvae import generator_split, posterior_means
 from hits_stamps.generation.judge import classifier_features, frechet_distance, nearest_distances
-from hits_stamps.generation.sample import conditions_of, generate, load_generator, quiet_inputs
+from hits_stamps.generation.sample import conditions_of, generate, load_generator
 from hits_stamps.io import read_stamps
 from hits_stamps.training.modeldir import load_model, write_json
-
-
-@torch.no_grad()
-def _codes(tm, stamps, batch: int = 1024) -> torch.Tensor:
-    """Posterior means (N, d), in the batches `fit_latent` uses (so a mixture fitted to them is the same)."""
-    x, y = quiet_inputs(tm, stamps.images), conditions_of(tm, stamps)
-    out = [tm.module.encode(x[a : a + batch], y[a : a + batch])[0] for a in range(0, len(x), batch)]
-    return torch.cat(out) if out else torch.zeros(0, tm.module.latent_dim)
 
 
 @torch.no_grad()
@@ -83,7 +75,7 @@ def main() -> None:
     y_fit = conditions_of(tm, fit_on)
     y_val = conditions_of(tm, val)
     # per condition: decoded posterior means of its training and validation stamps (the copying reference)
-    z_fit, z_val = _codes(tm, fit_on), _codes(tm, val)
+    z_fit, z_val = posterior_means(tm, fit_on), posterior_means(tm, val)
     reference = {}
     for k, name in enumerate(names):
         tr, va = z_fit[y_fit == k], z_val[y_val == k]
