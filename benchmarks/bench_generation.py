@@ -483,7 +483,8 @@ def main() -> None:
                    help="only the real-pixel set (no speed measurement, no augmentation)")
     p.add_argument("--skip-augmentation", action="store_true")
     p.add_argument("--only-augmentation", action="store_true",
-                   help="run only the augmentation experiment with the cvae in --cvae-dir (simulated set)")
+                   help="run only the augmentation experiment: with the cvae in --cvae-dir on the simulated set, "
+                   "or with --skip-simulated and --real-cvae-dir on the real-pixel set")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--progress", action="store_true")
     p.add_argument("--diagnose", default="", help="comma-separated cvae directories: run only `latent_diagnosis` "
@@ -518,11 +519,16 @@ def main() -> None:
         return
     sets = data_sets(args)
     if args.only_augmentation:
-        if not args.cvae_dir or "simulated" not in sets:
-            p.error("--only-augmentation needs --cvae-dir and the simulated set")
-        train, test = sets["simulated"]
+        # the simulated set with --cvae-dir, or (with --skip-simulated) the real-pixel set with --real-cvae-dir
+        name = "simulated" if "simulated" in sets else "real"
+        cvae_dir = args.cvae_dir if name == "simulated" else args.real_cvae_dir
+        if not cvae_dir or name not in sets:
+            p.error("--only-augmentation needs --cvae-dir and the simulated set, or --skip-simulated, "
+                    "--real-cvae-dir and the real-pixel set")
+        train, test = sets[name]
+        result["augmentation_set"] = name
         result["augmentation"] = augmentation_experiment(
-            train, test, args.cvae_dir, fractions=tuple(float(f) for f in args.aug_fractions.split(",")),
+            train, test, cvae_dir, fractions=tuple(float(f) for f in args.aug_fractions.split(",")),
             seed=args.seed, epochs=args.aug_epochs, out_dir=out / "augmentation", progress=args.progress,
             temperature=args.temperature, latent=args.latent or None, retrain_cvae=not args.aug_reuse_cvae,
         )
