@@ -7,9 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from hits_stamps.generation.sample import conditions_of, fit_sampling_models, quiet_inputs, train_config_of
+from hits_stamps.generation.sample import fit_sampling_models, train_config_of
 from hits_stamps.stamps import StampSet
 from hits_stamps.training.modeldir import CONFIG, write_json
 
@@ -23,15 +21,6 @@ def generator_split(tm, stamps: StampSet) -> tuple[StampSet, StampSet]:
     n = tm.config["training_data"]["n_train"] + tm.config["training_data"]["n_val"]
     part = stamps[:n] if n < len(stamps) else stamps  # the stamps the generator was given (a prefix, see select)
     return part.split((1 - cfg.val_fraction, cfg.val_fraction), seed=cfg.seed)
-
-
-@torch.no_grad()
-def posterior_means(tm, stamps: StampSet, batch: int = 1024) -> torch.Tensor:
-    """Posterior means (N, d) of a cvae's codes, in the batches `fit_latent` uses (so a mixture fitted to them is
-    the same)."""
-    x, y = quiet_inputs(tm, stamps.images), conditions_of(tm, stamps)
-    out = [tm.module.encode(x[a : a + batch], y[a : a + batch])[0] for a in range(0, len(x), batch)]
-    return torch.cat(out) if out else torch.zeros(0, tm.module.latent_dim)
 
 
 def refit_copy(cvae_dir: str | Path, copy: Path, residual_units: str, fit_on: StampSet, seed: int) -> Path:

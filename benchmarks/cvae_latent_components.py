@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 import hits_stamps.models.cvae as cvae_module
-from _cvae import generator_split, posterior_means
+from _cvae import generator_split
 from hits_stamps.generation.judge import classifier_features, frechet_distance, nearest_distances
-from hits_stamps.generation.sample import conditions_of, generate, load_generator
+from hits_stamps.generation.sample import generate, load_generator, posterior_means
 from hits_stamps.io import read_stamps
 from hits_stamps.training.modeldir import load_model, write_json
 
@@ -72,10 +72,8 @@ def main() -> None:
     judge = load_model(args.judge_dir)
     f_val = classifier_features(judge, val)
     names = list(module.kinds) if module.kinds else ["bogus", "real"]
-    y_fit = conditions_of(tm, fit_on)
-    y_val = conditions_of(tm, val)
     # per condition: decoded posterior means of its training and validation stamps (the copying reference)
-    z_fit, z_val = posterior_means(tm, fit_on), posterior_means(tm, val)
+    (z_fit, y_fit), (z_val, y_val) = posterior_means(tm, fit_on), posterior_means(tm, val)
     reference = {}
     for k, name in enumerate(names):
         tr, va = z_fit[y_fit == k], z_val[y_val == k]

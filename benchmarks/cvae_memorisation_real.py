@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 import hits_stamps.models.cvae as cvae_module
-from _cvae import generator_split, posterior_means
+from _cvae import generator_split
 from hits_stamps.generation.judge import _model_units_flat, nearest_distances
-from hits_stamps.generation.sample import conditions_of, generate, load_generator
+from hits_stamps.generation.sample import generate, load_generator, posterior_means
 from hits_stamps.realdata import build_real
 from hits_stamps.training.modeldir import write_json
 
@@ -57,7 +57,7 @@ def main() -> None:
     objects = {name: int(len(np.unique(s.columns["object_index"][s.labels == args.label])))
                for name, s in {"fitted on": fit_on, **references}.items()}
     print(f"class {args.label}: {int(mine.sum())} training stamps; objects {objects}", flush=True)
-    codes, y = posterior_means(gen, fit_on), conditions_of(gen, fit_on)
+    codes, y = posterior_means(gen, fit_on)
     rows = []
     saved = cvae_module.CODES_PER_COMPONENT
     try:

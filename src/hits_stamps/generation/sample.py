@@ -334,8 +334,13 @@ def train_config_of(tm: TrainedModel) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in tc.items() if k in names})
 
 
-def _encode(tm: TrainedModel, stamps: StampSet, device: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means (N, d) of labelled stamps, and their conditions (N,) (`conditions_of`)."""
+def posterior_means(
+    tm: TrainedModel, stamps: StampSet, device: str = "cpu", batch_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means (N, d) of labelled stamps, and their conditions (N,) (`conditions_of`).
+
+    Encoded in batches of `batch_size` (1024: the batches of `ConditionalVAE.fit_latent`, so a mixture
+    fitted to these codes is the one the training loop fits)."""
     tm.check_input(stamps)
     if np.any(stamps.labels < 0):
         raise HitsStampsError(
@@ -368,7 +373,7 @@ def reconstruct(
     """
     tm = load_generator(model, device=device)
     _check_mode(mode, tm)
-    mu, conds = _encode(tm, stamps, device, batch_size)
+    mu, conds = posterior_means(tm, stamps, device, batch_size)
     module = tm.module
     chunks = []
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
@@ -409,7 +414,7 @@ def interpolate(
     if steps < 2:
         raise HitsStampsError(f"steps must be >= 2; got {steps}")
     ends = StampSet.concat([a, b])
-    mu, conds = _encode(tm, ends, device, 2)
+    mu, conds = posterior_means(tm, ends, device, 2)
     labels = ends.labels
     module = tm.module
     s = torch.linspace(0.0, 1.0, steps)[:, None]  # (steps, 1)
