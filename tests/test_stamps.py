@@ -3,6 +3,7 @@ import pytest
 
 from hits_stamps import StampSet
 from hits_stamps.datasets import make_synthetic_stamps
+from hits_stamps.stamps import GroupLeakError, check_disjoint_groups
 
 
 def test_split_matches_seed_report_sizes():
@@ -96,3 +97,30 @@ def test_group_split_uses_majority_label_per_group():
         groups_in = {owner[i] for i in part.ids}
         counts = {lab: sum(majority[g % 5] == lab for g in groups_in) for lab in (-1, 0, 1)}
         assert counts == {-1: 5, 0: 15, 1: 5}
+
+
+def test_groups_travel_through_indexing_concat_and_split(toy):
+    groups = np.array([f"obj{i % 7}" for i in range(len(toy))])
+    s = StampSet(images=toy.images, labels=toy.labels, groups=groups)
+    assert s.n_groups() == 7
+    assert (s[[0, 8]].groups == ["obj0", "obj1"]).all()
+    a, b = s.split((0.6, 0.4), seed=1)  # the set's own groups are used
+    assert not set(a.groups) & set(b.groups)
+    assert len(a) + len(b) == len(s)
+    check_disjoint_groups({"train": a, "test": b})
+    with pytest.raises(GroupLeakError, match=r"'train' and 'test' share 1 object"):
+        check_disjoint_groups({"train": a, "test": StampSet.concat([b, a[:1]])})
+    # an ungrouped set joins as one object per stamp, keyed by its id
+    mixed = StampSet.concat([s[:3], StampSet(images=toy.images[:2], ids=np.array(["x", "y"]))])
+    assert mixed.groups.tolist() == ["obj0", "obj1", "obj2", "x", "y"]
+
+
+def test_groups_round_trip_through_files(toy, tmp_path):
+    from hits_stamps.io import read_stamps, write_stamps
+
+    s = StampSet(images=toy.images[:5], labels=toy.labels[:5], groups=np.array(list("aabbc")))
+    for suffix in (".npz", ".h5"):
+        back = read_stamps(write_stamps(s, tmp_path / f"g{suffix}"))
+        assert back.groups.tolist() == list("aabbc")
+    with pytest.raises(ValueError, match=r"groups must have shape \(5,\)"):
+        StampSet(images=toy.images[:5], groups=np.array(["a"]))

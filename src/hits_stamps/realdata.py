@@ -33,7 +33,8 @@ Labels and kinds (only candidates are written; everything else is counted in `me
   difference at the centre decides: |F / err| >= `variable_real_snr` -> real, kind `variable` (the
   star's own flux changed); |F / err| < `variable_bogus_snr` -> bogus, kind `bad_subtraction` (a
   residual with no net flux); in between -> not written (ambiguous).
-Ids are `object_name:mjd` (mjd with 6 decimals).
+Ids are `object_name:mjd` (mjd with 6 decimals); `groups` is the object name, so that every split
+of the set keeps an object's epochs together.
 """
 
 from __future__ import annotations
@@ -434,7 +435,7 @@ def build_real(
     }
     return StampSet(
         images=stamps[keep], labels=label[keep], snr=np.abs(peak[keep]), kind=kind[keep].astype(str),
-        ids=ids, columns=columns, meta=meta,
+        ids=ids, groups=seq.object_name[obj[keep]], columns=columns, meta=meta,
     )
 
 

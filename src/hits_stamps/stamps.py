@@ -2,8 +2,13 @@
 
 Images are (N, H, W, C) float32, channels last (HiTS: 21x21x4, channels template, science,
 difference, SNR). Labels are 1 (real), 0 (bogus) or -1 (unknown). Optional per-stamp arrays:
-`snr` (float), `kind` (str), `ids` (str) and free numeric `columns` (e.g. observing conditions).
-`meta` is a JSON-serialisable dict for the whole set.
+`snr` (float), `kind` (str), `ids` (str), `groups` (str: the astronomical object or sequence a stamp
+comes from) and free numeric `columns` (e.g. observing conditions). `meta` is a JSON-serialisable
+dict for the whole set.
+
+Stamps of one object are not independent (two epochs of one supernova share its host, its PSF
+history and its template), so sets of real pixels are split by `groups`: `split` keeps every
+group on one side, and `check_disjoint_groups` refuses a pair of sets that share an object.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class StampSet:
     snr : (N,) float array, optional: signal-to-noise of the candidate
     kind : (N,) str array, optional: what made the candidate (`sn`, `cosmic_ray`, ...)
     ids : (N,) str array, optional: unique identifiers; generated as `stamp_00000` when missing
+    groups : (N,) str array, optional: the object (or sequence) each stamp comes from; stamps
+        without one (e.g. simulated scenes, each its own object) leave it None
     channels : channel names, length C; defaults to the HiTS four when C == 4
     columns : dict of (N,) numeric arrays, e.g. observing conditions per stamp
     meta : free JSON-serialisable metadata for the whole set
@@ -46,6 +53,7 @@ class StampSet:
     snr: np.ndarray | None = None
     kind: np.ndarray | None = None
     ids: np.ndarray | None = None
+    groups: np.ndarray | None = None
     channels: tuple[str, ...] | None = None
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +90,8 @@ class StampSet:
         if self.ids is None:
             self.ids = np.array([f"stamp_{i:07d}" for i in range(n)])
         self.ids = _as_str_array(self.ids, n, "ids")
+        if self.groups is not None:
+            self.groups = _as_str_array(self.groups, n, "groups")
         if self.channels is None:
             self.channels = CHANNELS if c == len(CHANNELS) else tuple(f"ch{i}" for i in range(c))
         self.channels = tuple(str(ch) for ch in self.channels)
@@ -124,6 +134,7 @@ class StampSet:
             snr=None if self.snr is None else self.snr[idx],
             kind=None if self.kind is None else self.kind[idx],
             ids=self.ids[idx],
+            groups=None if self.groups is None else self.groups[idx],
             channels=self.channels,
             columns={k: v[idx] for k, v in self.columns.items()},
             meta=dict(self.meta),
@@ -133,8 +144,9 @@ class StampSet:
     def concat(cls, sets: Sequence[StampSet]) -> StampSet:
         """Concatenate sets with the same stamp shape and channels.
 
-        Optional arrays present in only some sets are filled (`snr` NaN, `kind` "unknown");
-        columns are kept only where every set has them.
+        Optional arrays present in only some sets are filled (`snr` NaN, `kind` "unknown",
+        `groups` the stamp's own id, i.e. each such stamp its own object); columns are kept only
+        where every set has them.
         """
         if not sets:
             raise ValueError("concat needs at least one StampSet")
@@ -149,6 +161,7 @@ class StampSet:
                 raise ValueError(f"channel names differ: {s.channels} vs {first.channels}")
         any_snr = any(s.snr is not None for s in sets)
         any_kind = any(s.kind is not None for s in sets)
+        any_groups = any(s.groups is not None for s in sets)
         common_cols = set(first.columns)
         for s in sets[1:]:
             common_cols &= set(s.columns)
@@ -166,6 +179,7 @@ class StampSet:
             if any_kind
             else None,
             ids=np.concatenate([s.ids for s in sets]),
+            groups=np.concatenate([s.groups if s.groups is not None else s.ids for s in sets]) if any_groups else None,
             channels=first.channels,
             columns={k: np.concatenate([s.columns[k] for s in sets]) for k in sorted(common_cols)},
             meta=dict(first.meta),
@@ -191,15 +205,19 @@ class StampSet:
     ) -> list[StampSet]:
         """Split into len(fractions) disjoint sets, stratified by label, reproducible by seed.
 
-        With `groups` (N,), whole groups (e.g. one astronomical object) go to one side, so no
-        source appears in two parts; stratification then acts on the group's majority label.
-        An 80/20 split of 4,026 stamps gives 3,220 / 806.
+        Whole groups (e.g. one astronomical object) go to one side, so no source appears in two
+        parts; stratification then acts on the group's majority label, and the fractions count
+        groups, not stamps. The groups are `groups` when given, else the set's own `groups`; a set
+        without groups is split stamp by stamp. An 80/20 split of 4,026 ungrouped stamps gives
+        3,220 / 806.
         """
         fr = np.asarray(fractions, dtype=float)
         if fr.ndim != 1 or len(fr) < 2 or np.any(fr <= 0):
             raise ValueError(f"fractions must be >= 2 positive numbers; got {list(fractions)}")
         fr = fr / fr.sum()
         rng = np.random.default_rng(seed)
+        if groups is None:
+            groups = self.groups
         if groups is not None:
             groups = np.asarray(groups)
             if groups.shape != (len(self),):
@@ -243,7 +261,12 @@ class StampSet:
             },
             "ranges": ranges,
             "columns": sorted(self.columns),
+            "groups": None if self.groups is None else int(np.unique(self.groups).size),
         }
+
+    def n_groups(self) -> int:
+        """Number of distinct objects (each stamp its own object when the set has no groups)."""
+        return int(np.unique(self.groups).size) if self.groups is not None else len(self)
 
 
 def _stratified_parts(strata: np.ndarray, fractions: np.ndarray, rng) -> list[np.ndarray]:
@@ -255,3 +278,27 @@ def _stratified_parts(strata: np.ndarray, fractions: np.ndarray, rng) -> list[np
         for k, chunk in enumerate(np.split(idx, cuts)):
             parts[k].append(chunk)
     return [np.concatenate(p) if p else np.array([], dtype=int) for p in parts]
+
+
+class GroupLeakError(ValueError):
+    """Two sets that must be disjoint by object share objects."""
+
+
+def check_disjoint_groups(named_sets: dict[str, StampSet]) -> None:
+    """Raise `GroupLeakError` if any object (group) has stamps in two of the named sets.
+
+    Sets without groups count each stamp as its own object (keyed by id), so two ungrouped sets
+    collide only on a shared id. The message names both sets, how many objects they share and a
+    few of them.
+    """
+    keys = {name: set((s.groups if s.groups is not None else s.ids).tolist()) for name, s in named_sets.items()}
+    names = list(keys)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = keys[a] & keys[b]
+            if shared:
+                few = ", ".join(sorted(shared)[:3])
+                raise GroupLeakError(
+                    f"sets {a!r} and {b!r} share {len(shared)} object(s) (e.g. {few}); real pixels must be "
+                    "split by object"
+                )

@@ -4,7 +4,8 @@ Arrays (the same names in both containers; see docs/data-formats.md):
 - `images` (N, H, W, C) float32, channels last;
 - `labels` (N,) int64: 1 real, 0 bogus, -1 unknown;
 - `ids` (N,) str; `channels` (C,) str;
-- optional `snr` (N,) float64 and `kind` (N,) str;
+- optional `snr` (N,) float64, `kind` (N,) str and `groups` (N,) str (the object each stamp comes
+  from: real pixels are split by it);
 - per-stamp columns stored as `col_<name>` (N,), numeric or str;
 - `meta_json`: a JSON string with the set's free metadata.
 """
@@ -41,6 +42,8 @@ def _to_arrays(stamps: StampSet) -> dict[str, np.ndarray]:
         arrays["snr"] = stamps.snr
     if stamps.kind is not None:
         arrays["kind"] = stamps.kind.astype(str)
+    if stamps.groups is not None:
+        arrays["groups"] = stamps.groups.astype(str)
     for name, values in stamps.columns.items():
         if not name or "/" in name:
             raise HitsStampsError(f"column name {name!r}: expected a non-empty name without '/'")
@@ -99,7 +102,7 @@ def _from_arrays(path: Path, get, keys: set[str]) -> StampSet:
     optional: dict[str, np.ndarray] = {}
     if "snr" in keys:
         optional["snr"] = _numeric(path, "snr", get("snr"), n)
-    for name in ("kind", "ids"):
+    for name in ("kind", "ids", "groups"):
         if name in keys:
             arr = get(name)
             if arr.shape != (n,):
