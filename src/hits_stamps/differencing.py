@@ -28,6 +28,7 @@ finite data is below one half become NaN, the others are renormalised.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -180,6 +181,7 @@ def difference(
     *,
     flux_scale=None,
     shift=None,
+    kernel_axis_scale=None,
     camera: Camera = DECAM,
     config: DetectionConfig | None = None,
 ) -> DifferenceResult:
@@ -194,6 +196,9 @@ def difference(
         science), default 1
     shift : (B, 2) (dy, dx) pixels by which the template content is moved to register it on the
         science (or the science moved by -shift when the science is convolved), default 0
+    kernel_axis_scale : (B, 2) factors (y, x) on the matching kernel's sigma per axis, default 1: an
+        elliptical kernel, one way a real pipeline's kernel departs from the ideal (see
+        `DifferencingVariety`)
     camera : gain and read noise for the variance model
     config : `DetectionConfig` (only `min_shift_sigma` and `min_coverage` are used here)
 
@@ -230,9 +235,16 @@ def difference(
     sigma_k = np.sqrt(np.abs(sig_s**2 - sig_t**2))
     moving = np.any(sh != 0, axis=1)
     sigma_k = np.where(moving, np.maximum(sigma_k, cfg.min_shift_sigma), sigma_k)
+    sigma_yx = np.repeat(sigma_k[:, None], 2, axis=1)  # (B, 2): kernel sigma along y and x
+    if kernel_axis_scale is not None:
+        ax = np.broadcast_to(np.asarray(kernel_axis_scale, dtype=np.float64), (b, 2))
+        if not (np.isfinite(ax).all() and (ax > 0).all()):
+            raise ValueError("kernel_axis_scale must be finite and > 0")
+        sigma_yx = sigma_yx * ax
+        sigma_yx = np.where(moving[:, None], np.maximum(sigma_yx, cfg.min_shift_sigma), sigma_yx)
     direction = np.where(conv_t, 1.0, -1.0)  # move the template by +shift, or the science by -shift
-    ky = gaussian_matrix(sigma_k, direction * sh[:, 0], h)
-    kx_t = gaussian_matrix(sigma_k, direction * sh[:, 1], w, transpose=True)  # K_x^T, as the products need it
+    ky = gaussian_matrix(sigma_yx[:, 0], direction * sh[:, 0], h)
+    kx_t = gaussian_matrix(sigma_yx[:, 1], direction * sh[:, 1], w, transpose=True)  # K_x^T, as the products need it
     kx = np.swapaxes(kx_t, 1, 2)  # (B, W, W) view
 
     # A: the image to convolve, O: the other one; both on the science's photometric scale
@@ -349,6 +361,128 @@ def difference_stamps(
     det = detect(res.snr, cfg)
     planes = [cut_stamps(p, det.peak_yx, cfg.stamp_size) for p in (t, s, res.difference, res.snr)]
     return np.stack(planes, axis=-1), res, det
+
+
+@dataclass(frozen=True)
+class DifferencingVariety:
+    """Departures from the nominal differencing, drawn per image pair, so no model learns one pipeline.
+
+    Real pipelines differ from ours and from each other: their PSF estimates are off by some
+    percent, their kernels are not round Gaussians, their registration leaves sub-pixel errors,
+    some divide by one background noise per image instead of a per-pixel noise map, and each picks
+    its template its own way. With `draw`, each pair gets its own departures (all zero in `NOMINAL`):
+
+    - FWHMs given to the kernel: fwhm * exp(e), e ~ N(0, fwhm_error^2), independently per image;
+    - kernel sigma per axis times exp(a), a ~ N(0, kernel_anisotropy^2), per axis;
+    - registration shift plus N(0, shift_error^2) px per axis;
+    - with probability sky_noise_fraction, noise = one robust value per image (1.4826 MAD of the
+      difference's outer frame), so SNR = difference / that value with no source Poisson term;
+    - with probability random_template_fraction, the template is a random other epoch instead of the
+      best-seeing early one (the caller chooses templates; this only draws the flag).
+    """
+
+    fwhm_error: float = 0.0  # rms of the log error of each FWHM given to the matching kernel
+    kernel_anisotropy: float = 0.0  # rms of the log factor on the kernel sigma per axis
+    shift_error: float = 0.0  # px: rms registration error per axis
+    sky_noise_fraction: float = 0.0  # fraction of pairs with one background noise value instead of a noise map
+    random_template_fraction: float = 0.0  # fraction of pairs whose template is a random other epoch
+
+    def __post_init__(self) -> None:
+        for name in ("fwhm_error", "kernel_anisotropy", "shift_error"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and 0 <= v <= 2):
+                raise ValueError(f"{name} must be in [0, 2]; got {v!r}")
+        for name in ("sky_noise_fraction", "random_template_fraction"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and 0 <= v <= 1):
+                raise ValueError(f"{name} must be a fraction in [0, 1]; got {v!r}")
+
+    @property
+    def is_nominal(self) -> bool:
+        return self == NOMINAL
+
+    def draw(self, rng: np.random.Generator, b: int) -> PairVariety:
+        """Per-pair departures for `b` pairs (identity values where a setting is 0)."""
+        return PairVariety(
+            fwhm_factor=np.exp(rng.normal(0.0, 1.0, (b, 2)) * self.fwhm_error),
+            kernel_axis_scale=np.exp(rng.normal(0.0, 1.0, (b, 2)) * self.kernel_anisotropy),
+            shift_error=rng.normal(0.0, 1.0, (b, 2)) * self.shift_error,
+            sky_noise=rng.random(b) < self.sky_noise_fraction,
+            random_template=rng.random(b) < self.random_template_fraction,
+        )
+
+
+@dataclass
+class PairVariety:
+    """What `DifferencingVariety.draw` drew for a batch of pairs."""
+
+    fwhm_factor: np.ndarray  # (B, 2): factors on the (template, science) FWHM given to the kernel
+    kernel_axis_scale: np.ndarray  # (B, 2): factors on the kernel sigma along (y, x)
+    shift_error: np.ndarray  # (B, 2) px: added to the (dy, dx) registration shift
+    sky_noise: np.ndarray  # (B,) bool: one background noise value instead of the noise map
+    random_template: np.ndarray  # (B,) bool: template is a random other epoch
+
+    def take(self, idx: np.ndarray) -> PairVariety:
+        return PairVariety(self.fwhm_factor[idx], self.kernel_axis_scale[idx], self.shift_error[idx],
+                           self.sky_noise[idx], self.random_template[idx])
+
+
+NOMINAL = DifferencingVariety()
+#: The spread used to train models that must hold on other pipelines' stamps (docs/simulation.md).
+VARIED = DifferencingVariety(fwhm_error=0.1, kernel_anisotropy=0.1, shift_error=0.2, sky_noise_fraction=0.3,
+                             random_template_fraction=0.5)
+
+
+def background_noise(diff: np.ndarray, width: int = 3) -> np.ndarray:
+    """One robust noise value per difference image: 1.4826 * MAD of its finite outer-frame pixels, (B,)."""
+    px = frame_pixels(diff, width).astype(np.float64)
+    px = np.where(np.isfinite(px), px, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN frame gives NaN
+        med = np.nanmedian(px, axis=1, keepdims=True)
+        return MAD_TO_STD * np.nanmedian(np.abs(px - med), axis=1)
+
+
+def vary_difference(
+    template,
+    science,
+    fwhm_template,
+    fwhm_science,
+    sky_template,
+    sky_science,
+    variety: PairVariety | None,
+    *,
+    flux_scale=None,
+    shift=None,
+    camera: Camera = DECAM,
+    config: DetectionConfig | None = None,
+) -> DifferenceResult:
+    """`difference` with per-pair departures from the nominal pipeline (None: exactly `difference`).
+
+    The FWHMs given to the kernel are multiplied by `variety.fwhm_factor`, the kernel is stretched
+    per axis, the shift gets its error added; where `variety.sky_noise`, the noise map is replaced by
+    `background_noise` of the difference and the SNR recomputed.
+    """
+    if variety is None:
+        return difference(template, science, fwhm_template, fwhm_science, sky_template, sky_science,
+                          flux_scale=flux_scale, shift=shift, camera=camera, config=config)
+    b = variety.fwhm_factor.shape[0]
+    sh = np.zeros((b, 2)) if shift is None else np.broadcast_to(np.asarray(shift, dtype=np.float64), (b, 2))
+    res = difference(
+        template, science,
+        _per_image(fwhm_template, b, "fwhm_template") * variety.fwhm_factor[:, 0],
+        _per_image(fwhm_science, b, "fwhm_science") * variety.fwhm_factor[:, 1],
+        sky_template, sky_science, flux_scale=flux_scale, shift=sh + variety.shift_error,
+        kernel_axis_scale=variety.kernel_axis_scale, camera=camera, config=config,
+    )
+    flat = np.flatnonzero(variety.sky_noise)
+    if flat.size:
+        level = background_noise(res.difference[flat]).astype(np.float32)  # (F,)
+        noise = np.broadcast_to(level[:, None, None], res.difference[flat].shape)
+        res.noise[flat] = noise
+        with np.errstate(invalid="ignore", divide="ignore"):
+            res.snr[flat] = res.difference[flat] / noise
+    return res
 
 
 # ------------------------------------------------------------------------ measurements on images

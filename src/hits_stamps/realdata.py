@@ -29,10 +29,15 @@ Labels and kinds (only candidates are written; everything else is counted in `me
   difference is detected with a positive peak;
 - non-variable star (`NV`): bogus, kind `bad_subtraction`, where our difference is detected
   (residuals of imperfect subtraction);
-- any other class (variable stars such as `EB`, `RRL`): where detected, the PSF-fit flux of the
-  difference at the centre decides: |F / err| >= `variable_real_snr` -> real, kind `variable` (the
-  star's own flux changed); |F / err| < `variable_bogus_snr` -> bogus, kind `bad_subtraction` (a
-  residual with no net flux); in between -> not written (ambiguous).
+- any other class (variable stars such as `EB`, `RRL`): where detected and the file has Kron
+  light curves (`kron_*`, aperture photometry of the science images, independent of any difference
+  image), the Kron flux change between template and science epoch decides: |df| / err >=
+  `kron_real_sigma` and |df| / f_template >= `kron_real_fraction` -> real, kind `variable` (the
+  star's own flux changed); |df| / f_template < `kron_bogus_fraction` -> bogus, kind
+  `bad_subtraction` (the star was at the template's brightness: a subtraction residual); in
+  between, or no Kron row -> not written (ambiguous). Without Kron light curves the PSF-fit flux of
+  the difference at the centre decides instead (|F / err| >= `variable_real_snr` real, <
+  `variable_bogus_snr` bogus).
 Ids are `object_name:mjd` (mjd with 6 decimals); `groups` is the object name, so that every split
 of the set keeps an object's epochs together.
 """
@@ -40,7 +45,7 @@ of the set keeps an object's epochs together.
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -49,13 +54,16 @@ import numpy as np
 
 from hits_stamps.differencing import (
     DECAM,
+    NOMINAL,
     Camera,
     DetectionConfig,
+    DifferencingVariety,
+    PairVariety,
     cut_stamps,
     detect,
-    difference,
     estimate_sky,
     psf_flux,
+    vary_difference,
 )
 from hits_stamps.errors import StampFileError
 from hits_stamps.simulate.conditions import ConditionsTable, load_conditions, match_conditions
@@ -65,6 +73,7 @@ SHARED_SEQUENCES = Path("../shared/data/hits2015/hits2015_sequences.npz")
 PACKAGED_SAMPLE = "hits2015_sample.npz"
 REQUIRED = ("stamps", "object_index", "mjd", "object_name", "object_class")
 LC_KEYS = ("lc_object_index", "lc_mjd", "lc_flux_adu", "lc_flux_err_adu")
+KRON_KEYS = ("kron_object_index", "kron_epoch", "kron_mag", "kron_mag_err")
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,9 @@ class RealConfig:
     time_match_tol: float = 1e-4  # days: cutout to conditions row when the field is unknown
     variable_real_snr: float = 5.0  # other classes: |PSF flux SNR| of the difference for real
     variable_bogus_snr: float = 3.0  # other classes: |PSF flux SNR| below which a detection is bogus
+    kron_real_sigma: float = 5.0  # Kron light curve: |flux change| / its error at or above which a change is real
+    kron_real_fraction: float = 0.15  # ... and |flux change| / template flux at or above which it is real
+    kron_bogus_fraction: float = 0.05  # |flux change| / template flux below which a detection is a residual (bogus)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
 
 
@@ -96,6 +108,8 @@ class Sequences:
     object_class: np.ndarray  # (K,) str
     field: np.ndarray  # (K,) str, "" where unknown
     lc: dict[str, np.ndarray] | None  # lc_object_index, lc_mjd, lc_flux_adu, lc_flux_err_adu, or None
+    epoch: np.ndarray | None = None  # (M,) HiTS epoch number, where the file has it
+    kron: dict[str, np.ndarray] | None = None  # kron_object_index, kron_epoch, kron_mag, kron_mag_err, or None
 
 
 def default_sequences_path() -> Path:
@@ -180,11 +194,99 @@ def read_sequences(path: str | Path) -> Sequences:
         if loi.size and (loi.min() < 0 or loi.max() >= k):
             raise StampFileError(path, "lc_object_index", f"values in [0, {k})", f"range [{loi.min()}, {loi.max()}]")
         lc = {key: arrays[key] for key in LC_KEYS}
+    kron = None
+    present = [key for key in KRON_KEYS if key in arrays]
+    if present:
+        if len(present) != len(KRON_KEYS) or "epoch" not in arrays:
+            raise StampFileError(path, ", ".join(sorted(set(KRON_KEYS + ("epoch",)) - set(present) - set(arrays))),
+                                 f"all of {list(KRON_KEYS)} and `epoch`, or none", f"only {present}")
+        n_k = arrays["kron_mag"].shape
+        for key in KRON_KEYS:
+            if arrays[key].shape != n_k or arrays[key].ndim != 1:
+                raise StampFileError(path, key, f"shape {n_k} like kron_mag", f"shape {arrays[key].shape}")
+        koi = arrays["kron_object_index"]
+        if koi.size and (koi.min() < 0 or koi.max() >= k):
+            raise StampFileError(path, "kron_object_index", f"values in [0, {k})", f"range [{koi.min()}, {koi.max()}]")
+        kron = {key: arrays[key] for key in KRON_KEYS}
+    epoch = arrays.get("epoch")
+    if epoch is not None and epoch.shape != (m,):
+        raise StampFileError(path, "epoch", f"shape ({m},)", f"shape {epoch.shape}")
     return Sequences(
         path=path, stamps=stamps.astype(np.float32), object_index=oi.astype(np.int64),
         mjd=mjd.astype(np.float64), centroid_xy=cxy.astype(np.float64), object_name=names.astype(str),
         object_class=classes.astype(str), field=fields.astype(str), lc=lc,
+        epoch=None if epoch is None else epoch.astype(np.int64), kron=kron,
     )
+
+
+def kron_flux_change(seq: Sequences, ti: np.ndarray, si: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kron-photometry flux change between template and science epochs, (P,) each; NaN where unmatched.
+
+    With f = 10^(-0.4 m) and sigma_f = 0.4 ln(10) f sigma_m per epoch (rows matched by object and
+    HiTS epoch number): returns (delta_f / f_template, |delta_f| / sqrt(sigma_f,t^2 + sigma_f,s^2)).
+    """
+    n = ti.size
+    if seq.kron is None or seq.epoch is None:
+        return np.full(n, np.nan), np.full(n, np.nan)
+    kr = seq.kron
+    key = {(int(o), int(e)): i for i, (o, e) in enumerate(zip(kr["kron_object_index"], kr["kron_epoch"], strict=True))}
+    row = np.array([key.get((int(o), int(e)), -1) for o, e in zip(seq.object_index, seq.epoch, strict=True)])
+    mag = np.where(row >= 0, kr["kron_mag"][row], np.nan)
+    mag_err = np.where(row >= 0, kr["kron_mag_err"][row], np.nan)
+    f = 10.0 ** (-0.4 * mag)
+    sf = 0.4 * np.log(10.0) * f * mag_err
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df = f[si] - f[ti]
+        return df / f[ti], np.abs(df) / np.hypot(sf[ti], sf[si])
+
+
+def select_objects(seq: Sequences, names: Iterable[str]) -> Sequences:
+    """The sequences of the named objects only (object arrays cut, `object_index` renumbered).
+
+    Every name must be in the file; the error names the first few that are not.
+    """
+    wanted = np.asarray(sorted(set(names)), dtype=str)
+    missing = wanted[~np.isin(wanted, seq.object_name)]
+    if missing.size:
+        raise StampFileError(seq.path, "object_name", "the objects asked for",
+                             f"{missing.size} not in the file (e.g. {', '.join(missing[:3])})")
+    keep_obj = np.flatnonzero(np.isin(seq.object_name, wanted))
+    new_index = np.full(len(seq.object_name), -1)
+    new_index[keep_obj] = np.arange(keep_obj.size)
+    rows = np.flatnonzero(np.isin(seq.object_index, keep_obj))
+    lc = kron = None
+    if seq.lc is not None:
+        keep = np.isin(seq.lc["lc_object_index"], keep_obj)
+        lc = {k: (new_index[v[keep]] if k == "lc_object_index" else v[keep]) for k, v in seq.lc.items()}
+    if seq.kron is not None:
+        keep = np.isin(seq.kron["kron_object_index"], keep_obj)
+        kron = {k: (new_index[v[keep]] if k == "kron_object_index" else v[keep]) for k, v in seq.kron.items()}
+    return Sequences(
+        path=seq.path, stamps=seq.stamps[rows], object_index=new_index[seq.object_index[rows]],
+        mjd=seq.mjd[rows], centroid_xy=seq.centroid_xy[rows], object_name=seq.object_name[keep_obj],
+        object_class=seq.object_class[keep_obj], field=seq.field[keep_obj], lc=lc,
+        epoch=None if seq.epoch is None else seq.epoch[rows], kron=kron,
+    )
+
+
+def split_objects(seq: Sequences, fractions: Sequence[float], seed: int = 0) -> list[np.ndarray]:
+    """Object names in len(fractions) disjoint parts, stratified by object class, reproducible by seed.
+
+    Each class's objects are shuffled with `seed` and cut at the cumulative fractions (rounded), so
+    a part never holds an epoch of another part's object. Fractions may be 0 (an empty part).
+    """
+    fr = np.asarray(fractions, dtype=float)
+    if fr.ndim != 1 or fr.size < 1 or np.any(~np.isfinite(fr)) or np.any(fr < 0) or fr.sum() <= 0:
+        raise ValueError(f"fractions must be non-negative numbers with a positive sum; got {list(fractions)}")
+    fr = fr / fr.sum()
+    rng = np.random.default_rng(seed)
+    parts: list[list[str]] = [[] for _ in fr]
+    for cls in np.unique(seq.object_class):
+        names = rng.permutation(np.sort(seq.object_name[seq.object_class == cls]))
+        cuts = np.round(np.cumsum(fr)[:-1] * names.size).astype(int)
+        for k, chunk in enumerate(np.split(names, cuts)):
+            parts[k].extend(chunk.tolist())
+    return [np.asarray(sorted(p), dtype=str) for p in parts]
 
 
 def _median_or(values: np.ndarray, default: float) -> float:
@@ -208,35 +310,43 @@ class SequencePairs:
     cutout: dict[str, np.ndarray]  # (M,) per cutout: seeing, fwhm, sky, zero_point, exp_time, limit_mag, airmass,
     #                                matched (bool)
     skipped: dict[str, int]
+    variety: PairVariety | None = None  # (P,) departures from the nominal differencing, None when nominal
 
 
-def difference_sequences(
+@dataclass
+class Cutouts:
+    """Per-cutout arrays (M,) that every pair built from a sequence file needs (steps 1-3 of the module doc)."""
+
+    images: np.ndarray  # (M, H, W) float32 ADU, NaN where the CCD had no data
+    usable: np.ndarray  # (M,) bool: at least one finite pixel
+    complete: np.ndarray  # (M,) bool: every pixel finite
+    cond: dict[str, np.ndarray]  # seeing, fwhm, sky, zero_point, exp_time, limit_mag, airmass, matched
+    survey_snr: np.ndarray  # (M,) the survey light curve's SNR at this epoch (NaN where none)
+    rise: np.ndarray  # (K,) per object: first light-curve time with |SNR| >= rise_snr (inf where none)
+    has_lc: np.ndarray  # (K,) bool: the file has light-curve rows for the object
+    skipped: dict[str, int]
+
+
+def prepare_cutouts(
     seq: Sequences,
     config: RealConfig | None = None,
     conditions: ConditionsTable | None = None,
     camera: Camera = DECAM,
-    progress: Callable[[str], None] | None = None,
-) -> SequencePairs:
-    """Steps 1-4 of the module doc: conditions, templates, and the difference of every later epoch."""
+) -> Cutouts:
+    """Missing pixels, observing conditions and PSF per cutout, and the supernovae's light-curve timing."""
     cfg = config or RealConfig()
     table = conditions if conditions is not None else load_conditions()
-    say = progress or (lambda _msg: None)
     m = seq.stamps.shape[0]
     skipped: dict[str, int] = {}
-
-    def skip(reason: str, count: int) -> None:
-        if count:
-            skipped[reason] = skipped.get(reason, 0) + int(count)
-
     # 1. missing pixels
     images = np.where(seq.stamps == 0, np.float32(np.nan), seq.stamps)
     finite_frac = np.isfinite(images).reshape(m, -1).mean(axis=1) if m else np.zeros(0)
     usable = finite_frac > 0
     complete = finite_frac == 1
-    skip("no_data", int((~usable).sum()))
+    if (~usable).any():
+        skipped["no_data"] = int((~usable).sum())
 
     # 2. conditions and PSF per cutout
-    say("matching observing conditions")
     obj_field = seq.field[seq.object_index]
     row = np.full(m, -1, dtype=np.int64)
     has_field = obj_field != ""
@@ -266,8 +376,7 @@ def difference_sequences(
         exptime[sel & ~np.isfinite(exptime)] = default_exptime
     sky = estimate_sky(images)
 
-    # 3. template per object
-    say("choosing templates")
+    # 3. the supernovae's survey light curves: SNR per cutout and the time the light curve rises
     lc_snr = np.full(m, np.nan)
     rise = np.full(len(seq.object_name), np.inf)
     has_lc = np.zeros(len(seq.object_name), bool)
@@ -287,61 +396,140 @@ def difference_sequences(
                 near = dt.argmin(axis=1)
                 hit = dt[np.arange(cut.size), near] <= cfg.lc_match_tol
                 lc_snr[cut[hit]] = l_snr[r][near[hit]]
+    cond = {"seeing": seeing, "fwhm": fwhm, "sky": sky, "zero_point": zp, "exp_time": exptime,
+            "limit_mag": limit_mag, "airmass": airmass,
+            "matched": matched}
+    return Cutouts(images=images, usable=usable, complete=complete, cond=cond, survey_snr=lc_snr, rise=rise,
+                   has_lc=has_lc, skipped=skipped)
 
-    tmpl_of = np.full(len(seq.object_name), -1, dtype=np.int64)
-    pair_t: list[np.ndarray] = []
-    pair_s: list[np.ndarray] = []
-    for j in range(len(seq.object_name)):
-        ep = np.flatnonzero((seq.object_index == j) & usable)
-        if ep.size == 0:
-            continue
-        ep = ep[np.argsort(seq.mjd[ep], kind="stable")]
-        pre = ep[seq.mjd[ep] < rise[j] - cfg.lc_match_tol] if np.isfinite(rise[j]) else ep
-        if pre.size == 0:
-            skip("objects_without_epoch_before_rise", 1)  # counts objects, not epochs
-            pre = ep
-        full = pre[complete[pre]]
-        cand = (full if full.size else pre)[: cfg.template_candidates]
-        t = cand[np.argmin(fwhm[cand])]
-        tmpl_of[j] = t
-        later = ep[seq.mjd[ep] > seq.mjd[t] + 1e-6]
-        skip("template_or_earlier_epoch", ep.size - later.size)
-        pair_t.append(np.full(later.size, t))
-        pair_s.append(later)
-    ti = np.concatenate(pair_t) if pair_t else np.zeros(0, np.int64)
-    si = np.concatenate(pair_s) if pair_s else np.zeros(0, np.int64)
 
-    # 4. difference every pair with the shared module
-    say(f"differencing {ti.size} epoch pairs")
+def object_epochs(
+    seq: Sequences, cut: Cutouts, j: int, config: RealConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(all usable epochs, epochs before the light curve rises) of object j, each sorted by time.
+
+    Objects without a rising light curve (stars) have every usable epoch in both.
+    """
+    cfg = config or RealConfig()
+    ep = np.flatnonzero((seq.object_index == j) & cut.usable)
+    ep = ep[np.argsort(seq.mjd[ep], kind="stable")]
+    pre = ep[seq.mjd[ep] < cut.rise[j] - cfg.lc_match_tol] if np.isfinite(cut.rise[j]) else ep
+    return ep, pre
+
+
+def best_template(pre: np.ndarray, cut: Cutouts, config: RealConfig | None = None) -> int:
+    """The best-seeing of the `template_candidates` earliest epochs in `pre` (complete cutouts first)."""
+    cfg = config or RealConfig()
+    full = pre[cut.complete[pre]]
+    cand = (full if full.size else pre)[: cfg.template_candidates]
+    return int(cand[np.argmin(cut.cond["fwhm"][cand])])
+
+
+def difference_pairs(
+    seq: Sequences,
+    cut: Cutouts,
+    ti: np.ndarray,
+    si: np.ndarray,
+    config: RealConfig | None = None,
+    camera: Camera = DECAM,
+    variety: PairVariety | None = None,
+    template_images: np.ndarray | None = None,
+    science_images: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Difference the cutout pairs (ti, si) with the shared module (step 4 of the module doc).
+
+    `template_images` / `science_images` (P, H, W), when given, replace the cutouts of the pairs
+    (e.g. with injected sources); their conditions stay those of the cutouts. Returns (stamps
+    (P, S, S, 4), signed peak SNR (P,), detected (P,), PSF-flux SNR at the centre (P,), noise maps
+    (P, H, W)).
+    """
+    cfg = config or RealConfig()
     det_cfg = cfg.detection
     size = det_cfg.stamp_size
     h, w = seq.stamps.shape[1:]
     if min(h, w) < size:
         raise StampFileError(seq.path, "stamps", f"cutouts of at least {size}x{size} pixels", f"{h}x{w}")
+    if ti.size == 0:
+        return (np.zeros((0, size, size, 4), np.float32), np.zeros(0), np.zeros(0, bool), np.zeros(0),
+                np.zeros((0, h, w), np.float32))
+    c = cut.cond
+    t_img = cut.images[ti] if template_images is None else template_images
+    s_img = cut.images[si] if science_images is None else science_images
     shift = seq.centroid_xy[si][:, ::-1] - seq.centroid_xy[ti][:, ::-1]  # (dy, dx): centroid_xy is (x, y)
     shift = np.where(np.isfinite(shift).all(axis=1, keepdims=True), shift, 0.0)
-    k = (exptime[si] / exptime[ti]) * 10 ** (0.4 * (zp[si] - zp[ti]))
-    if ti.size:
-        res = difference(images[ti], images[si], fwhm[ti], fwhm[si], np.nan_to_num(sky[ti]), np.nan_to_num(sky[si]),
-                         flux_scale=k, shift=shift, camera=camera, config=det_cfg)
-        det = detect(res.snr, det_cfg)
-        flux, err = psf_flux(res.difference, res.noise, np.maximum(fwhm[ti], fwhm[si]))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            flux_snr = flux / err
-        planes = [cut_stamps(p, det.peak_yx, size) for p in (images[ti], images[si], res.difference, res.snr)]
-        stamps = np.stack(planes, axis=-1)
-        peak, detected = det.peak_snr, det.detected
-    else:
-        stamps = np.zeros((0, size, size, 4), np.float32)
-        peak = flux_snr = np.zeros(0)
-        detected = np.zeros(0, bool)
+    k = (c["exp_time"][si] / c["exp_time"][ti]) * 10 ** (0.4 * (c["zero_point"][si] - c["zero_point"][ti]))
+    sky_t = np.nan_to_num(estimate_sky(t_img)) if template_images is not None else np.nan_to_num(c["sky"][ti])
+    sky_s = np.nan_to_num(estimate_sky(s_img)) if science_images is not None else np.nan_to_num(c["sky"][si])
+    res = vary_difference(t_img, s_img, c["fwhm"][ti], c["fwhm"][si], sky_t, sky_s, variety,
+                          flux_scale=k, shift=shift, camera=camera, config=det_cfg)
+    det = detect(res.snr, det_cfg)
+    flux, err = psf_flux(res.difference, res.noise, np.maximum(c["fwhm"][ti], c["fwhm"][si]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flux_snr = flux / err
+    planes = [cut_stamps(p, det.peak_yx, size) for p in (t_img, s_img, res.difference, res.snr)]
+    return np.stack(planes, axis=-1), det.peak_snr, det.detected, flux_snr, res.noise
 
+
+def difference_sequences(
+    seq: Sequences,
+    config: RealConfig | None = None,
+    conditions: ConditionsTable | None = None,
+    camera: Camera = DECAM,
+    progress: Callable[[str], None] | None = None,
+    variety: DifferencingVariety | None = None,
+    seed: int = 0,
+) -> SequencePairs:
+    """Steps 1-4 of the module doc: conditions, templates, and the difference of every later epoch.
+
+    With a `variety` other than the nominal one, each pair gets its own departures from the nominal
+    differencing (drawn with `seed`); a pair flagged `random_template` is differenced against a
+    random other epoch of its object (before the light curve rises, for a supernova) instead of
+    the object's best template.
+    """
+    cfg = config or RealConfig()
+    say = progress or (lambda _msg: None)
+    say("matching observing conditions")
+    cut = prepare_cutouts(seq, cfg, conditions, camera)
+    skipped = dict(cut.skipped)
+
+    def skip(reason: str, count: int) -> None:
+        if count:
+            skipped[reason] = skipped.get(reason, 0) + int(count)
+
+    say("choosing templates")
+    pair_t: list[np.ndarray] = []
+    pair_s: list[np.ndarray] = []
+    pools: list[np.ndarray] = []
+    for j in range(len(seq.object_name)):
+        ep, pre = object_epochs(seq, cut, j, cfg)
+        if ep.size == 0:
+            continue
+        if pre.size == 0:
+            skip("objects_without_epoch_before_rise", 1)  # counts objects, not epochs
+            pre = ep
+        t = best_template(pre, cut, cfg)
+        later = ep[seq.mjd[ep] > seq.mjd[t] + 1e-6]
+        skip("template_or_earlier_epoch", ep.size - later.size)
+        pair_t.append(np.full(later.size, t))
+        pair_s.append(later)
+        pools.extend([pre] * later.size)
+    ti = np.concatenate(pair_t) if pair_t else np.zeros(0, np.int64)
+    si = np.concatenate(pair_s) if pair_s else np.zeros(0, np.int64)
+    drawn = None
+    if variety is not None and not variety.is_nominal:
+        rng = np.random.default_rng(seed)
+        drawn = variety.draw(rng, ti.size)
+        for p in np.flatnonzero(drawn.random_template):
+            other = pools[p][pools[p] != si[p]]
+            if other.size:
+                ti[p] = other[rng.integers(other.size)]
+
+    say(f"differencing {ti.size} epoch pairs")
+    stamps, peak, detected, flux_snr, _ = difference_pairs(seq, cut, ti, si, cfg, camera, drawn)
     return SequencePairs(
         sequences=seq, template=ti, science=si, stamps=stamps, peak_snr=peak, detected=detected,
-        flux_snr=flux_snr, survey_snr=lc_snr, has_lc=has_lc,
-        cutout={"seeing": seeing, "fwhm": fwhm, "sky": sky, "zero_point": zp, "exp_time": exptime,
-                "limit_mag": limit_mag, "airmass": airmass, "matched": matched},
-        skipped=skipped,
+        flux_snr=flux_snr, survey_snr=cut.survey_snr, has_lc=cut.has_lc, cutout=cut.cond, skipped=skipped,
+        variety=drawn,
     )
 
 
@@ -351,18 +539,26 @@ def build_real(
     conditions: ConditionsTable | None = None,
     camera: Camera = DECAM,
     progress: Callable[[str], None] | None = None,
+    objects: Iterable[str] | None = None,
+    variety: DifferencingVariety | None = None,
+    seed: int = 0,
 ) -> StampSet:
     """Labelled real-pixel difference stamps (N, 21, 21, 4) from a HiTS sequence file (see module doc).
 
+    `objects` keeps only the named objects (e.g. one part of `split_objects`); `variety` (drawn
+    with `seed`) departs from the nominal differencing per pair (see `DifferencingVariety`).
     Columns: object_index, mjd, mjd_template, seeing, seeing_template (NaN where unmatched), fwhm,
     fwhm_template (px), sky, sky_template (ADU, measured), zero_point, zero_point_template,
-    limit_mag, airmass, peak_snr (signed), psf_flux_snr, survey_snr (NaN where none), detected and
-    conditions_matched (0/1). `snr` is |peak_snr|. `meta` counts what was skipped and why, and
-    keeps the object names (`object_names`, indexed by `object_index`).
+    limit_mag, airmass, peak_snr (signed), psf_flux_snr, survey_snr (NaN where none),
+    kron_flux_change and kron_change_sigma (NaN without Kron light curves), detected and
+    conditions_matched (0/1). `snr` is |peak_snr|; `groups` the object name. `meta` counts what was
+    skipped and why, and keeps the object names (`object_names`, indexed by `object_index`).
     """
     cfg = config or RealConfig()
     seq = read_sequences(sequences_path if sequences_path is not None else default_sequences_path())
-    pairs = difference_sequences(seq, cfg, conditions, camera, progress)
+    if objects is not None:
+        seq = select_objects(seq, objects)
+    pairs = difference_sequences(seq, cfg, conditions, camera, progress, variety=variety, seed=seed)
     ti, si, stamps = pairs.template, pairs.science, pairs.stamps
     peak, detected, flux_snr, has_lc = pairs.peak_snr, pairs.detected, pairs.flux_snr, pairs.has_lc
     lc_snr = pairs.survey_snr
@@ -394,8 +590,13 @@ def build_real(
     label[nv & detected], kind[nv & detected] = 0, "bad_subtraction"
     skip("nv_not_detected", int((nv & ~detected).sum()))
     other = ~is_sn & ~nv
-    strong = other & detected & (np.abs(flux_snr) >= cfg.variable_real_snr)
-    weak = other & detected & (np.abs(flux_snr) < cfg.variable_bogus_snr)
+    frac, sigma = kron_flux_change(seq, ti, si)
+    by_kron = other & np.isfinite(frac) & np.isfinite(sigma)
+    with np.errstate(invalid="ignore"):
+        k_real = by_kron & (sigma >= cfg.kron_real_sigma) & (np.abs(frac) >= cfg.kron_real_fraction)
+        k_bogus = by_kron & (np.abs(frac) < cfg.kron_bogus_fraction)
+    strong = other & detected & np.where(by_kron, k_real, np.abs(flux_snr) >= cfg.variable_real_snr)
+    weak = other & detected & np.where(by_kron, k_bogus, np.abs(flux_snr) < cfg.variable_bogus_snr)
     label[strong], kind[strong] = 1, "variable"
     label[weak], kind[weak] = 0, "bad_subtraction"
     skip("variable_not_detected", int((other & ~detected).sum()))
@@ -416,6 +617,7 @@ def build_real(
         "zero_point": zp[si[keep]], "zero_point_template": zp[ti[keep]],
         "limit_mag": limit_mag[si[keep]], "airmass": airmass[si[keep]],
         "peak_snr": peak[keep], "psf_flux_snr": flux_snr[keep], "survey_snr": survey[keep],
+        "kron_flux_change": frac[keep], "kron_change_sigma": sigma[keep],
         "detected": detected[keep].astype(np.int64),
         "conditions_matched": (matched[si[keep]] & matched[ti[keep]]).astype(np.int64),
     }
@@ -432,6 +634,8 @@ def build_real(
         "cutouts_without_conditions": int((~matched & np.isfinite(sky)).sum()),
         "object_names": seq.object_name.tolist(),
         "config": asdict(cfg),
+        "variety": asdict(variety) if variety is not None else asdict(NOMINAL),
+        "variety_seed": int(seed),
     }
     return StampSet(
         images=stamps[keep], labels=label[keep], snr=np.abs(peak[keep]), kind=kind[keep].astype(str),
