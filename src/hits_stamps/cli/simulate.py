@@ -63,16 +63,27 @@ def build_real_cmd(
     sequences: Path = typer.Argument(..., help="HiTS sequence file (.npz), e.g. "
                                      "../shared/data/hits2015/hits2015_sequences.npz."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npz or .h5."),
+    variety: str = typer.Option("nominal", "--variety", help="Differencing: 'nominal' or 'varied' (per-pair PSF, "
+                                "kernel, registration, noise and template departures)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --variety draws."),
+    object_split: str = typer.Option(None, "--object-split", help="Object split 'a,b,c' (train, val, test "
+                                     "fractions, stratified by class), with --part."),
+    part: str = typer.Option(None, "--part", help="train, val or test: the part of --object-split to build."),
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the object split."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """Build labelled real-pixel difference stamps from HiTS 2015 image sequences."""
+    from hits_stamps.cli.inject import objects_option, variety_option
     from hits_stamps.io import write_stamps
     from hits_stamps.realdata import build_real
 
+    var = variety_option(variety)
     _check_out(out, overwrite)
+    objects = objects_option(sequences, object_split, part, split_seed)
     t0 = time.perf_counter()
     with console.status("building real stamps") as status:
-        stamps = build_real(sequences, progress=lambda msg: status.update(msg))
+        stamps = build_real(sequences, progress=lambda msg: status.update(msg), objects=objects, variety=var,
+                            seed=seed)
     elapsed = time.perf_counter() - t0
     write_stamps(stamps, out, overwrite=overwrite)
     console.print(f"wrote {out}: {_summary(stamps)} in {elapsed:.1f} s")
