@@ -43,14 +43,87 @@ def test_metrics_by_snr_and_kind():
     assert m["by_snr"]["10-20"]["fnr"] == 1.0  # the real stamp at snr 15 has p 0.4
     assert m["by_snr"]["20-50"]["fnr"] is None  # no real stamps there
     assert m["n_outside_snr_bins"] == 1
-    assert m["by_kind"]["sn"] == {"n": 4, "label": "real", "accuracy": 0.75, "fnr": 0.25}
-    assert m["by_kind"]["dipole"] == {"n": 2, "label": "bogus", "accuracy": 0.5, "fpr": 0.5}
-    assert m["by_kind"]["cr"]["fpr"] == 0.0
+    sn = m["by_kind"]["sn"]
+    assert {k: sn[k] for k in ("n", "n_objects", "label", "n_correct", "accuracy", "fnr")} == {
+        "n": 4, "n_objects": 4, "label": "real", "n_correct": 3, "accuracy": 0.75, "fnr": 0.25}
+    assert sn["fnr_ci95"] == pytest.approx([0.0456, 0.6994], abs=1e-4)  # Wilson, 1 of 4
+    assert m["by_kind"]["dipole"]["fpr"] == 0.5 and "fnr" not in m["by_kind"]["dipole"]
+    assert m["by_kind"]["cr"]["fpr"] == 0.0 and m["by_kind"]["cr"]["fpr_ci95"][0] == 0.0
+    # grouped: the two dipole stamps come from one object
+    g = np.array(["a", "b", "c", "c", "d", "e", "f", "g"])
+    assert classification_metrics(Y, P, kind=kind, groups=g)["by_kind"]["dipole"]["n_objects"] == 1
+
+
+def test_completeness_purity_per_snr_bin():
+    snr = np.array([6, 12, 30, 60, 7, 15, 55, 3.0])
+    m = classification_metrics(Y, P, snr=snr, n_resamples=0)
+    cp = m["completeness_purity"]
+    assert cp["threshold"] == 0.5 and cp["n_no_snr"] == 0
+    rows = {r["bin"]: r for r in cp["bins"]}
+    assert list(rows) == ["<5", "5-10", "10-20", "20-50", ">50"]  # the low bin appears: one stamp has SNR 3
+    # SNR 3: one real stamp at p 0.7, found; nothing else called real there
+    assert rows["<5"]["n"] == 1 and rows["<5"]["completeness"] == 1.0 and rows["<5"]["purity"] == 1.0
+    # >50: bogus at p 0.3 (60) and real at p 0.8 (55): found, and the only stamp called real
+    assert rows[">50"]["n"] == 2 and rows[">50"]["n_found"] == 1 and rows[">50"]["purity"] == 1.0
+    # 10-20: bogus p 0.2 (12) and real p 0.4 (15): missed, nothing called real -> purity undefined
+    assert rows["10-20"]["completeness"] == 0.0 and rows["10-20"]["purity"] is None
+    assert rows["10-20"]["purity_ci95"] is None and rows["10-20"]["completeness_ci95"][1] > 0.5
+    # 20-50: the bogus stamp at p 0.6 called real: purity 0, no real stamps
+    assert rows["20-50"]["n_called_real"] == 1 and rows["20-50"]["purity"] == 0.0
+    assert rows["20-50"]["completeness"] is None
+    no_low = classification_metrics(Y, P, snr=np.abs(snr) + 5, n_resamples=0)["completeness_purity"]
+    assert [r["bin"] for r in no_low["bins"]] == ["5-10", "10-20", "20-50", ">50"]
+    # at the validation threshold when one is given
+    at_val = classification_metrics(Y, P, snr=snr, threshold_fpr1=0.85, n_resamples=0)["completeness_purity"]
+    assert at_val["threshold"] == 0.85 and {r["bin"]: r for r in at_val["bins"]}[">50"]["n_found"] == 0
+
+
+def test_validation_threshold_is_applied_not_tuned():
+    m = classification_metrics(Y, P, threshold_fpr1=0.65, n_resamples=0)
+    # at 0.65: real stamps 0.9, 0.8, 0.7 called real, 0.4 missed; the bogus 0.6 is no longer let through
+    assert m["fnr_at_val_threshold"] == 0.25 and m["fpr_at_val_threshold"] == 0.0
+    assert m["confusion_matrix_at_val_threshold"] == [[4, 0], [1, 3]]
+    assert m["threshold_fpr1"] == 0.65 and "ci95" not in m
+    # a threshold from a validation set on which the model ranks worse: the test FPR is what it is
+    m2 = classification_metrics(Y, P, threshold_fpr1=0.15)
+    assert m2["fpr_at_val_threshold"] == 0.75 and m2["fnr_at_val_threshold"] == 0.0
+    assert m2["fnr_at_fpr_1pct"] == 0.25  # the tuned number stays, and differs
+    ci = m2["ci95"]
+    assert ci["fpr_at_val_threshold"][0] <= 0.75 <= ci["fpr_at_val_threshold"][1]
+    assert set(ci) >= {"accuracy", "recall", "recall_bogus", "roc_auc", "fnr_at_val_threshold"}
+
+
+def test_threshold_at_fpr_on_validation():
+    from hits_stamps.evaluation.metrics import threshold_at_fpr
+
+    y_val = np.r_[np.zeros(100, int), np.ones(20, int)]
+    p_val = np.r_[np.linspace(0, 0.9, 100), np.full(20, 0.95)]
+    t = threshold_at_fpr(y_val, p_val)
+    assert np.mean(p_val[y_val == 0] >= t) <= 0.01
+    assert t == pytest.approx(0.9)  # one bogus stamp of 100 (p 0.9) may pass: FPR 1%
+    with pytest.raises(ValueError, match="needs real and bogus"):
+        threshold_at_fpr(np.ones(5, int), np.full(5, 0.5))
+
+
+def test_intervals_and_objects_in_metrics():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    p = np.clip(0.4 * y + 0.6 * rng.random(400), 0, 1)
+    g = np.repeat(np.arange(40).astype(str), 10)
+    m = classification_metrics(y, p, groups=g, n_resamples=300)
+    assert m["n"] == 400 and m["n_objects"] == 40 and m["bootstrap"]["n_objects"] == 40
+    for key in ("accuracy", "recall", "recall_bogus", "roc_auc"):
+        lo, hi = m["ci95"][key]
+        assert lo <= m[key] <= hi, key
+    assert m["recall_bogus"] == pytest.approx(1 - m["fpr"])
+    flat = classification_metrics(y, p, n_resamples=300)
+    assert flat["n_objects"] == 400 and flat["bootstrap"]["method"] == "percentile bootstrap over stamps"
 
 
 def test_single_class_is_handled():
     m = classification_metrics(np.ones(5, int), np.full(5, 0.8))
     assert m["roc_auc"] is None and m["fnr_at_fpr_1pct"] is None and m["fpr"] is None
+    assert m["ci95"]["roc_auc"] is None and m["ci95"]["recall"] == [1.0, 1.0]
     assert m["accuracy"] == 1.0 and m["recall"] == 1.0
     assert any("only one class" in note for note in m["notes"])
 
