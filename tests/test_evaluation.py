@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from hits_stamps.datasets import make_synthetic_stamps
+from hits_stamps.errors import HitsStampsError
 from hits_stamps.evaluation import plots
 from hits_stamps.evaluation.evaluate import evaluate_model
 from hits_stamps.evaluation.metrics import classification_metrics, fnr_at_fpr
@@ -173,3 +174,31 @@ def test_evaluate_model_writes_metrics_and_plots(tiny_model, tmp_path):
     # the metrics agree with the model's own predictions
     p = load_model(tiny_model.path).predict_proba(test[test.labels >= 0])[:, 1]
     assert on_disk["accuracy"] == pytest.approx(np.mean((p >= 0.5) == test.labels[test.labels >= 0]))
+
+
+def test_evaluate_model_with_objects_and_a_validation_threshold(tiny_model, tmp_path):
+    from dataclasses import replace
+
+    from hits_stamps.evaluation.evaluate import threshold_from_validation
+
+    test = make_synthetic_stamps(120, seed=6)
+    test = replace(test, groups=np.repeat([f"obj{i}" for i in range(30)], 4))  # 4 stamps per object
+    val = make_synthetic_stamps(100, seed=7)
+    source = threshold_from_validation(tiny_model, val, progress=False, data_path="val.npz")
+    p_val = tiny_model.predict_proba(val)[:, 1]
+    assert np.mean(p_val[val.labels == 0] >= source["threshold"]) == pytest.approx(source["fpr"])
+    assert source["fpr"] <= 0.01
+    assert source["n"] == 100 and source["n_objects"] == 100 and source["data"] == "val.npz"
+    m = evaluate_model(tiny_model, test, tmp_path / "ev", progress=False, threshold_fpr1=source["threshold"],
+                       threshold_source=source, n_resamples=200)
+    on_disk = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert on_disk["n"] == 120 and on_disk["n_objects"] == 30 and on_disk["bootstrap"]["n_objects"] == 30
+    assert on_disk["threshold_source"]["threshold"] == m["threshold_fpr1"] == source["threshold"]
+    p = tiny_model.predict_proba(test)[:, 1]
+    assert m["fpr_at_val_threshold"] == pytest.approx(np.mean(p[test.labels == 0] >= source["threshold"]))
+    assert on_disk["completeness_purity"]["threshold"] == source["threshold"]
+    assert (tmp_path / "ev" / "completeness_purity.png").read_bytes()[:4] == b"\x89PNG"
+    lo, hi = on_disk["ci95"]["accuracy"]
+    assert lo <= on_disk["accuracy"] <= hi
+    with pytest.raises(HitsStampsError, match="needs real and bogus"):
+        threshold_from_validation(tiny_model, val[val.labels == 1], progress=False)

@@ -21,6 +21,7 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     write_stamps(make_synthetic_stamps(150, seed=0), d / "train.npz")
     write_stamps(make_synthetic_stamps(80, seed=1), d / "test.npz")
+    write_stamps(make_synthetic_stamps(60, seed=4), d / "val.npz")
     return d
 
 
@@ -74,6 +75,20 @@ def test_train_info_evaluate_cli(files, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["data"] == str(files / "test.npz")
     assert main(["info", str(out)]) == 0
     assert "metrics: n 80" in capsys.readouterr().out
+    # the FPR 1% threshold chosen on validation stamps of other objects, recorded with its source
+    ev2 = tmp_path / "ev2"
+    assert main(["evaluate", str(out), "--data", str(files / "test.npz"), "--out", str(ev2), "--no-progress",
+                 "--val-data", str(files / "val.npz")]) == 0
+    m2 = json.loads((ev2 / "metrics.json").read_text())
+    assert m2["threshold_source"]["data"] == str(files / "val.npz") and m2["threshold_source"]["n"] == 60
+    assert m2["threshold_fpr1"] == m2["threshold_source"]["threshold"]
+    assert m2["fpr_at_val_threshold"] is not None and m2["ci95"]["fnr_at_val_threshold"] is not None
+    capsys.readouterr()
+    # validation stamps that share objects with the test stamps are refused in one line
+    assert main(["evaluate", str(out), "--data", str(files / "test.npz"), "--out", str(tmp_path / "ev3"),
+                 "--no-progress", "--val-data", str(files / "test.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "--val-data must hold other objects" in err and "share 80 object(s)" in err
 
 
 def test_train_refuses_to_clobber_and_overwrite_clears_old_metrics(files, tmp_path, capsys):

@@ -12,8 +12,9 @@ import typer
 from hits_stamps.cli._app import app, console
 from hits_stamps.errors import HitsStampsError
 
-_SUMMARY_KEYS = ("n", "accuracy", "precision", "recall", "f1", "roc_auc", "fpr", "fnr", "fnr_at_fpr_1pct",
-                 "threshold_at_fpr_1pct", "ece", "nll", "accuracy_at_10pct_referral")
+_SUMMARY_KEYS = ("n", "n_objects", "accuracy", "precision", "recall", "recall_bogus", "f1", "roc_auc", "fpr", "fnr",
+                 "fnr_at_fpr_1pct", "threshold_at_fpr_1pct", "threshold_fpr1", "fnr_at_val_threshold",
+                 "fpr_at_val_threshold", "ece", "nll", "accuracy_at_10pct_referral")
 
 
 def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -88,6 +89,8 @@ def evaluate(
     model_dir: Path = typer.Argument(..., help="A trained model directory."),
     data: Path = typer.Option(..., "--data", help="Labelled test stamp file."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json and figures."),
+    val_data: Path | None = typer.Option(
+        None, "--val-data", help="Labelled validation stamps of other objects: the FPR 1% threshold is chosen there."),
     mc_samples: int | None = typer.Option(
         None, "--mc-samples", help="Monte-Carlo samples for Bayesian models (default: the model's)."),
     classifier: Path | None = typer.Option(
@@ -120,9 +123,25 @@ def evaluate(
 
     model = modeldir.load_model(model_dir)
     stamps = read_stamps(data, trust_pickle=trust_pickle)
-    metrics = evaluate_model(model, stamps, out, mc_samples=mc_samples, progress=progress, data_path=data)
-    console.print(f"wrote {out / modeldir.METRICS} ({model.name} on {metrics['n']} stamps)")
+    source = None
+    if val_data is not None:
+        from hits_stamps.evaluation.evaluate import threshold_from_validation
+        from hits_stamps.stamps import GroupLeakError, check_disjoint_groups
+
+        val_set = read_stamps(val_data, trust_pickle=trust_pickle)
+        try:
+            check_disjoint_groups({f"test {data}": stamps, f"validation {val_data}": val_set})  # distinct keys
+        except GroupLeakError as exc:
+            raise HitsStampsError(f"--val-data must hold other objects than --data; {exc}") from None
+        source = threshold_from_validation(model, val_set, mc_samples=mc_samples, progress=progress,
+                                           data_path=val_data)
+    metrics = evaluate_model(model, stamps, out, mc_samples=mc_samples, progress=progress, data_path=data,
+                             threshold_fpr1=None if source is None else source["threshold"], threshold_source=source)
+    console.print(f"wrote {out / modeldir.METRICS} ({model.name} on {metrics['n']} stamps, "
+                  f"{metrics['n_objects']} objects)")
     for key in _SUMMARY_KEYS:
         v = metrics.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            console.print(f"{key}: {v:.6g}" if isinstance(v, float) else f"{key}: {v}")
+            ci = (metrics.get("ci95") or {}).get(key)
+            console.print((f"{key}: {v:.6g}" if isinstance(v, float) else f"{key}: {v}")
+                          + (f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""))

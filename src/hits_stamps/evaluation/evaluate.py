@@ -2,13 +2,18 @@
 
 `evaluate_model` writes into `out_dir`:
 
-    metrics.json            classification metrics (see `metrics.classification_metrics`) merged
+    metrics.json            classification metrics (see `metrics.classification_metrics`) with
+                            bootstrap intervals over the set's objects (`stamps.groups`), merged
                             with the calibration/uncertainty report (ece, nll, referral accuracy)
     predictions.csv         id, label, p_real for every labelled stamp
     training_curves.png     accuracy and loss vs epoch, training vs validation
-    roc.png                 ROC curve with the FPR = 1% operating point
+    roc.png                 ROC curve with the FPR = 1% operating point(s)
     confusion_matrix.png    counts and row percentages at threshold 0.5
+    completeness_purity.png completeness and purity vs SNR (when the stamps have SNRs)
     misclassified.png       the most confidently misclassified stamps, all channels
+
+The FPR = 1% threshold is honest only when chosen on other objects: `threshold_from_validation`
+picks it on a labelled validation set, and `evaluate_model(..., threshold_fpr1=...)` applies it.
 
 and copies metrics.json (with the data path) into the model directory as its latest evaluation.
 """
@@ -27,7 +32,8 @@ import numpy as np
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.evaluation import plots
 from hits_stamps.evaluation.calibration import mc_sample_count, uncertainty_report
-from hits_stamps.evaluation.metrics import classification_metrics
+from hits_stamps.evaluation.intervals import DEFAULT_RESAMPLES
+from hits_stamps.evaluation.metrics import TARGET_FPR, classification_metrics, fnr_at_fpr, threshold_at_fpr
 from hits_stamps.io.atomic import atomic_path
 from hits_stamps.stamps import StampSet
 from hits_stamps.training import modeldir
@@ -94,6 +100,60 @@ def _write_predictions(path: Path, stamps: StampSet, p_real: np.ndarray) -> None
             w.writerow([i, int(lab), f"{p:.6g}"])
 
 
+def _labelled_only(stamps: StampSet, what: str) -> tuple[StampSet, int]:
+    """(the labelled stamps, how many unlabelled were skipped); refuses a set without labels."""
+    labelled = stamps.labels >= 0
+    if not labelled.any():
+        raise HitsStampsError(f"{what} has no labelled stamps (labels 0 or 1)")
+    n_skipped = int((~labelled).sum())
+    if n_skipped:
+        warnings.warn(f"{n_skipped} unlabelled stamps (label -1) skipped in the {what}", stacklevel=3)
+        stamps = stamps[labelled]
+    return stamps, n_skipped
+
+
+def threshold_from_validation(
+    model: TrainedModel,
+    val_stamps: StampSet,
+    mc_samples: int | None = None,
+    progress: bool = True,
+    data_path: str | os.PathLike | None = None,
+    device: str = "cpu",
+    target_fpr: float = TARGET_FPR,
+) -> dict[str, Any]:
+    """The FPR = `target_fpr` threshold of `model` chosen on labelled validation stamps.
+
+    The validation stamps must come from other objects than the test stamps (check with
+    `hits_stamps.stamps.check_disjoint_groups`). Bayesian models average `mc_samples` Monte-Carlo
+    passes, like `evaluate_model`. Returns {"threshold", "target_fpr", "fpr", "fnr" (both on the
+    validation set), "n", "n_objects", "n_real", "n_bogus", "data"}: pass "threshold" to
+    `evaluate_model(threshold_fpr1=...)` and the whole dict as its `threshold_source`.
+    """
+    val, _ = _labelled_only(val_stamps, "validation data")
+    if model.spec.task == "bayesian-classifier":
+        mc_samples = mc_sample_count(mc_samples)
+    else:
+        mc_samples = None
+    p = predict_with_progress(model, val, mc_samples=mc_samples, progress=progress, device=device)[:, 1]
+    try:
+        thr = threshold_at_fpr(val.labels, p, target_fpr)
+    except ValueError as exc:
+        raise HitsStampsError(f"{data_path or 'validation data'}: {exc}") from None
+    fnr, _ = fnr_at_fpr(val.labels.astype(np.int64), p.astype(np.float64), target_fpr)
+    is_bogus = val.labels == 0
+    return {
+        "threshold": thr,
+        "target_fpr": target_fpr,
+        "fpr": float(np.mean(p[is_bogus] >= thr)),
+        "fnr": fnr,
+        "n": len(val),
+        "n_objects": val.n_groups(),
+        "n_real": int(np.sum(~is_bogus)),
+        "n_bogus": int(np.sum(is_bogus)),
+        "data": str(data_path) if data_path is not None else None,
+    }
+
+
 def evaluate_model(
     model: TrainedModel,
     stamps: StampSet,
@@ -102,22 +162,24 @@ def evaluate_model(
     progress: bool = True,
     data_path: str | os.PathLike | None = None,
     device: str = "cpu",
+    threshold_fpr1: float | None = None,
+    threshold_source: dict[str, Any] | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Score `model` on the labelled stamps of `stamps`; write metrics, predictions and figures.
 
-    Unlabelled stamps (label -1) are skipped and counted (`n_unlabelled_skipped`). Returns the
-    metrics dict that is written to out_dir/metrics.json and to the model directory's metrics.json.
+    Unlabelled stamps (label -1) are skipped and counted (`n_unlabelled_skipped`). Intervals are a
+    bootstrap over `stamps.groups` (`n_resamples` resamples, `seed`). `threshold_fpr1` is the
+    FPR = 1% threshold chosen on validation objects (`threshold_from_validation`); the test FNR and
+    FPR at it are reported as fnr_at_val_threshold / fpr_at_val_threshold, and `threshold_source`
+    (what it was chosen on) is stored as metrics["threshold_source"]. Returns the metrics dict that
+    is written to out_dir/metrics.json and to the model directory's metrics.json.
     """
     if model.spec.task == "generator":
         raise HitsStampsError(f"{model.path}: {model.name} is a generator; evaluate it with the generator judge")
     model.check_input(stamps)
-    labelled = stamps.labels >= 0
-    if not labelled.any():
-        raise HitsStampsError("evaluation data has no labelled stamps (labels 0 or 1)")
-    n_skipped = int((~labelled).sum())
-    if n_skipped:
-        warnings.warn(f"{n_skipped} unlabelled stamps (label -1) skipped in the evaluation", stacklevel=2)
-        stamps = stamps[labelled]
+    stamps, n_skipped = _labelled_only(stamps, "evaluation data")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -131,8 +193,10 @@ def evaluate_model(
         probs = predict_with_progress(model, stamps, progress=progress, device=device)
     seconds = time.perf_counter() - t0
     p_real = probs[:, 1]
-    metrics = classification_metrics(stamps.labels, p_real, snr=stamps.snr, kind=stamps.kind)
+    metrics = classification_metrics(stamps.labels, p_real, snr=stamps.snr, kind=stamps.kind, groups=stamps.groups,
+                                     threshold_fpr1=threshold_fpr1, n_resamples=n_resamples, seed=seed)
     metrics.update({
+        "threshold_source": None if threshold_fpr1 is None else (threshold_source or {"threshold": threshold_fpr1}),
         "model": model.name,
         "model_dir": str(model.path),
         "data": str(data_path) if data_path is not None else None,
@@ -151,6 +215,8 @@ def evaluate_model(
     plots.plot_training_curves(model.history, out / "training_curves.png", title=f"{model.name}: training")
     plots.plot_roc(stamps.labels, p_real, out / "roc.png", title=title, metrics=metrics)
     plots.plot_confusion_matrix(metrics["confusion_matrix"], out / "confusion_matrix.png", title=title)
+    if metrics.get("completeness_purity"):
+        plots.plot_completeness_purity(metrics["completeness_purity"], out / "completeness_purity.png", title=title)
     plots.plot_misclassified(stamps, p_real, out / "misclassified.png")
 
     modeldir.write_json(out / modeldir.METRICS, metrics)
@@ -161,4 +227,4 @@ def evaluate_model(
     return metrics
 
 
-__all__ = ["evaluate_model", "predict_with_progress"]
+__all__ = ["evaluate_model", "predict_with_progress", "threshold_from_validation"]

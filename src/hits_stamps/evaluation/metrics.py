@@ -222,8 +222,9 @@ def completeness_purity(y_true, p_real, snr, threshold: float, groups=None) -> d
     the set's ratio of bogus to real stamps. Bins: SNR_BINS, preceded by "<5" when any stamp has
     |SNR| < 5; NaN SNRs are counted in `n_no_snr`.
 
-    Returns {"threshold", "bins": [{bin, lo, hi, n, n_objects, n_real, n_found (TP), n_called_real
-    (TP + FP), completeness, completeness_ci95, purity, purity_ci95}], "n_no_snr"}.
+    Returns {"threshold", "bins": [{bin, lo, hi (None: open), snr_median (of |SNR| in the bin), n,
+    n_objects, n_real, n_found (TP), n_called_real (TP + FP), completeness, completeness_ci95, purity,
+    purity_ci95}], "n_no_snr"}.
     """
     y = np.asarray(y_true).astype(np.int64)
     p = np.asarray(p_real, dtype=np.float64)
@@ -240,6 +241,7 @@ def completeness_purity(y_true, p_real, snr, threshold: float, groups=None) -> d
         fp = int(np.sum(sel & pred & (y == 0)))
         rows.append({
             "bin": name, "lo": lo, "hi": None if np.isinf(hi) else hi,
+            "snr_median": float(np.median(a[sel])) if sel.any() else None,
             "n": int(sel.sum()), "n_objects": int(np.unique(codes[sel]).size), "n_real": tp + fn,
             "n_found": tp, "n_called_real": tp + fp,
             "completeness": _ratio(tp, tp + fn), "completeness_ci95": wilson_interval(tp, tp + fn),

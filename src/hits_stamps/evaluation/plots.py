@@ -1,4 +1,4 @@
-"""Evaluation figures: training curves, ROC, confusion matrix, gallery of misclassified stamps.
+"""Evaluation figures: training curves, ROC, confusion matrix, completeness and purity vs SNR, misclassified stamps.
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot state, no display
 needed) and written atomically as PNG. Each function returns the path it wrote.
@@ -63,7 +63,11 @@ def plot_roc(y_true: np.ndarray, p_real: np.ndarray, path: str | os.PathLike, ti
         ax.axvline(0.01, color="grey", ls="--", lw=1)
         if metrics and metrics.get("fnr_at_fpr_1pct") is not None:
             ax.plot([0.01], [1 - metrics["fnr_at_fpr_1pct"]], "o", color="C3",
-                    label=f"FNR {metrics['fnr_at_fpr_1pct']:.4f} at FPR 1%")
+                    label=f"FNR {metrics['fnr_at_fpr_1pct']:.4f} at FPR 1% (tuned on this set)")
+        if metrics and None not in (metrics.get("fnr_at_val_threshold"), metrics.get("fpr_at_val_threshold")):
+            ax.plot([max(metrics["fpr_at_val_threshold"], floor)], [1 - metrics["fnr_at_val_threshold"]], "s",
+                    color="C2", label=f"validation threshold: FNR {metrics['fnr_at_val_threshold']:.4f}, "
+                                      f"FPR {metrics['fpr_at_val_threshold']:.4f}")
         ax.set_xscale("log")
         ax.set_xlim(floor, 1)
         ax.legend(loc="lower right")
@@ -94,6 +98,42 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], path: str | os.PathLike, 
                     color="white" if frac[i, j] > 0.5 else "black")
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_completeness_purity(cp: dict[str, Any], path: str | os.PathLike, title: str = "") -> Path:
+    """Completeness and purity per |SNR| bin with Wilson 95% error bars (`metrics.completeness_purity`).
+
+    Each bin is drawn at its centre (lo + hi) / 2, the open top bin at the median |SNR| of its stamps;
+    horizontal bars span the bin; a bin where a quantity is undefined is left out of that curve.
+    """
+    fig = Figure(figsize=(5.6, 3.8))
+    ax = fig.subplots()
+    rows = [r for r in cp.get("bins", []) if r.get("n")]
+    for key, name, marker, shift in (("completeness", "completeness (real found)", "o", 0.97),
+                                     ("purity", "purity (called real that are real)", "s", 1.03)):
+        pts = [r for r in rows if r.get(key) is not None]
+        if not pts:
+            continue
+        x = np.array([(r["lo"] + r["hi"]) / 2 if r["hi"] is not None else r["snr_median"] for r in pts]) * shift
+        v = np.array([r[key] for r in pts])
+        ci = np.array([r[key + "_ci95"] for r in pts])
+        yerr = np.maximum(0.0, [v - ci[:, 0], ci[:, 1] - v])  # (2, bins); rounding may put v a hair outside
+        ax.errorbar(x, v, yerr=yerr, fmt=marker + "-", capsize=3, ms=4, label=name)
+    for r in rows:
+        ax.annotate(f"{r['n_real']}/{r['n_called_real']}", ((r["lo"] + r["hi"]) / 2 if r["hi"] is not None
+                    else r["snr_median"], 0.02), fontsize=7, ha="center", color="grey")
+    if not rows:
+        ax.text(0.5, 0.5, "no stamps with an SNR", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("|SNR| (bin centre)")
+    ax.set_ylabel("fraction (Wilson 95% intervals)")
+    ax.grid(alpha=0.3, which="both")
+    if rows:
+        ax.legend(loc="center right", fontsize=8)
+    ax.set_title((title + "\n" if title else "") + f"threshold {cp.get('threshold', float('nan')):.4g}; "
+                 "grey: real / called-real stamps per bin", fontsize=9)
     return _save(fig, path)
 
 
@@ -152,6 +192,7 @@ def plot_misclassified(stamps: StampSet, p_real: np.ndarray, path: str | os.Path
 
 
 __all__ = [
+    "plot_completeness_purity",
     "plot_confusion_matrix",
     "plot_misclassified",
     "plot_roc",
