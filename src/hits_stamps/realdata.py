@@ -180,34 +180,8 @@ def read_sequences(path: str | Path) -> Sequences:
     cxy = arrays.get("centroid_xy", np.full((m, 2), np.nan))
     if cxy.shape != (m, 2):
         raise StampFileError(path, "centroid_xy", f"shape ({m}, 2)", f"shape {cxy.shape}")
-    lc = None
-    present = [key for key in LC_KEYS if key in arrays]
-    if present:
-        if len(present) != len(LC_KEYS):
-            raise StampFileError(path, ", ".join(sorted(set(LC_KEYS) - set(present))),
-                                 f"all of {list(LC_KEYS)} or none", f"only {present}")
-        n_lc = arrays["lc_mjd"].shape
-        for key in LC_KEYS:
-            if arrays[key].shape != n_lc or arrays[key].ndim != 1:
-                raise StampFileError(path, key, f"shape {n_lc} like lc_mjd", f"shape {arrays[key].shape}")
-        loi = arrays["lc_object_index"]
-        if loi.size and (loi.min() < 0 or loi.max() >= k):
-            raise StampFileError(path, "lc_object_index", f"values in [0, {k})", f"range [{loi.min()}, {loi.max()}]")
-        lc = {key: arrays[key] for key in LC_KEYS}
-    kron = None
-    present = [key for key in KRON_KEYS if key in arrays]
-    if present:
-        if len(present) != len(KRON_KEYS) or "epoch" not in arrays:
-            raise StampFileError(path, ", ".join(sorted(set(KRON_KEYS + ("epoch",)) - set(present) - set(arrays))),
-                                 f"all of {list(KRON_KEYS)} and `epoch`, or none", f"only {present}")
-        n_k = arrays["kron_mag"].shape
-        for key in KRON_KEYS:
-            if arrays[key].shape != n_k or arrays[key].ndim != 1:
-                raise StampFileError(path, key, f"shape {n_k} like kron_mag", f"shape {arrays[key].shape}")
-        koi = arrays["kron_object_index"]
-        if koi.size and (koi.min() < 0 or koi.max() >= k):
-            raise StampFileError(path, "kron_object_index", f"values in [0, {k})", f"range [{koi.min()}, {koi.max()}]")
-        kron = {key: arrays[key] for key in KRON_KEYS}
+    lc = _object_table(path, arrays, LC_KEYS, "lc_mjd", k)
+    kron = _object_table(path, arrays, KRON_KEYS, "kron_mag", k, also=("epoch",))
     epoch = arrays.get("epoch")
     if epoch is not None and epoch.shape != (m,):
         raise StampFileError(path, "epoch", f"shape ({m},)", f"shape {epoch.shape}")
@@ -217,6 +191,30 @@ def read_sequences(path: str | Path) -> Sequences:
         object_class=classes.astype(str), field=fields.astype(str), lc=lc,
         epoch=None if epoch is None else epoch.astype(np.int64), kron=kron,
     )
+
+
+def _object_table(
+    path: Path, arrays: dict[str, np.ndarray], keys: tuple[str, ...], ref: str, k: int, also: tuple[str, ...] = ()
+) -> dict[str, np.ndarray] | None:
+    """Per-row arrays `keys` (1-d, the length of `ref`; keys[0] indexes the K objects), all or none of them.
+
+    `also` names arrays that must be present with them. Returns None when none of `keys` is there.
+    """
+    present = [key for key in keys if key in arrays]
+    if not present:
+        return None
+    if len(present) != len(keys) or any(a not in arrays for a in also):
+        raise StampFileError(path, ", ".join(sorted(set(keys + also) - set(arrays))),
+                             f"all of {list(keys)}" + (f" and {list(also)}" if also else "") + ", or none",
+                             f"only {present}")
+    n_rows = arrays[ref].shape
+    for key in keys:
+        if arrays[key].shape != n_rows or arrays[key].ndim != 1:
+            raise StampFileError(path, key, f"shape {n_rows} like {ref}", f"shape {arrays[key].shape}")
+    idx = arrays[keys[0]]
+    if idx.size and (idx.min() < 0 or idx.max() >= k):
+        raise StampFileError(path, keys[0], f"values in [0, {k})", f"range [{idx.min()}, {idx.max()}]")
+    return {key: arrays[key] for key in keys}
 
 
 def kron_flux_change(seq: Sequences, ti: np.ndarray, si: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
