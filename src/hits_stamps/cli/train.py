@@ -102,11 +102,7 @@ def evaluate(
 
     if mc_samples is not None and mc_samples < 1:
         raise HitsStampsError(f"--mc-samples must be >= 1; got {mc_samples}")
-    if not modeldir.is_model_dir(model_dir):
-        from hits_stamps.errors import StampFileError
-
-        raise StampFileError(model_dir, None, "a trained-model directory with config.json", "none")
-    config = modeldir.read_json(model_dir / modeldir.CONFIG)
+    config = modeldir.read_config(model_dir)
     if get_spec(config["model"]).task == "generator":
         from hits_stamps.generation.judge import evaluate_generator
 

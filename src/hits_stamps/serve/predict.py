@@ -24,7 +24,7 @@ from hits_stamps.errors import HitsStampsError
 from hits_stamps.serve.backends import BACKENDS, make_backend, predict_chunk
 from hits_stamps.serve.csvout import PredictionWriter, check_output
 from hits_stamps.serve.stream import StampStream, open_stamp_stream
-from hits_stamps.training.modeldir import TrainedModel, load_model
+from hits_stamps.training.modeldir import TrainedModel, load_model, torch_device
 
 ENGINES = ("local", "dask")
 
@@ -71,6 +71,9 @@ class PredictConfig:
             raise HitsStampsError(f"limit must be >= 1; got {self.limit}")
         if self.threads is not None and self.threads < 1:
             raise HitsStampsError(f"threads must be >= 1; got {self.threads}")
+        if self.mc_samples is not None and self.mc_samples < 1:
+            raise HitsStampsError(f"mc_samples must be >= 1; got {self.mc_samples}")
+        torch_device(self.device)  # cpu | cuda | cuda:N, and a GPU present for cuda
 
 
 @dataclass

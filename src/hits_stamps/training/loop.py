@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,15 +46,26 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model builder
     recipe_overrides: dict[str, Any] = field(default_factory=dict)  # any other Recipe field
 
+    def __post_init__(self) -> None:
+        problems = []
+        for key in ("epochs", "batch_size", "steps_per_epoch", "early_stopping_patience"):
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                problems.append(f"{key} must be an integer >= 1; got {v!r}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a finite number > 0; got {self.lr!r}")
+        if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 1):
+            problems.append(f"val_fraction must be in (0, 1); got {self.val_fraction!r}")
+        if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)):
+            problems.append(f"device must be cpu, cuda, cuda:N or auto; got {self.device!r}")
+        if problems:
+            raise HitsStampsError("; ".join(problems))
+
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise HitsStampsError(f"device must be cpu, cuda or auto; got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise HitsStampsError("device 'cuda' requested but no CUDA device is available")
-    return torch.device(device)
+    return modeldir.torch_device(device)
 
 
 def resolve_recipe(cfg: TrainConfig) -> Recipe:
@@ -65,7 +77,24 @@ def resolve_recipe(cfg: TrainConfig) -> Recipe:
     unknown = set(over) - {f.name for f in dataclasses.fields(Recipe)}
     if unknown:
         raise HitsStampsError(f"unknown recipe keys {sorted(unknown)}")
-    return dataclasses.replace(recipe, **over)
+    try:
+        recipe = dataclasses.replace(recipe, **over)
+    except (TypeError, ValueError) as exc:
+        raise HitsStampsError(f"recipe: {exc}") from exc
+    problems = []
+    for f in dataclasses.fields(Recipe):
+        v = getattr(recipe, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            problems.append(f"recipe {f.name} must be finite; got {v}")
+    for key in ("epochs", "batch_size"):
+        v = getattr(recipe, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            problems.append(f"recipe {key} must be an integer >= 1; got {v!r}")
+    if not (isinstance(recipe.lr, (int, float)) and recipe.lr > 0):
+        problems.append(f"recipe lr must be a number > 0; got {recipe.lr!r}")
+    if problems:
+        raise HitsStampsError("; ".join(problems))
+    return recipe
 
 
 def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
