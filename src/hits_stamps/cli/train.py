@@ -102,7 +102,7 @@ def evaluate(
 
     if mc_samples is not None and mc_samples < 1:
         raise HitsStampsError(f"--mc-samples must be >= 1; got {mc_samples}")
-    config = modeldir.read_config(model_dir)
+    config = modeldir.read_config(model_dir, full=False)
     if get_spec(config["model"]).task == "generator":
         from hits_stamps.generation.judge import evaluate_generator
 

@@ -71,6 +71,37 @@ def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def stamps_sha256(stamps: StampSet) -> str:
+    """Content hash of a stamp set (images, labels, ids): the identity of training data, whatever its path."""
+    h = hashlib.sha256()
+    for arr in (stamps.images, stamps.labels, stamps.ids.astype(str)):
+        a = np.ascontiguousarray(arr)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+    return h.hexdigest()
+
+
+def weights_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a model directory's weights and config.json: the identity of a trained model."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for name in (WEIGHTS, CONFIG):
+        h.update(file_sha256(path / name).encode())
+    return h.hexdigest()
+
+
+def partial_dir(out: str | os.PathLike) -> Path:
+    """Where a model directory is built until it is complete: `.NAME.partial` beside it."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+def resumable(out: str | os.PathLike) -> bool:
+    """True when `fit(..., resume=True)` has a checkpoint to continue for `out` (partial or finished)."""
+    out = Path(out)
+    return (partial_dir(out) / CHECKPOINT).is_file() or (out / CHECKPOINT).is_file()
+
+
 def is_model_dir(path: str | os.PathLike) -> bool:
     p = Path(path)
     return p.is_dir() and (p / CONFIG).exists()
@@ -172,11 +203,12 @@ def _field(cfg_path: Path, config: dict, key: str, kind: type | tuple[type, ...]
     return value
 
 
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
+def read_config(path: str | os.PathLike, full: bool = True) -> dict[str, Any]:
     """The checked config.json of a model directory (model name, input size and channels, preprocessing).
 
-    Every problem (no directory, no or malformed config.json, a missing or mistyped key, an
-    unregistered model) is a StampFileError naming the file and the key.
+    With `full=False` only the model name is checked (enough to tell a generator from a classifier,
+    whose loaders check the rest). Every problem (no directory, no or malformed config.json, a
+    missing or mistyped key, an unregistered model) is a StampFileError naming the file and the key.
     """
     path = Path(path)
     if not path.is_dir():
@@ -192,6 +224,8 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         get_spec(name)
     except HitsStampsError as exc:
         raise StampFileError(cfg_path, "model", "a registered model name", str(exc)) from exc
+    if not full:
+        return config
     inp = _field(cfg_path, config, "input", dict, "{size: [H, W], channels: [...]}")
     size, channels = inp.get("size"), inp.get("channels")
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
