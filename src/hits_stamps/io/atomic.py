@@ -193,7 +193,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             os.chmod(tmp_path, _default_file_mode())
             os.replace(tmp_path, path)
         except OSError as exc:
-            raise HitsStampsError(f"{path}: write failed, nothing written ({exc.strerror or exc})") from exc
+            reason = " ".join(str(exc.strerror or exc).split())
+            raise HitsStampsError(f"{path}: write failed, nothing written ({reason})") from exc
         finally:
             if tmp_path.exists():
                 tmp_path.unlink()

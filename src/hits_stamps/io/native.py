@@ -13,6 +13,7 @@ Arrays (the same names in both containers; see docs/data-formats.md):
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -224,13 +225,21 @@ def _chunk_rows(row_bytes: int, n: int) -> int:
 
 
 def write_h5(stamps: StampSet, path: Path, overwrite: bool = False) -> Path:
-    """Write `stamps` as HDF5: per-stamp arrays chunked along N (~1 MiB chunks), gzip level 4 + shuffle."""
+    """Write `stamps` as HDF5: per-stamp arrays chunked along N (~1 MiB chunks), gzip level 4 + shuffle.
+
+    The file is built in memory (it is at most about the size of the stamps, which are in memory
+    already) and then written with plain writes, so a full disk is an ordinary one-line error: HDF5
+    itself crashes the process when a write to disk fails mid-file.
+    """
+    import io
+
     import h5py
 
     arrays = _to_arrays(stamps)
     n = len(stamps)
     with atomic_path(path, overwrite) as tmp:
-        with h5py.File(tmp, "w") as fh:
+        image = io.BytesIO()
+        with h5py.File(image, "w") as fh:
             for key, arr in arrays.items():
                 if arr.dtype.kind == "U":
                     fh.create_dataset(key, data=arr.astype(object), dtype=h5py.string_dtype())
@@ -240,6 +249,10 @@ def write_h5(stamps: StampSet, path: Path, overwrite: bool = False) -> Path:
                                       compression_opts=4, shuffle=True)
                 else:
                     fh.create_dataset(key, data=arr)
+        with open(tmp, "wb") as out:
+            out.write(image.getbuffer())
+            out.flush()
+            os.fsync(out.fileno())
     return Path(path)
 
 
