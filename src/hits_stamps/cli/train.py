@@ -11,6 +11,7 @@ import typer
 
 from hits_stamps.cli._app import app, console
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.io.atomic import staged_output_dir
 
 _SUMMARY_KEYS = ("n", "accuracy", "precision", "recall", "f1", "roc_auc", "fpr", "fnr", "fnr_at_fpr_1pct",
                  "threshold_at_fpr_1pct", "ece", "nll", "accuracy_at_10pct_referral")
@@ -93,6 +94,7 @@ def evaluate(
     classifier: Path | None = typer.Option(
         None, "--classifier", help="Generators only: the independent classifier that judges the samples."),
     seed: int = typer.Option(0, "--seed", help="Seed for generator judging."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder (when complete)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow reading pickle files (they can run code)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
 ) -> None:
@@ -103,20 +105,25 @@ def evaluate(
     if mc_samples is not None and mc_samples < 1:
         raise HitsStampsError(f"--mc-samples must be >= 1; got {mc_samples}")
     config = modeldir.read_config(model_dir, full=False)
-    if get_spec(config["model"]).task == "generator":
-        from hits_stamps.generation.judge import evaluate_generator
+    generator = get_spec(config["model"]).task == "generator"
+    with staged_output_dir(out, overwrite, markers=(modeldir.METRICS, "generation.json"),
+                           rewrite=(model_dir / modeldir.METRICS,)) as tmp:
+        if generator:
+            from hits_stamps.generation.judge import evaluate_generator
 
-        result = evaluate_generator(model_dir=model_dir, data=data, out_dir=out, classifier=classifier,
-                                    seed=seed, progress=progress)
+            result = evaluate_generator(model_dir=model_dir, data=data, out_dir=tmp, classifier=classifier,
+                                        seed=seed, progress=progress)
+        else:
+            from hits_stamps.evaluation.evaluate import evaluate_model
+            from hits_stamps.io import read_stamps
+
+            model = modeldir.load_model(model_dir)
+            stamps = read_stamps(data, trust_pickle=trust_pickle)
+            metrics = evaluate_model(model, stamps, tmp, mc_samples=mc_samples, progress=progress, data_path=data)
+    if generator:
         console.print(f"wrote {out}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)))
         return
-    from hits_stamps.evaluation.evaluate import evaluate_model
-    from hits_stamps.io import read_stamps
-
-    model = modeldir.load_model(model_dir)
-    stamps = read_stamps(data, trust_pickle=trust_pickle)
-    metrics = evaluate_model(model, stamps, out, mc_samples=mc_samples, progress=progress, data_path=data)
     console.print(f"wrote {out / modeldir.METRICS} ({model.name} on {metrics['n']} stamps)")
     for key in _SUMMARY_KEYS:
         v = metrics.get(key)

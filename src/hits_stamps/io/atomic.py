@@ -169,6 +169,55 @@ def replace_dir(new: str | os.PathLike, final: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
+def staged_output_dir(
+    final: str | os.PathLike, overwrite: bool = False, markers: tuple[str, ...] = (),
+    rewrite: tuple[str | os.PathLike, ...] = (),
+) -> Iterator[Path]:
+    """Yield an empty `.NAME.partial` folder beside `final`, locked; on success it replaces `final`.
+
+    Refused at once (nothing written): `final` is a file; `final` is a non-empty folder and not
+    `overwrite`; `overwrite` of a non-empty folder holding none of `markers` (not an output of this
+    kind: never delete a folder the user pointed at by mistake). On success the JSON files in the
+    folder, and the files in `rewrite`, that name the partial folder are rewritten to name `final`,
+    then `replace_dir` swaps it in; on failure the partial folder is removed and `final` is untouched.
+    """
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise HitsStampsError(f"{final}: exists and is not a folder; expected an output folder")
+    if final.is_dir() and any(final.iterdir()):
+        if not overwrite:
+            raise HitsStampsError(f"{final}: output folder exists and is not empty; pass --overwrite to replace it")
+        if markers and not any((final / m).exists() for m in markers):
+            raise HitsStampsError(f"{final}: holds none of {list(markers)}, so it is not an output of this command; "
+                                  "refusing to replace it with --overwrite")
+    with output_lock(final):
+        partial = final.parent / f".{final.name}.partial"
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        try:
+            yield partial
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        old, new = (json_text(str(p)) for p in (partial.resolve(), final.resolve()))
+        old_raw, new_raw = json_text(str(partial)), json_text(str(final))
+        for path in [*partial.rglob("*.json"), *(Path(r) for r in rewrite)]:
+            if path.is_file():
+                text = path.read_text(encoding="utf-8")
+                if old in text or old_raw in text:
+                    path.write_text(text.replace(old, new).replace(old_raw, new_raw), encoding="utf-8")
+        replace_dir(partial, final)
+
+
+def json_text(s: str) -> str:
+    """`s` as it appears inside a JSON string (escaped, without the quotes)."""
+    import json
+
+    return json.dumps(s)[1:-1]
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success rename it to `path`.
 

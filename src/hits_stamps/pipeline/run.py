@@ -24,7 +24,7 @@ from rich.console import Console
 
 from hits_stamps import __version__
 from hits_stamps.errors import HitsStampsError, StampFileError
-from hits_stamps.io.atomic import atomic_path
+from hits_stamps.io.atomic import atomic_path, output_lock
 from hits_stamps.pipeline.config import RunConfig, config_hash, diff_configs, from_dict, to_dict, to_toml
 from hits_stamps.pipeline.steps import TEST_SETS, RunContext, Step, plan
 from hits_stamps.training.modeldir import read_json, write_json
@@ -164,9 +164,15 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run (or resume) every step for `config` in `out`; returns the summary (also in summary.json).
 
-    `steps` replaces the plan (tests use it to inject a failing step).
+    `steps` replaces the plan (tests use it to inject a failing step). The run directory is locked:
+    a second `hits-stamps run` on it is refused while this one runs.
     """
     out = Path(out)
+    with output_lock(out):
+        return _run_locked(config, out, overwrite, device, progress, console, steps, report)
+
+
+def _run_locked(config, out, overwrite, device, progress, console, steps, report) -> dict[str, Any]:
     console = console or Console()
     device = resolved_device(device)
     steps = plan(config) if steps is None else steps
