@@ -137,6 +137,58 @@ def _from_arrays(path: Path, get, keys: set[str]) -> StampSet:
         raise StampFileError(path, None, "a valid stamp set", str(exc)) from exc
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_fits_in_memory(path: Path, field: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse, before reading, an array whose declared size exceeds the memory available now."""
+    need = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    free = available_memory()
+    if free is not None and need > free:
+        raise StampFileError(
+            path, field, f"an array that fits in the {free / 2**30:.1f} GiB of available memory",
+            f"shape {tuple(shape)} ({need / 2**30:.1f} GiB); `hits-stamps predict` streams .h5/.npz files in "
+            "bounded memory, or split the file",
+        )
+
+
+def npy_member_header(archive: zipfile.ZipFile, name: str, path: Path, field: str):
+    """(shape, fortran_order, dtype, data offset) of a `.npy` zip member, checked against its real size.
+
+    The shape the header declares must account for exactly the bytes the member holds (from the
+    zip directory), so a forged or truncated header is refused before anything is allocated.
+    Headers of another version than 1.0/2.0 give (None, True, None, offset): load such a member whole.
+    """
+    with archive.open(name) as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return None, True, None, fh.tell()
+        except ValueError as exc:
+            raise StampFileError(path, field, "a valid .npy member", f"{exc}") from exc
+        offset = fh.tell()
+    if not dtype.hasobject:
+        declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        held = archive.getinfo(name).file_size - offset
+        if declared != held:
+            raise StampFileError(path, field, f"{declared} bytes of data for the declared shape {tuple(shape)}",
+                                 f"{held} bytes (a forged or truncated member)")
+    return tuple(shape), fortran, dtype, offset
+
+
 def _magic(path: Path, n: int = 8) -> bytes:
     try:
         with open(path, "rb") as fh:
@@ -162,6 +214,9 @@ def read_npz(path: Path) -> StampSet:
 
             def get(key: str) -> np.ndarray:
                 if key not in cache:
+                    shape, _, dtype, _ = npy_member_header(data.zip, f"{key}.npy", path, key)
+                    if shape is not None:
+                        check_fits_in_memory(path, key, shape, dtype)
                     try:
                         cache[key] = data[key]
                     except ValueError as exc:
@@ -206,6 +261,7 @@ def read_h5(path: Path) -> StampSet:
                 dset = fh[key]
                 if not isinstance(dset, h5py.Dataset):
                     raise StampFileError(path, key, "a dataset", f"an HDF5 {type(dset).__name__}")
+                check_fits_in_memory(path, key, dset.shape, dset.dtype)
                 if dset.dtype.kind in "OS":
                     return np.asarray(dset.asstr()[()]).astype(str)
                 return dset[()]
