@@ -272,9 +272,8 @@ class PredictionWriter:
     def close(self) -> None:
         """Close without finishing (the partial file stays for --resume)."""
         if self._fh is not None and not self._fh.closed:
-            with contextlib.suppress(OSError):
-                self._fh.flush()
-            self._fh.close()
+            with contextlib.suppress(OSError):  # a failed write (full disk) was reported already
+                self._fh.close()
 
     def __enter__(self) -> PredictionWriter:
         return self
