@@ -55,12 +55,12 @@ def info(
 
 
 def _model_info(path: Path, as_json: bool) -> None:
-    from hits_stamps.training.modeldir import METRICS, load_model
+    from hits_stamps.training.modeldir import METRICS, load_model, read_json
 
     model = load_model(path)
     cfg = model.config
     metrics_path = path / METRICS
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+    metrics = read_json(metrics_path) if metrics_path.exists() else None
     data = cfg.get("training_data", {})
     summary = {
         "model": model.name,

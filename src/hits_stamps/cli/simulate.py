@@ -41,8 +41,8 @@ def simulate(
     from hits_stamps.io import write_stamps
     from hits_stamps.simulate import simulate_stamps
 
-    if n < 0:
-        raise HitsStampsError(f"--n must be >= 0; got {n}")
+    if n < 1:
+        raise HitsStampsError(f"--n must be >= 1; got {n}")
     if not 0.0 <= real_fraction <= 1.0:
         raise HitsStampsError(f"--real-fraction must be in [0, 1]; got {real_fraction}")
     _check_out(out, overwrite)

@@ -11,6 +11,7 @@ import typer
 
 from hits_stamps.cli._app import app, console
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.io.atomic import staged_output_dir
 
 _SUMMARY_KEYS = ("n", "n_objects", "accuracy", "precision", "recall", "recall_bogus", "f1", "roc_auc", "fpr", "fnr",
                  "fnr_at_fpr_1pct", "threshold_at_fpr_1pct", "threshold_fpr1", "fnr_at_val_threshold",
@@ -96,6 +97,7 @@ def evaluate(
     classifier: Path | None = typer.Option(
         None, "--classifier", help="Generators only: the independent classifier that judges the samples."),
     seed: int = typer.Option(0, "--seed", help="Seed for generator judging."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder (when complete)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow reading pickle files (they can run code)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
 ) -> None:
@@ -105,38 +107,40 @@ def evaluate(
 
     if mc_samples is not None and mc_samples < 1:
         raise HitsStampsError(f"--mc-samples must be >= 1; got {mc_samples}")
-    if not modeldir.is_model_dir(model_dir):
-        from hits_stamps.errors import StampFileError
+    config = modeldir.read_config(model_dir, full=False)
+    generator = get_spec(config["model"]).task == "generator"
+    with staged_output_dir(out, overwrite, markers=(modeldir.METRICS, "generation.json"),
+                           rewrite=(model_dir / modeldir.METRICS,)) as tmp:
+        if generator:
+            from hits_stamps.generation.judge import evaluate_generator
 
-        raise StampFileError(model_dir, None, "a trained-model directory with config.json", "none")
-    config = modeldir.read_json(model_dir / modeldir.CONFIG)
-    if get_spec(config["model"]).task == "generator":
-        from hits_stamps.generation.judge import evaluate_generator
+            result = evaluate_generator(model_dir=model_dir, data=data, out_dir=tmp, classifier=classifier,
+                                        seed=seed, progress=progress)
+        else:
+            from hits_stamps.evaluation.evaluate import evaluate_model
+            from hits_stamps.io import read_stamps
 
-        result = evaluate_generator(model_dir=model_dir, data=data, out_dir=out, classifier=classifier,
-                                    seed=seed, progress=progress)
+            model = modeldir.load_model(model_dir)
+            stamps = read_stamps(data, trust_pickle=trust_pickle)
+            source = None
+            if val_data is not None:
+                from hits_stamps.evaluation.evaluate import threshold_from_validation
+                from hits_stamps.stamps import GroupLeakError, check_disjoint_groups
+
+                val_set = read_stamps(val_data, trust_pickle=trust_pickle)
+                try:
+                    check_disjoint_groups({f"test {data}": stamps, f"validation {val_data}": val_set})
+                except GroupLeakError as exc:
+                    raise HitsStampsError(f"--val-data must hold other objects than --data; {exc}") from None
+                source = threshold_from_validation(model, val_set, mc_samples=mc_samples, progress=progress,
+                                                   data_path=val_data)
+            metrics = evaluate_model(model, stamps, tmp, mc_samples=mc_samples, progress=progress, data_path=data,
+                                     threshold_fpr1=None if source is None else source["threshold"],
+                                     threshold_source=source)
+    if generator:
         console.print(f"wrote {out}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)))
         return
-    from hits_stamps.evaluation.evaluate import evaluate_model
-    from hits_stamps.io import read_stamps
-
-    model = modeldir.load_model(model_dir)
-    stamps = read_stamps(data, trust_pickle=trust_pickle)
-    source = None
-    if val_data is not None:
-        from hits_stamps.evaluation.evaluate import threshold_from_validation
-        from hits_stamps.stamps import GroupLeakError, check_disjoint_groups
-
-        val_set = read_stamps(val_data, trust_pickle=trust_pickle)
-        try:
-            check_disjoint_groups({f"test {data}": stamps, f"validation {val_data}": val_set})  # distinct keys
-        except GroupLeakError as exc:
-            raise HitsStampsError(f"--val-data must hold other objects than --data; {exc}") from None
-        source = threshold_from_validation(model, val_set, mc_samples=mc_samples, progress=progress,
-                                           data_path=val_data)
-    metrics = evaluate_model(model, stamps, out, mc_samples=mc_samples, progress=progress, data_path=data,
-                             threshold_fpr1=None if source is None else source["threshold"], threshold_source=source)
     console.print(f"wrote {out / modeldir.METRICS} ({model.name} on {metrics['n']} stamps, "
                   f"{metrics['n_objects']} objects)")
     for key in _SUMMARY_KEYS:

@@ -13,6 +13,7 @@ Arrays (the same names in both containers; see docs/data-formats.md):
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -136,6 +137,58 @@ def _from_arrays(path: Path, get, keys: set[str]) -> StampSet:
         raise StampFileError(path, None, "a valid stamp set", str(exc)) from exc
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_fits_in_memory(path: Path, field: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse, before reading, an array whose declared size exceeds the memory available now."""
+    need = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    free = available_memory()
+    if free is not None and need > free:
+        raise StampFileError(
+            path, field, f"an array that fits in the {free / 2**30:.1f} GiB of available memory",
+            f"shape {tuple(shape)} ({need / 2**30:.1f} GiB); `hits-stamps predict` streams .h5/.npz files in "
+            "bounded memory, or split the file",
+        )
+
+
+def npy_member_header(archive: zipfile.ZipFile, name: str, path: Path, field: str):
+    """(shape, fortran_order, dtype, data offset) of a `.npy` zip member, checked against its real size.
+
+    The shape the header declares must account for exactly the bytes the member holds (from the
+    zip directory), so a forged or truncated header is refused before anything is allocated.
+    Headers of another version than 1.0/2.0 give (None, True, None, offset): load such a member whole.
+    """
+    with archive.open(name) as fh:
+        try:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return None, True, None, fh.tell()
+        except ValueError as exc:
+            raise StampFileError(path, field, "a valid .npy member", f"{exc}") from exc
+        offset = fh.tell()
+    if not dtype.hasobject:
+        declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        held = archive.getinfo(name).file_size - offset
+        if declared != held:
+            raise StampFileError(path, field, f"{declared} bytes of data for the declared shape {tuple(shape)}",
+                                 f"{held} bytes (a forged or truncated member)")
+    return tuple(shape), fortran, dtype, offset
+
+
 def _magic(path: Path, n: int = 8) -> bytes:
     try:
         with open(path, "rb") as fh:
@@ -161,6 +214,9 @@ def read_npz(path: Path) -> StampSet:
 
             def get(key: str) -> np.ndarray:
                 if key not in cache:
+                    shape, _, dtype, _ = npy_member_header(data.zip, f"{key}.npy", path, key)
+                    if shape is not None:
+                        check_fits_in_memory(path, key, shape, dtype)
                     try:
                         cache[key] = data[key]
                     except ValueError as exc:
@@ -205,6 +261,7 @@ def read_h5(path: Path) -> StampSet:
                 dset = fh[key]
                 if not isinstance(dset, h5py.Dataset):
                     raise StampFileError(path, key, "a dataset", f"an HDF5 {type(dset).__name__}")
+                check_fits_in_memory(path, key, dset.shape, dset.dtype)
                 if dset.dtype.kind in "OS":
                     return np.asarray(dset.asstr()[()]).astype(str)
                 return dset[()]
@@ -224,13 +281,21 @@ def _chunk_rows(row_bytes: int, n: int) -> int:
 
 
 def write_h5(stamps: StampSet, path: Path, overwrite: bool = False) -> Path:
-    """Write `stamps` as HDF5: per-stamp arrays chunked along N (~1 MiB chunks), gzip level 4 + shuffle."""
+    """Write `stamps` as HDF5: per-stamp arrays chunked along N (~1 MiB chunks), gzip level 4 + shuffle.
+
+    The file is built in memory (it is at most about the size of the stamps, which are in memory
+    already) and then written with plain writes, so a full disk is an ordinary one-line error: HDF5
+    itself crashes the process when a write to disk fails mid-file.
+    """
+    import io
+
     import h5py
 
     arrays = _to_arrays(stamps)
     n = len(stamps)
     with atomic_path(path, overwrite) as tmp:
-        with h5py.File(tmp, "w") as fh:
+        image = io.BytesIO()
+        with h5py.File(image, "w") as fh:
             for key, arr in arrays.items():
                 if arr.dtype.kind == "U":
                     fh.create_dataset(key, data=arr.astype(object), dtype=h5py.string_dtype())
@@ -240,6 +305,10 @@ def write_h5(stamps: StampSet, path: Path, overwrite: bool = False) -> Path:
                                       compression_opts=4, shuffle=True)
                 else:
                     fh.create_dataset(key, data=arr)
+        with open(tmp, "wb") as out:
+            out.write(image.getbuffer())
+            out.flush()
+            os.fsync(out.fileno())
     return Path(path)
 
 

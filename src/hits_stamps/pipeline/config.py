@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tomllib
 import types
@@ -156,8 +157,8 @@ def _check_values(cfg: RunConfig) -> None:
             v = getattr(m, key)
             if v is not None and v < 1:
                 problems.append(f"model.{name}.{key} must be >= 1; got {v}")
-        if m.lr is not None and m.lr <= 0:
-            problems.append(f"model.{name}.lr must be > 0; got {m.lr}")
+        if m.lr is not None and not (math.isfinite(m.lr) and m.lr > 0):
+            problems.append(f"model.{name}.lr must be a finite number > 0; got {m.lr}")
     if cfg.evaluate.mc_samples < 1:
         problems.append(f"evaluate.mc_samples must be >= 1; got {cfg.evaluate.mc_samples}")
     for key in ("max_real", "max_bayesian"):
@@ -180,7 +181,7 @@ def _check_values(cfg: RunConfig) -> None:
         problems.append(f"augmentation.fraction must be in (0, 1]; got {cfg.augmentation.fraction}")
     if cfg.augmentation.epochs < 1:
         problems.append(f"augmentation.epochs must be >= 1; got {cfg.augmentation.epochs}")
-    if cfg.time_budget_s <= 0:
+    if not (math.isfinite(cfg.time_budget_s) and cfg.time_budget_s > 0):
         problems.append(f"time_budget_s must be > 0; got {cfg.time_budget_s}")
     if problems:
         raise HitsStampsError("invalid run configuration: " + "; ".join(problems))
@@ -209,7 +210,7 @@ def config_hash(cfg: RunConfig) -> str:
 
 
 def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
+    return "a finite number" if tp is float else getattr(tp, "__name__", str(tp))
 
 
 def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
@@ -227,7 +228,7 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
     elif tp is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if ok else value
     elif tp is str:
         ok = isinstance(value, str)
@@ -263,7 +264,13 @@ def _build(cls, values: dict[str, Any], base, where: str, source: str):
             if not isinstance(value, dict):
                 raise HitsStampsError(f"{source}: model must be a table of model tables; got {value!r}")
             table = dict(current)
+            from hits_stamps.models.registry import model_names
+
             for name, sub in value.items():
+                if name not in model_names():
+                    raise HitsStampsError(
+                        f"{source}: unknown model table [model.{name}]; expected one of {model_names()}"
+                    )
                 table[name] = _build(ModelConfig, sub, table.get(name, ModelConfig()), f"model.{name}", source)
             changes[key] = table
         else:

@@ -23,11 +23,11 @@ from typing import Any
 from rich.console import Console
 
 from hits_stamps import __version__
-from hits_stamps.errors import HitsStampsError
-from hits_stamps.io.atomic import atomic_path
+from hits_stamps.errors import HitsStampsError, StampFileError
+from hits_stamps.io.atomic import atomic_path, output_lock
 from hits_stamps.pipeline.config import RunConfig, config_hash, diff_configs, from_dict, to_dict, to_toml
-from hits_stamps.pipeline.steps import TEST_SETS, RunContext, Step, plan, read_json
-from hits_stamps.training.modeldir import write_json
+from hits_stamps.pipeline.steps import TEST_SETS, RunContext, Step, plan
+from hits_stamps.training.modeldir import read_json, write_json
 
 RUN_CONFIG = "run_config.json"
 SUMMARY = "summary.json"
@@ -92,7 +92,7 @@ def prepare_run_dir(out: Path, config: RunConfig, overwrite: bool) -> None:
                 f"{out}: exists, is not empty and is not a hits-stamps run directory (no {RUN_CONFIG}); "
                 "choose another --out"
             )
-        stored = read_json(out / RUN_CONFIG)
+        stored = read_run_config(out)
         if overwrite:
             _clear_run_dir(out)
         elif stored.get("config") != current:
@@ -124,11 +124,32 @@ def marker_path(out: Path, step: str) -> Path:
     return out / STEPS_DIR / f"{step}.json"
 
 
+def read_run_config(out: Path) -> dict[str, Any]:
+    """DIR/run_config.json, checked: a JSON object whose `config` is a table (StampFileError naming it)."""
+    path = out / RUN_CONFIG
+    stored = read_json(path)
+    if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
+        raise StampFileError(path, "config", "the run configuration written by hits-stamps run",
+                             f"{stored!r:.80}; remove the file or choose another --out")
+    return stored
+
+
+def read_marker(out: Path, step: str) -> dict[str, Any]:
+    """The marker of a finished step, checked (a malformed one is refused, naming the file)."""
+    path = marker_path(out, step)
+    done = read_json(path)
+    seconds = done.get("duration_s") if isinstance(done, dict) else None
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        raise StampFileError(path, "duration_s", "a step marker written by hits-stamps run",
+                             f"{done!r:.80}; delete it to run the step again")
+    return done
+
+
 def load_config_of(out: Path) -> RunConfig:
     """The configuration a run directory was made with."""
     if not is_run_dir(out):
         raise HitsStampsError(f"{out}: not a hits-stamps run directory (no {RUN_CONFIG})")
-    return from_dict(read_json(out / RUN_CONFIG)["config"], str(out / RUN_CONFIG))
+    return from_dict(read_run_config(out)["config"], str(out / RUN_CONFIG))
 
 
 def run_pipeline(
@@ -143,9 +164,15 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run (or resume) every step for `config` in `out`; returns the summary (also in summary.json).
 
-    `steps` replaces the plan (tests use it to inject a failing step).
+    `steps` replaces the plan (tests use it to inject a failing step). The run directory is locked:
+    a second `hits-stamps run` on it is refused while this one runs.
     """
     out = Path(out)
+    with output_lock(out):
+        return _run_locked(config, out, overwrite, device, progress, console, steps, report)
+
+
+def _run_locked(config, out, overwrite, device, progress, console, steps, report) -> dict[str, Any]:
     console = console or Console()
     device = resolved_device(device)
     steps = plan(config) if steps is None else steps
@@ -157,7 +184,7 @@ def run_pipeline(
     for i, step in enumerate(steps, 1):
         marker = marker_path(out, step.name)
         if marker.exists():
-            done = read_json(marker)
+            done = read_marker(out, step.name)
             console.print(f"[dim][{i}/{n}] {step.title}: done earlier ({done['duration_s']:.1f} s), skipped[/dim]")
             continue
         console.rule(f"[bold][{i}/{n}] {step.title}")
@@ -213,7 +240,7 @@ def collect_summary(out: Path, config: RunConfig | None = None, steps: list[Step
     out = Path(out)
     config = config or load_config_of(out)
     names = [s.name for s in steps] if steps is not None else [s.name for s in plan(config)]
-    markers = {name: read_json(marker_path(out, name)) for name in names if marker_path(out, name).exists()}
+    markers = {name: read_marker(out, name) for name in names if marker_path(out, name).exists()}
     results = {name: m.get("result", {}) for name, m in markers.items()}
     durations = {name: float(m["duration_s"]) for name, m in markers.items()}
     durations["total"] = float(sum(durations.values()))

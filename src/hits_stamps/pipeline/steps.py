@@ -238,7 +238,7 @@ def step_calibrate(ctx: RunContext) -> dict[str, Any]:
 def step_train(ctx: RunContext, name: str) -> dict[str, Any]:
     """Train one model on the simulated training set, validating on the simulated validation set."""
     from hits_stamps.training import TrainConfig, fit
-    from hits_stamps.training.modeldir import CHECKPOINT, load_model
+    from hits_stamps.training.modeldir import CHECKPOINT, load_model, resumable
 
     mc = ctx.config.model_config(name)
     cfg = TrainConfig(
@@ -252,7 +252,7 @@ def step_train(ctx: RunContext, name: str) -> dict[str, Any]:
     )
     final = ctx.model_dir(name)
     with staged_dir(final, keep_partial=True) as tmp:
-        resume = (tmp / CHECKPOINT).exists()
+        resume = resumable(tmp)
         if resume:
             ctx.console.print(f"  resuming {name} from its last checkpoint")
         fit(cfg, ctx.stamps("train"), tmp, val=ctx.stamps("val"), resume=resume, overwrite=not resume,

@@ -1,10 +1,16 @@
 """The predictions CSV: header `id,p_real,label`, one row per stamp in file order, written incrementally.
 
-Rows are appended one chunk at a time (one `write` per chunk, then flushed), so an interrupted
-prediction leaves a valid prefix of the final file. Resuming counts the finished rows, checks that
-the last one is the stamp the data file has at that position, and appends the rest. If the
-interruption cut the last line short (no newline), that partial line is removed first, with a
-warning, so the finished CSV never holds a half line.
+Rows are appended one chunk at a time (one `write` per chunk, then flushed) to `.NAME.partial`
+beside the output, and what they are computed with (model weights and config, data file, threshold,
+batch size, backend, Monte-Carlo samples and seed, device, limit) is recorded in
+`.NAME.partial.json`. Only the complete file is renamed to NAME, so a reader never sees a half
+file under the final name and `--overwrite` replaces an old file only when the new one is complete.
+
+Resuming refuses an identity that differs from the recorded one (naming what differs), checks every
+finished row against the data file (a different id: another input, refused; a malformed row: the
+kept rows end there, with a warning), removes a last line cut short, and keeps a multiple of the
+batch size, so the recomputed rows fall in the same batches as in an uninterrupted run and the
+finished file is byte-identical to it.
 
 p_real is written with 9 significant digits (enough to round-trip a float32 exactly); label is
 1 when p_real >= threshold, else 0.
@@ -12,6 +18,7 @@ p_real is written with 9 significant digits (enough to round-trip a float32 exac
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -21,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hits_stamps.errors import HitsStampsError, StampFileError
+from hits_stamps.io.atomic import atomic_path
 
 HEADER = ("id", "p_real", "label")
 HEADER_LINE = ",".join(HEADER) + "\n"
@@ -38,6 +46,8 @@ def check_output(path: str | os.PathLike, resume: bool, overwrite: bool) -> Path
         raise HitsStampsError(
             f"{path}: output exists; pass --resume to continue it or --overwrite to replace it"
         )
+    if resume and path.exists() and not partial_path(path).exists():
+        raise HitsStampsError(f"{path}: is complete, there is nothing to resume; pass --overwrite to compute it again")
     return path
 
 
@@ -70,20 +80,50 @@ def scan_csv(path: Path) -> tuple[int, str | None, int]:
     return rows, last_id, complete
 
 
+def partial_path(out: str | os.PathLike) -> Path:
+    """Where the rows of an unfinished prediction are written: `.NAME.partial` beside the CSV."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+def identity_path(out: str | os.PathLike) -> Path:
+    """What the unfinished rows were computed with (model, data, threshold, ...): `.NAME.partial.json`."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial.json"
+
+
+def identity_differences(then: dict, now: dict) -> list[str]:
+    """The entries of two prediction identities that differ, as 'key X then, Y now'."""
+    diffs = []
+    for key in sorted(set(then) | set(now)):
+        if then.get(key) != now.get(key):
+            a, b = then.get(key), now.get(key)
+            short = {k: (v[:12] if isinstance(v, str) and len(v) == 64 else v) for k, v in (("a", a), ("b", b))}
+            diffs.append(f"{key} {short['a']!r} then, {short['b']!r} now")
+    return diffs
+
+
 class PredictionWriter:
     """Append-only writer of the predictions CSV (see the module docstring).
 
-    Opening with `resume=True` on an existing file keeps its finished rows (`rows_done`) and
-    appends; otherwise the file is (re)created with the header.
+    Rows go to `.NAME.partial` beside `path`, with the prediction's identity in
+    `.NAME.partial.json`; `finish()` renames the complete file to `path` (replacing an old one only
+    then) and removes the identity. Opening with `resume=True` keeps the partial file's finished
+    rows (`rows_done`, after `check_resume`) when its identity matches `identity`, and appends.
     """
 
-    def __init__(self, path: str | os.PathLike, resume: bool = False, overwrite: bool = False, threshold: float = 0.5):
-        self.path = check_output(path, resume, overwrite)
+    def __init__(self, path: str | os.PathLike, resume: bool = False, overwrite: bool = False,
+                 threshold: float = 0.5, identity: dict | None = None):
+        self.out = check_output(path, resume, overwrite)
+        self.path = partial_path(self.out)
         self.threshold = float(threshold)
+        self.identity = dict(identity or {})
         self.rows_done = 0
         self.last_id: str | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = None
+        self.out.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.path.exists():
+            self._check_identity()
             rows, last_id, complete = scan_csv(self.path)
             if complete < self.path.stat().st_size:
                 warnings.warn(
@@ -96,27 +136,95 @@ class PredictionWriter:
             if complete == 0:
                 self._write(HEADER_LINE)
         else:
+            self.path.unlink(missing_ok=True)
+            write_identity(identity_path(self.out), self.identity)
             self._fh = open(self.path, "w", encoding="utf-8", newline="")
             self._write(HEADER_LINE)
 
-    def check_resume(self, n_rows: int, id_at) -> None:
-        """Refuse to resume against a data file that does not match the finished rows.
+    def _check_identity(self) -> None:
+        import json
 
-        `id_at(i)` returns the id of data row i.
+        ipath = identity_path(self.out)
+        try:
+            then = json.loads(ipath.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StampFileError(ipath, None, "the record of how the unfinished rows were computed",
+                                 f"{type(exc).__name__} ({exc}); pass --overwrite to start again") from exc
+        if not isinstance(then, dict):
+            raise StampFileError(ipath, None, "a JSON object", f"{then!r:.60}; pass --overwrite to start again")
+        diffs = identity_differences(then, self.identity)
+        if diffs:
+            raise HitsStampsError(
+                f"{self.out}: cannot resume: the finished rows were computed differently: " + "; ".join(diffs)
+                + " (rerun with the original model, data and options, or pass --overwrite)"
+            )
+
+    def check_resume(self, n_rows: int, read_ids, batch_size: int = 1) -> None:
+        """Check every finished row against the data file and keep only rows that an uninterrupted run has.
+
+        `read_ids(a, b)` returns the ids (b - a,) of data rows [a, b). A row whose id differs from
+        the data file's is refused (another input); a malformed row (not `id,p_real,label` as this
+        writer writes it, label inconsistent with the threshold) ends the kept rows there, with a
+        warning. The kept rows are then cut to a multiple of `batch_size`, so that the rows computed
+        now fall in the same batches as in an uninterrupted run (byte-identical results).
         """
         if self.rows_done == 0:
             return
         if self.rows_done > n_rows:
             raise HitsStampsError(
-                f"{self.path}: has {self.rows_done} finished rows but the data file has only {n_rows} stamps; "
+                f"{self.out}: has {self.rows_done} finished rows but the data file has only {n_rows} stamps; "
                 "it belongs to another input (use --overwrite)"
             )
-        expected = id_at(self.rows_done - 1)
-        if expected != self.last_id:
+        good, offsets = self._valid_rows(read_ids)
+        keep = good - good % max(1, batch_size)
+        if keep < self.rows_done:
+            self._fh.close()
+            with open(self.path, "r+b") as fh:
+                fh.truncate(offsets[keep])
+            self._fh = open(self.path, "a", encoding="utf-8", newline="")
+            self.rows_done = keep
+
+    def _valid_rows(self, read_ids, block: int = 4096) -> tuple[int, list[int]]:
+        """(number of leading valid rows, byte offsets where rows 0, 1, ... start, up to the first bad one)."""
+        offsets: list[int] = []
+        good = 0
+        with open(self.path, "rb") as fh:
+            fh.readline()  # the header, checked by scan_csv
+            data_ids, base = np.empty(0, dtype=str), 0
+            for i in range(self.rows_done):
+                offsets.append(fh.tell())
+                if i - base >= len(data_ids):
+                    data_ids, base = read_ids(i, min(i + block, self.rows_done)), i
+                problem = self._row_problem(fh.readline(), str(data_ids[i - base]), i)
+                if problem is not None:
+                    warnings.warn(f"{self.path}: row {i + 1} {problem}; recomputing from there", stacklevel=3)
+                    break
+                good += 1
+        return good, offsets
+
+    def _row_problem(self, raw: bytes, want_id: str, i: int) -> str | None:
+        """None for a row this writer would have written for data id `want_id`, else what is wrong."""
+        try:
+            fields = next(csv.reader([raw.decode("utf-8").rstrip("\n")]))
+        except (UnicodeDecodeError, csv.Error, StopIteration):
+            return "is not a CSV line"
+        if len(fields) != 3:
+            return f"has {len(fields)} fields, expected 3"
+        rid, p_text, label = fields
+        if rid != want_id:
             raise HitsStampsError(
-                f"{self.path}: row {self.rows_done} has id {self.last_id!r} but the data file has {expected!r} "
-                "there; it belongs to another input (use --overwrite)"
+                f"{self.out}: row {i + 1} has id {rid!r} but the data file has {want_id!r} there; "
+                "it belongs to another input (use --overwrite)"
             )
+        try:
+            p = float(np.float32(p_text))
+        except ValueError:
+            return f"has p_real {p_text!r}, not a number"
+        if not 0.0 <= p <= 1.0 or f"{p:.9g}" != p_text:
+            return f"has p_real {p_text!r}, not a probability as written by hits-stamps"
+        if label != str(int(p >= self.threshold)):
+            return f"has label {label!r}, inconsistent with p_real {p_text} at threshold {self.threshold:g}"
+        return None
 
     def append(self, ids: np.ndarray, p_real: np.ndarray) -> None:
         """Append rows (ids (M,), p_real (M,)); one write and a flush per call."""
@@ -137,14 +245,35 @@ class PredictionWriter:
         self.last_id = str(ids[-1])
 
     def _write(self, text: str) -> None:
-        self._fh.write(text)
-        self._fh.flush()
+        try:
+            self._fh.write(text)
+            self._fh.flush()
+        except OSError as exc:
+            raise HitsStampsError(
+                f"{self.out}: write failed after {self.rows_done} rows ({exc.strerror or exc}); the finished rows "
+                f"are kept in {self.path}: fix the cause and rerun with --resume"
+            ) from exc
 
-    def close(self) -> None:
-        if self._fh is not None and not self._fh.closed:
+    def finish(self) -> Path:
+        """Make the complete file the output: fsync, rename over `path`, remove the identity record."""
+        try:
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()
+            os.replace(self.path, self.out)
+        except OSError as exc:
+            raise HitsStampsError(
+                f"{self.out}: could not finish the file ({exc.strerror or exc}); the rows are kept in {self.path}: "
+                "fix the cause and rerun with --resume"
+            ) from exc
+        identity_path(self.out).unlink(missing_ok=True)
+        return self.out
+
+    def close(self) -> None:
+        """Close without finishing (the partial file stays for --resume)."""
+        if self._fh is not None and not self._fh.closed:
+            with contextlib.suppress(OSError):  # a failed write (full disk) was reported already
+                self._fh.close()
 
     def __enter__(self) -> PredictionWriter:
         return self
@@ -153,4 +282,11 @@ class PredictionWriter:
         self.close()
 
 
-__all__ = ["HEADER", "PredictionWriter", "check_output", "scan_csv"]
+def write_identity(path: Path, identity: dict) -> None:
+    import json
+
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+__all__ = ["HEADER", "PredictionWriter", "check_output", "identity_path", "partial_path", "scan_csv"]

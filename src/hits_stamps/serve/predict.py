@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.io.atomic import output_lock
 from hits_stamps.serve.backends import BACKENDS, make_backend, predict_chunk
 from hits_stamps.serve.csvout import PredictionWriter, check_output
 from hits_stamps.serve.stream import StampStream, open_stamp_stream
-from hits_stamps.training.modeldir import TrainedModel, load_model
+from hits_stamps.training.modeldir import TrainedModel, file_sha256, load_model, torch_device, weights_sha256
 
 ENGINES = ("local", "dask")
 
@@ -71,6 +72,9 @@ class PredictConfig:
             raise HitsStampsError(f"limit must be >= 1; got {self.limit}")
         if self.threads is not None and self.threads < 1:
             raise HitsStampsError(f"threads must be >= 1; got {self.threads}")
+        if self.mc_samples is not None and self.mc_samples < 1:
+            raise HitsStampsError(f"mc_samples must be >= 1; got {self.mc_samples}")
+        torch_device(self.device)  # cpu | cuda | cuda:N, and a GPU present for cuda
 
 
 @dataclass
@@ -115,6 +119,36 @@ def check_compatible(model: TrainedModel, stream: StampStream) -> None:
         )
 
 
+def file_fingerprint(path: str | os.PathLike, blocks: int = 16, block_bytes: int = 1 << 16) -> str:
+    """Identity of a (possibly huge) file in constant time: size and sha256 of 16 evenly spaced 64 KiB blocks."""
+    import hashlib
+
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        for k in range(blocks):
+            fh.seek((size - block_bytes) * k // (blocks - 1) if size > block_bytes else 0)
+            h.update(fh.read(block_bytes))
+    return f"{size} bytes, sha256 {h.hexdigest()}"
+
+
+def prediction_identity(model: TrainedModel, stream: StampStream, config: PredictConfig) -> dict:
+    """Everything the rows of a prediction depend on; `--resume` refuses a run whose identity differs."""
+    bayesian = model.spec.task == "bayesian-classifier"
+    return {
+        "model": weights_sha256(model.path),  # weights and config.json (preprocessing, architecture)
+        "data": file_fingerprint(stream.path) if stream.path.is_file() else str(stream.path),
+        "n_rows": stream.n,
+        "threshold": config.threshold,
+        "batch_size": config.batch_size,
+        "backend": config.backend,
+        "onnx": file_sha256(config.onnx_path) if config.onnx_path else None,
+        "mc_samples": (config.mc_samples or model.config.get("mc_samples", 30)) if bayesian else None,
+        "seed": config.seed if bayesian else None,
+        "device": config.device,
+    }
+
+
 def chunk_rows_for(stream: StampStream, config: PredictConfig) -> int:
     """Rows per chunk: `config.chunk_rows` or the file's chunk rows, rounded up to a multiple of the batch."""
     want = config.chunk_rows or stream.chunk_rows
@@ -141,6 +175,12 @@ def predict_file(
     """
     config = config or PredictConfig()
     out = check_output(out, resume, overwrite)
+    with output_lock(out):
+        return _predict_file(model_dir, data, out, config, resume, overwrite, progress)
+
+
+def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> PredictionSummary:
+    check_output(out, resume, overwrite)  # again, holding the lock
     model = model_dir if isinstance(model_dir, TrainedModel) else load_model(model_dir, device=config.device)
     if model.spec.task not in ("classifier", "bayesian-classifier"):
         raise HitsStampsError(f"{model.path}: {model.name} is a {model.spec.task}; it does not classify stamps")
@@ -165,8 +205,10 @@ def predict_file(
             seed=config.seed, threads=config.threads if config.engine == "local" else None,
         )
         rows = chunk_rows_for(stream, config)
-        with PredictionWriter(out, resume=resume, overwrite=overwrite, threshold=config.threshold) as writer:
-            writer.check_resume(stream.n, lambda i: str(stream.read_ids(i, i + 1)[0]))
+        identity = prediction_identity(model, stream, config)
+        with PredictionWriter(out, resume=resume, overwrite=overwrite, threshold=config.threshold,
+                              identity=identity) as writer:
+            writer.check_resume(stream.n, stream.read_ids, config.batch_size)
             start = writer.rows_done
             state = {"nan": 0, "real": 0, "network": backend.network}
             t0 = time.perf_counter()
@@ -177,6 +219,7 @@ def predict_file(
 
                 run_dask(model, backend, stream, writer, config, rows, start, state, progress)
             seconds = time.perf_counter() - t0
+            writer.finish()
     if state["nan"]:
         warnings.warn(
             f"{state['nan']} non-finite pixels replaced (nan_policy={model.preprocessor.config.nan_policy!r})",

@@ -29,7 +29,7 @@ import numpy as np
 
 from hits_stamps.errors import StampFileError
 from hits_stamps.io import READ_FORMATS, _suffix, read_stamps
-from hits_stamps.io.native import missing_images_error
+from hits_stamps.io.native import check_fits_in_memory, missing_images_error, npy_member_header
 from hits_stamps.stamps import CHANNELS
 
 #: rows read per chunk when the file gives no better hint (HDF5 files written by hits-stamps use 4096)
@@ -212,30 +212,22 @@ class _NpyMember:
         self.archive, self.name, self.path, self.field = archive, name, path, field
         self._fh = None
         self._pos = 0
-        fh = archive.open(name)
-        try:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-            else:
-                shape, fortran, dtype = None, True, None
-        except ValueError as exc:
-            fh.close()
-            raise StampFileError(path, field, "a valid .npy member", f"{exc}") from exc
+        # the declared shape is checked against the member's real size before anything is read
+        shape, fortran, dtype, offset = npy_member_header(archive, name, path, field)
         self.loaded: np.ndarray | None = None
         if shape is None or fortran or dtype.hasobject:
-            fh.close()
             if dtype is not None and dtype.hasobject:
                 raise StampFileError(path, field, "plain arrays (no pickled objects)", f"dtype {dtype}")
             # not row-streamable: load the member whole (documented in the module docstring)
+            if shape is not None:
+                check_fits_in_memory(path, field, shape, dtype)
             with archive.open(name) as whole:
                 self.loaded = np.lib.format.read_array(whole, allow_pickle=False)
             shape, dtype = self.loaded.shape, self.loaded.dtype
         else:
-            self._fh = fh
-            self._data_offset = fh.tell()
+            self._fh = archive.open(name)
+            self._fh.seek(offset)
+            self._data_offset = offset
         self.shape: tuple[int, ...] = tuple(shape)
         self.dtype: np.dtype = np.dtype(dtype)
         self.row_items = int(np.prod(self.shape[1:], dtype=np.int64))

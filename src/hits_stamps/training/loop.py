@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +22,8 @@ import numpy as np
 import torch
 
 from hits_stamps import __version__
-from hits_stamps.errors import HitsStampsError
-from hits_stamps.io.atomic import atomic_path
+from hits_stamps.errors import HitsStampsError, StampFileError
+from hits_stamps.io.atomic import atomic_path, output_lock, replace_dir
 from hits_stamps.models.registry import Recipe, count_parameters, get_spec
 from hits_stamps.preprocess import PreprocessConfig, Preprocessor
 from hits_stamps.stamps import StampSet
@@ -45,15 +47,26 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model builder
     recipe_overrides: dict[str, Any] = field(default_factory=dict)  # any other Recipe field
 
+    def __post_init__(self) -> None:
+        problems = []
+        for key in ("epochs", "batch_size", "steps_per_epoch", "early_stopping_patience"):
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                problems.append(f"{key} must be an integer >= 1; got {v!r}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a finite number > 0; got {self.lr!r}")
+        if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 1):
+            problems.append(f"val_fraction must be in (0, 1); got {self.val_fraction!r}")
+        if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)):
+            problems.append(f"device must be cpu, cuda, cuda:N or auto; got {self.device!r}")
+        if problems:
+            raise HitsStampsError("; ".join(problems))
+
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise HitsStampsError(f"device must be cpu, cuda or auto; got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise HitsStampsError("device 'cuda' requested but no CUDA device is available")
-    return torch.device(device)
+    return modeldir.torch_device(device)
 
 
 def resolve_recipe(cfg: TrainConfig) -> Recipe:
@@ -65,7 +78,24 @@ def resolve_recipe(cfg: TrainConfig) -> Recipe:
     unknown = set(over) - {f.name for f in dataclasses.fields(Recipe)}
     if unknown:
         raise HitsStampsError(f"unknown recipe keys {sorted(unknown)}")
-    return dataclasses.replace(recipe, **over)
+    try:
+        recipe = dataclasses.replace(recipe, **over)
+    except (TypeError, ValueError) as exc:
+        raise HitsStampsError(f"recipe: {exc}") from exc
+    problems = []
+    for f in dataclasses.fields(Recipe):
+        v = getattr(recipe, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            problems.append(f"recipe {f.name} must be finite; got {v}")
+    for key in ("epochs", "batch_size"):
+        v = getattr(recipe, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            problems.append(f"recipe {key} must be an integer >= 1; got {v!r}")
+    if not (isinstance(recipe.lr, (int, float)) and recipe.lr > 0):
+        problems.append(f"recipe lr must be a number > 0; got {recipe.lr!r}")
+    if problems:
+        raise HitsStampsError("; ".join(problems))
+    return recipe
 
 
 def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
@@ -109,29 +139,90 @@ def fit(
     Without `val`, a stratified `cfg.val_fraction` of `train` is held out (seeded). Unknown labels
     (-1) are dropped with a count in the history metadata. Returns the trained model, loaded back
     from its directory.
+
+    The directory is built in `.NAME.partial` beside `out_dir` (checkpoints included) and moved into
+    place only when complete; with `overwrite` the old directory is replaced only then, so a refused,
+    failed or killed run leaves it untouched. The output is locked: a second writer is refused.
+    `resume` continues the partial directory's checkpoint (or a finished directory's, to train more
+    epochs) and refuses data, a seed or hyper-parameters other than the checkpoint's, naming them.
     """
-    spec = get_spec(cfg.model)
-    recipe = resolve_recipe(cfg)
-    device = resolve_device(cfg.device)
     out = Path(out_dir)
-    ckpt_path = out / modeldir.CHECKPOINT
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+    with output_lock(out):
+        return _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch)
+
+
+def _resume_source(out: Path, work: Path, resume: bool, overwrite: bool) -> Path | None:
+    """The directory whose checkpoint `resume` continues (None: a fresh start), after checking `out`."""
+    if out.exists() and not out.is_dir():
+        raise HitsStampsError(f"{out}: exists and is not a directory; expected a model directory path")
+    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
         raise HitsStampsError(
             f"{out}: model directory exists; pass --resume to continue or --overwrite to replace it"
         )
-    if resume and not ckpt_path.exists():
-        raise HitsStampsError(f"{out}: nothing to resume (no {modeldir.CHECKPOINT})")
+    if overwrite and not resume and out.is_dir() and any(out.iterdir()) and not modeldir.is_model_dir(out):
+        raise HitsStampsError(f"{out}: not a hits-stamps model directory (no {modeldir.CONFIG}); "
+                              "refusing to replace it with --overwrite")
+    if not resume:
+        if (work / modeldir.CHECKPOINT).is_file() and not overwrite:
+            raise HitsStampsError(f"{out}: an interrupted training is in {work}; pass --resume to continue it "
+                                  "or --overwrite to start again")
+        return None
+    for source in (work, out):
+        if (source / modeldir.CHECKPOINT).is_file():
+            return source
+    raise HitsStampsError(f"{out}: nothing to resume (no {modeldir.CHECKPOINT})")
+
+
+def _resume_differences(stored: dict[str, Any], cfg: TrainConfig, recipe: Recipe, val_given: bool,
+                        data: dict[str, Any]) -> list[str]:
+    """What a resumed run would change against the run that wrote the checkpoint (empty: nothing)."""
+    diffs = []
+    then_recipe, now_recipe = stored.get("recipe", {}), dataclasses.asdict(recipe)
+    for key in now_recipe:
+        if key != "epochs" and then_recipe.get(key) != now_recipe[key]:
+            diffs.append(f"{key} {then_recipe.get(key)!r} then, {now_recipe[key]!r} now")
+    if then_recipe.get("epochs") != recipe.epochs and recipe.lr_schedule != "constant":
+        diffs.append(f"epochs {then_recipe.get('epochs')!r} then, {recipe.epochs!r} now (the "
+                     f"{recipe.lr_schedule} learning-rate schedule depends on it)")
+    then_cfg = stored.get("train_config", {})
+    keys = ["seed", "steps_per_epoch", "early_stopping_patience"] + ([] if val_given else ["val_fraction"])
+    for key in keys:
+        if then_cfg.get(key) != getattr(cfg, key):
+            diffs.append(f"{key} {then_cfg.get(key)!r} then, {getattr(cfg, key)!r} now")
+    then_data = stored.get("training_data", {})
+    for key, what in (("train_sha256", "training data"), ("val_sha256", "validation data")):
+        if then_data.get(key) != data[key]:
+            was = f"content sha256 {then_data[key][:12]}" if then_data.get(key) else "none (or not recorded)"
+            now = f"content sha256 {data[key][:12]}" if data[key] else "none"
+            diffs.append(f"{what}: {was} then, {now} now")
+    return diffs
+
+
+def _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch) -> modeldir.TrainedModel:
+    spec = get_spec(cfg.model)
+    recipe = resolve_recipe(cfg)
+    device = resolve_device(cfg.device)
+    work = modeldir.partial_dir(out)
+    source = _resume_source(out, work, resume, overwrite)
+    ckpt_path = work / modeldir.CHECKPOINT
+    stored_cfg = None
     stored_kwargs = None
-    if resume and (out / modeldir.CONFIG).exists():
-        stored_cfg = modeldir.read_json(out / modeldir.CONFIG)
+    if source is not None and (source / modeldir.CONFIG).exists():
+        stored_cfg = modeldir.read_json(source / modeldir.CONFIG)
+        if not isinstance(stored_cfg, dict):
+            raise StampFileError(source / modeldir.CONFIG, None, "a JSON object", f"{stored_cfg!r:.80}")
         if stored_cfg.get("model") != spec.name:
             raise HitsStampsError(f"{out}: cannot resume {stored_cfg.get('model')!r} training as model {spec.name!r}")
         stored_kwargs = stored_cfg.get("model_kwargs")
-    if overwrite and not resume:
-        # a replaced model must not keep the old one's weights, history, metrics or checkpoint
-        for name in (modeldir.WEIGHTS, modeldir.HISTORY, modeldir.METRICS, modeldir.CHECKPOINT):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    data_identity = {
+        "train_sha256": modeldir.stamps_sha256(train),
+        "val_sha256": modeldir.stamps_sha256(val) if val is not None else None,
+    }
+    if stored_cfg is not None:
+        diffs = _resume_differences(stored_cfg, cfg, recipe, val is not None, data_identity)
+        if diffs:
+            raise HitsStampsError(f"{out}: cannot resume with other settings than the checkpoint's: "
+                                  + "; ".join(diffs) + " (rerun with the original values, or --overwrite)")
 
     train = _labelled(train, "training data")
     if val is None:
@@ -144,6 +235,14 @@ def fit(
         raise HitsStampsError(
             f"validation stamps {val.shape[1:]} differ from training stamps {train.shape[1:]}"
         )
+
+    # every check passed: only now is anything written (into the partial directory)
+    if source is not work and work.exists():
+        shutil.rmtree(work)
+    if source == out:  # more epochs for a finished model: continue a copy, swap it in when done
+        shutil.copytree(out, work)
+        (work / modeldir.METRICS).unlink(missing_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
 
     pre = Preprocessor(PreprocessConfig(nan_policy=recipe.nan_policy, scaling=recipe.scaling))
     pre.fit(train.images, train.channels)
@@ -203,6 +302,7 @@ def fit(
         "training_data": {
             "path": str(data_path) if data_path else None,
             "sha256": modeldir.file_sha256(data_path) if data_path else None,
+            **data_identity,
             "n_train": n_train,
             "n_val": len(val),
             "class_balance_train": train.class_balance(),
@@ -222,7 +322,10 @@ def fit(
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"]) + 1
         best = dict(ckpt["best"])
-    modeldir.write_json(out / modeldir.CONFIG, config)
+        if recipe.epochs < start_epoch:
+            raise HitsStampsError(f"{out}: the checkpoint has {start_epoch} epochs already; resume with "
+                                  f"--epochs >= {start_epoch}; got {recipe.epochs}")
+    modeldir.write_json(work / modeldir.CONFIG, config)
 
     bar = _Progress(progress, recipe.epochs, steps, spec.name)
     with bar:
@@ -294,10 +397,11 @@ def fit(
         config["restored_best_epoch"] = best["epoch"] + 1
     if hasattr(model, "post_fit"):  # models that fit more on the trained network (cvae: sampling models)
         model.post_fit(x_train, y_train)
-    modeldir.save_weights(model, out / modeldir.WEIGHTS)
+    modeldir.save_weights(model, work / modeldir.WEIGHTS)
     config["epochs_completed"] = len(history)
-    modeldir.write_json(out / modeldir.CONFIG, config)
-    modeldir.write_json(out / modeldir.HISTORY, history)
+    modeldir.write_json(work / modeldir.CONFIG, config)
+    modeldir.write_json(work / modeldir.HISTORY, history)
+    replace_dir(work, out)  # complete: only now is an existing directory replaced
     return modeldir.load_model(out)
 
 
