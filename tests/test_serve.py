@@ -280,11 +280,11 @@ def test_bad_inputs_raise_before_writing(work, onnx_files, tmp_path):
     model_dir = work["models"]["seed-cnn"]
     three = make_synthetic_stamps(20, seed=1, channels=3)
     wrong = write_stamps(three, tmp_path / "three.h5")
-    with pytest.raises(HitsStampsError, match=r"expects stamps of 21x21x4 .*found 21x21x3"):
+    with pytest.raises(HitsStampsError, match=r"three.h5 \[channels\]: expected channels named like .*found ch0, ch1"):
         predict_file(model_dir, wrong, tmp_path / "a.csv")
-    small = write_stamps(make_synthetic_stamps(20, seed=1, size=15), tmp_path / "small.npz")
-    with pytest.raises(HitsStampsError, match="found 15x15x4"):
-        predict_file(model_dir, small, tmp_path / "a.csv")
+    named = StampSet(three.images, channels=("template", "science", "snr"))
+    with pytest.raises(HitsStampsError, match=r"needs channel 'difference' .*found channels template, science, snr"):
+        predict_file(model_dir, write_stamps(named, tmp_path / "named.h5"), tmp_path / "a.csv")
     with pytest.raises(StampFileError, match="no such file"):
         predict_file(model_dir, tmp_path / "missing.h5", tmp_path / "a.csv")
     assert not (tmp_path / "a.csv").exists()
@@ -306,6 +306,43 @@ def test_bad_inputs_raise_before_writing(work, onnx_files, tmp_path):
         predict_file(model_dir, work["files"]["h5"], out, resume=True)
     with pytest.raises(HitsStampsError, match="--scheduler and --workers need --engine dask"):
         PredictConfig(workers=2)
+
+
+# ----------------------------------------------------------------------------- geometry and channels
+
+
+def test_channels_matched_by_name_never_by_position(work, tmp_path):
+    """A file in another channel order predicts exactly as the original; a ZTF-like 63x63x3 file is
+    cropped, gets a built snr channel, and predicts as the same stamps adapted by hand."""
+    from hits_stamps.geometry import fit_size, snr_from_difference
+
+    model_dir, data = work["models"]["seed-cnn"], work["data"][np.arange(40)]
+    ref = tmp_path / "ref.csv"
+    predict_file(model_dir, write_stamps(data, tmp_path / "ref.h5"), ref)
+    order = [2, 0, 3, 1]
+    shuffled = StampSet(data.images[..., order], ids=data.ids, channels=tuple(data.channels[i] for i in order))
+    out = tmp_path / "shuffled.csv"
+    with pytest.warns(UserWarning, match="channels taken by name: template, science, difference, snr"):
+        predict_file(model_dir, write_stamps(shuffled, tmp_path / "shuffled.h5"), out)
+    assert out.read_bytes() == ref.read_bytes()
+
+    rng = np.random.default_rng(0)
+    big = rng.normal(0, 1, (40, 63, 63, 3)).astype(np.float32)
+    big[:, 21:42, 21:42, :] = data.images[..., :3]
+    big[0, :5] = np.nan  # an edge-padded stamp
+    ztf = StampSet(big, ids=data.ids, channels=("ref", "sci", "diff"))
+    out = tmp_path / "ztf.csv"
+    with pytest.warns(UserWarning, match="snr built from the difference.*cropped about the centre from 63x63 to 21x21"):
+        predict_file(model_dir, write_stamps(ztf, tmp_path / "ztf.h5"), out)
+    by_hand = np.concatenate([big, snr_from_difference(big[..., 2])[..., None]], axis=-1)
+    manual = StampSet(fit_size(by_hand, (21, 21)), ids=data.ids)
+    ids, p, _ = _read_csv(out)
+    expected = load_model(model_dir).predict_proba(manual)[:, 1]
+    np.testing.assert_allclose(p, expected, atol=1e-6)
+    assert ids == list(data.ids)
+    small = StampSet(data.images[:, 3:18, 3:18], ids=data.ids)  # 15x15: NaN-padded to 21x21, never refused
+    with pytest.warns(UserWarning, match="padded with NaN"):
+        predict_file(model_dir, write_stamps(small, tmp_path / "small.h5"), tmp_path / "small.csv")
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.geometry import InputAdapter, plan_for_model
 from hits_stamps.serve.backends import BACKENDS, make_backend, predict_chunk
 from hits_stamps.serve.csvout import PredictionWriter, check_output
 from hits_stamps.serve.stream import StampStream, open_stamp_stream
@@ -97,22 +98,17 @@ class PredictionSummary:
         return self.n_written / self.seconds if self.seconds > 0 else math.nan
 
 
-def check_compatible(model: TrainedModel, stream: StampStream) -> None:
-    """Refuse a data file whose stamps do not have the model's size and channel count."""
-    h, w = model.config["input"]["size"]
-    channels = list(model.config["input"]["channels"])
-    fh, fw, fc = stream.stamp_shape
-    if (fh, fw, fc) != (h, w, len(channels)):
-        raise HitsStampsError(
-            f"{stream.path} [images]: model {model.path} expects stamps of {h}x{w}x{len(channels)} "
-            f"({', '.join(channels)}); found {fh}x{fw}x{fc}"
-        )
-    if list(stream.channels) != channels:
-        warnings.warn(
-            f"{stream.path}: channel names {list(stream.channels)} differ from the model's {channels}; "
-            "predicting in the file's channel order",
-            stacklevel=3,
-        )
+def check_compatible(model: TrainedModel, stream: StampStream) -> InputAdapter:
+    """How the file's stamps become the model's (channels by name, centre crop / NaN pad); refuses clearly.
+
+    Every change made (reordered or built channels, crop, pad) is reported in one warning; see
+    `hits_stamps.geometry`. A file whose channels cannot be matched by name is refused: stamps are
+    never predicted in the wrong channel order.
+    """
+    adapter = plan_for_model(model, stream.stamp_shape, stream.channels, source=str(stream.path))
+    if adapter.notes:
+        warnings.warn(f"{stream.path}: " + "; ".join(adapter.notes), stacklevel=3)
+    return adapter
 
 
 def chunk_rows_for(stream: StampStream, config: PredictConfig) -> int:
@@ -145,7 +141,12 @@ def predict_file(
     if model.spec.task not in ("classifier", "bayesian-classifier"):
         raise HitsStampsError(f"{model.path}: {model.name} is a {model.spec.task}; it does not classify stamps")
     with open_stamp_stream(data, trust_pickle=config.trust_pickle) as stream:
-        check_compatible(model, stream)
+        adapter = check_compatible(model, stream)
+        if config.engine == "dask" and not adapter.identity:
+            raise HitsStampsError(
+                f"{stream.path}: --engine dask needs stamps of the model's size and channel order; found "
+                f"{'x'.join(map(str, stream.stamp_shape))} ({', '.join(stream.channels)}); use --engine local"
+            )
         if config.limit is not None:
             stream.head(config.limit)
         if config.engine == "dask" and stream.format != "h5":
@@ -171,7 +172,7 @@ def predict_file(
             state = {"nan": 0, "real": 0, "network": backend.network}
             t0 = time.perf_counter()
             if config.engine == "local":
-                _run_local(model, backend, stream, writer, config, rows, start, state, progress)
+                _run_local(model, backend, stream, writer, config, rows, start, state, progress, adapter)
             else:
                 from hits_stamps.serve.dask_engine import run_dask
 
@@ -190,10 +191,12 @@ def predict_file(
     )
 
 
-def _run_local(model, backend, stream, writer, config, rows, start, state, progress) -> None:
+def _run_local(model, backend, stream, writer, config, rows, start, state, progress, adapter=None) -> None:
     if progress is not None:
         progress(start, stream.n)
     for a, ids, images in stream.chunks(rows, start=start):
+        if adapter is not None:
+            images = adapter.apply(images)  # channels by name, crop / NaN pad to the model's size
         probs, nan_count = predict_chunk(model, backend, images, a, config.batch_size)
         record(writer, state, ids, probs[:, 1], nan_count, config.threshold)
         if progress is not None:
