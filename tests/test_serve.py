@@ -17,7 +17,14 @@ from hits_stamps.errors import HitsStampsError, StampFileError
 from hits_stamps.io import read_stamps, write_stamps
 from hits_stamps.io.native import write_npz
 from hits_stamps.serve import PredictConfig, export_onnx, open_stamp_stream, predict_file
-from hits_stamps.serve.export import ONNX_INPUT, ONNX_OUTPUT, exportable, make_session, onnx_metadata
+from hits_stamps.serve.export import (
+    ONNX_INPUT,
+    ONNX_NONFINITE,
+    ONNX_OUTPUT,
+    exportable,
+    make_session,
+    onnx_metadata,
+)
 from hits_stamps.stamps import StampSet
 from hits_stamps.training import TrainConfig, fit, load_model
 
@@ -209,24 +216,74 @@ def test_peak_memory_does_not_grow_with_file_size(work, layout, tmp_path):
 
 @pytest.mark.parametrize("name", ["seed-cnn", "rotinv-cnn"])
 def test_onnx_parity_on_1000_stamps(work, onnx_files, name):
+    """The graph holds the preprocessing: raw stamps with NaNs in, the torch path's probabilities out."""
     import torch
 
     model = load_model(work["models"][name])
     session = make_session(onnx_files[name])
     meta = onnx_metadata(session)
     assert meta["model"] == name and meta["network"] == "deterministic"
-    x = model.preprocessor.transform(work["big"].images)  # (1000, 4, 21, 21)
+    raw = work["big"].images.copy()  # (1000, 21, 21, 4)
+    rng = np.random.default_rng(3)
+    raw[rng.random(raw.shape) < 0.01] = np.nan
+    raw[:50, :4] = np.nan  # edge-padded stamps
+    raw[50, ..., 3] = np.nan  # a channel with no finite pixel
+    x = model.preprocessor.transform(raw, report=False)  # (1000, 4, 21, 21)
     with exportable(model) as net, torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()  # (1000, 2)
-    got = session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0]
+    got, bad = session.run([ONNX_OUTPUT, ONNX_NONFINITE], {ONNX_INPUT: raw})
     assert got.shape == (N, 2)
     assert np.max(np.abs(got - ref)) <= 1e-5
+    np.testing.assert_array_equal(bad, (~np.isfinite(raw)).sum(axis=(1, 2, 3)))
     for b in (1, 7):  # dynamic batch
-        np.testing.assert_allclose(session.run([ONNX_OUTPUT], {ONNX_INPUT: x[:b]})[0], ref[:b], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(session.run([ONNX_OUTPUT], {ONNX_INPUT: raw[:b]})[0], ref[:b], atol=1e-5, rtol=0)
     import onnx
 
     ops = {node.op_type for node in onnx.load(str(onnx_files[name])).graph.node}
-    assert "MaxPool" in ops and "Slice" not in ops, ops  # pooling exported as MaxPool, not strided slices
+    assert "MaxPool" in ops, ops  # pooling exported as MaxPool, not strided slices
+
+
+@pytest.mark.parametrize("policy,scaling", [("median", "robust"), ("zero", "robust"), ("error", "minmax")])
+def test_onnx_preprocessing_in_graph_matches_python(policy, scaling):
+    """Every NaN policy and scaling: the graph's preprocessing equals `Preprocessor.transform`."""
+    import torch
+
+    from hits_stamps.preprocess import PreprocessConfig, Preprocessor
+    from hits_stamps.serve.export import ServingNetwork, StampPreprocess
+
+    cfg = PreprocessConfig(nan_policy=policy, scaling=scaling)
+    rng = np.random.default_rng(0)
+    raw = rng.normal(100, 10, (30, 9, 9, 3)).astype(np.float32)
+    if policy != "error":
+        raw[rng.random(raw.shape) < 0.05] = np.nan
+        raw[2, ..., 1] = np.nan
+        raw[4, 0, 0, 0] = -np.inf
+    raw[3] = 5.0  # flat
+    x, bad = StampPreprocess(cfg)(torch.from_numpy(raw))
+    np.testing.assert_allclose(x.numpy(), Preprocessor(cfg).transform(raw, report=False), atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(bad.numpy(), (~np.isfinite(raw)).sum(axis=(1, 2, 3)))
+    if policy == "error":  # a graph cannot raise: refused stamps get NaN probabilities
+        net = ServingNetwork(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(2)), cfg)
+        raw[7, 1, 1, 1] = np.nan
+        probs, _ = net(torch.from_numpy(raw))
+        assert torch.isnan(probs[7]).all() and torch.isfinite(probs[:7]).all()
+
+
+def test_onnx_backend_on_nan_stamps_equals_torch_backend(work, onnx_files, tmp_path):
+    data = work["data"]
+    images = data.images.copy()
+    images[::3, :5] = np.nan
+    path = write_stamps(StampSet(images, ids=data.ids), tmp_path / "nan.h5")
+    a, b = tmp_path / "torch.csv", tmp_path / "onnx.csv"
+    with pytest.warns(UserWarning, match="non-finite pixels replaced"):
+        predict_file(work["models"]["seed-cnn"], path, a)
+    with pytest.warns(UserWarning, match="non-finite pixels replaced"):
+        s = predict_file(work["models"]["seed-cnn"], path, b,
+                         PredictConfig(backend="onnxruntime", onnx_path=str(onnx_files["seed-cnn"])))
+    assert s.nan_pixels == int(np.isnan(images).sum())
+    _, pa, _ = _read_csv(a)
+    ids, pb, _ = _read_csv(b)
+    assert ids == list(data.ids) and np.max(np.abs(pa - pb)) <= 1e-5
 
 
 def test_onnx_bayesian_exports_the_mean_network(work, tmp_path):
@@ -243,7 +300,7 @@ def test_onnx_bayesian_exports_the_mean_network(work, tmp_path):
         ref = torch.softmax(model.module.eval()(torch.from_numpy(x)), -1).numpy()
         again = torch.softmax(model.module(torch.from_numpy(x)), -1).numpy()
     np.testing.assert_array_equal(ref, again)  # the mean network is deterministic
-    assert np.max(np.abs(session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0] - ref)) <= 1e-5
+    assert np.max(np.abs(session.run([ONNX_OUTPUT], {ONNX_INPUT: work["data"].images})[0] - ref)) <= 1e-5
     with pytest.raises(HitsStampsError, match="exists"):
         export_onnx(model, path)
 

@@ -90,9 +90,10 @@ def export(
     diff = meta.get("hits_stamps.parity_max_abs_diff", "?")
     c, h, w = len(model.config["input"]["channels"]), *model.config["input"]["size"]
     console.print(
-        f"wrote {path}: input (batch, {c}, {h}, {w}) preprocessed stamps -> probabilities (batch, 2)", soft_wrap=True
+        f"wrote {path}: input (batch, {h}, {w}, {c}) raw stamps ({', '.join(model.config['input']['channels'])}) "
+        "-> probabilities (batch, 2), nonfinite_pixels (batch,)", soft_wrap=True
     )
-    console.print(f"parity with torch: max |dp| = {diff} on random inputs", soft_wrap=True)
+    console.print(f"parity with torch: max |dp| = {diff} on random stamps with NaN pixels", soft_wrap=True)
     if kind == "mean":
         console.print(
             "note: Bayesian model exported as its posterior-mean network (deterministic); its p_real is not the "
@@ -100,7 +101,8 @@ def export(
             soft_wrap=True,
         )
     console.print(
-        "preprocessing is not in the graph: apply the model's Preprocessor first (see docs/serving.md)", soft_wrap=True
+        f"preprocessing is in the graph (nan_policy {model.preprocessor.config.nan_policy}, scaling "
+        f"{model.preprocessor.config.scaling}): feed raw stamps (see docs/serving.md)", soft_wrap=True
     )
 
 

@@ -1,8 +1,9 @@
 """Inference backends: the model's torch module, or its ONNX export run by onnxruntime on the CPU.
 
-Both take preprocessed stamps (B, C, H, W) float32 (the output of the model's `Preprocessor`,
-applied once in `predict_chunk`, so the two backends see identical inputs) and return class
-probabilities (B, 2) float32 (columns: bogus, real).
+Both return class probabilities (B, 2) float32 (columns: bogus, real). The torch backend takes
+preprocessed stamps (B, C, H, W) float32 (the output of the model's `Preprocessor`, applied in
+`predict_chunk`); the onnxruntime backend takes raw stamps (B, H, W, C), because the exported graph
+holds the same preprocessing (`hits_stamps.serve.export`; parity tested on stamps with NaNs).
 
 - `torch`: classifiers give softmax(f(x)); Bayesian classifiers the Monte-Carlo predictive mean
   (1/S) sum_s softmax(f_{w_s}(x)) with S = `mc_samples` (default: the model's config, else 30),
@@ -32,6 +33,7 @@ class TorchBackend:
     """Runs `model.module` with torch (see the module docstring)."""
 
     name = "torch"
+    takes_raw = False  # input (B, C, H, W) from the model's Preprocessor
 
     def __init__(
         self,
@@ -76,6 +78,7 @@ class OnnxBackend:
     """
 
     name = "onnxruntime"
+    takes_raw = True  # the graph preprocesses: input (B, H, W, C) raw stamps
 
     def __init__(
         self,
@@ -104,7 +107,7 @@ class OnnxBackend:
         self.network = "posterior-mean network (not the Monte-Carlo mean)" if kind == "mean" else "deterministic"
 
     def predict_proba(self, x: np.ndarray, start: int) -> np.ndarray:
-        """x (B, C, H, W) float32 -> probabilities (B, 2); `start` is unused (deterministic)."""
+        """x (B, H, W, C) raw float32 stamps -> probabilities (B, 2); `start` is unused (deterministic)."""
         return self.session.run([export.ONNX_OUTPUT], {export.ONNX_INPUT: np.ascontiguousarray(x)})[0]
 
 
@@ -139,17 +142,25 @@ def predict_chunk(
     """Probabilities (M, 2) float32 of stamps (M, H, W, C) that are rows start..start+M-1 of a file.
 
     Preprocesses the chunk with the model's `Preprocessor` (per stamp, so chunking does not change
-    the result) and runs the backend on consecutive batches of `batch_size` rows. Returns the
-    probabilities and the number of non-finite pixels the NaN policy replaced.
+    the result; the onnxruntime backend does the same inside its graph and gets the raw stamps) and
+    runs the backend on consecutive batches of `batch_size` rows. Returns the probabilities and the
+    number of non-finite pixels the NaN policy replaced. Under nan_policy `error` a chunk with a
+    non-finite pixel raises, whichever the backend.
     """
     if len(images) == 0:
         return np.zeros((0, 2), dtype=np.float32), 0
     pre = model.preprocessor
     try:
-        x = pre.transform(images, report=False)  # (M, C, H, W)
+        if getattr(backend, "takes_raw", False):
+            x = np.ascontiguousarray(images, dtype=np.float32)  # (M, H, W, C)
+            nan_count = int((~np.isfinite(x)).sum())
+            if nan_count and pre.config.nan_policy == "error":
+                pre.transform(x, report=False)  # raises the Preprocessor's one-line error
+        else:
+            x = pre.transform(images, report=False)  # (M, C, H, W)
+            nan_count = int(pre.last_nan_count_)
     except HitsStampsError as exc:
         raise HitsStampsError(f"rows {start}-{start + len(images) - 1}: {exc}") from exc
-    nan_count = int(pre.last_nan_count_)
     out = np.empty((len(x), 2), dtype=np.float32)
     for a in range(0, len(x), batch_size):
         b = min(a + batch_size, len(x))
