@@ -402,6 +402,51 @@ def test_channels_matched_by_name_never_by_position(work, tmp_path):
         predict_file(model_dir, write_stamps(small, tmp_path / "small.h5"), tmp_path / "small.csv")
 
 
+# ----------------------------------------------------------------------------- uncertainty columns
+
+
+def test_bayesian_uncertainty_columns_and_referral(work, tmp_path, capsys):
+    from hits_stamps.uncertainty import mc_predict_stamps, summarize
+
+    model_dir, data = work["models"]["seed-bnn"], work["data"][np.arange(100)]
+    path = write_stamps(data, tmp_path / "d.h5")
+    plain, unc = tmp_path / "plain.csv", tmp_path / "unc.csv"
+    predict_file(model_dir, path, plain, PredictConfig(batch_size=32, mc_samples=8))
+    cfg = PredictConfig(batch_size=32, mc_samples=8, refer_above=0.5)
+    predict_file(model_dir, path, unc, cfg)
+    with open(unc, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["id", "p_real", "label", "p_std", "entropy", "mutual_information", "refer"]
+    _, p_plain, _ = _read_csv(plain)
+    np.testing.assert_array_equal(np.array([float(r["p_real"]) for r in rows], dtype=np.float32), p_plain)
+    u = summarize(mc_predict_stamps(load_model(model_dir), data, n_samples=8, batch_size=32))
+    got = {k: np.array([float(r[k]) for r in rows]) for k in ("p_std", "entropy", "mutual_information")}
+    np.testing.assert_allclose(got["p_std"], u["std"][:, 1], atol=1e-6)
+    np.testing.assert_allclose(got["entropy"], u["entropy"], atol=1e-6)
+    np.testing.assert_allclose(got["mutual_information"], u["mutual_information"], atol=1e-6)
+    np.testing.assert_array_equal([int(r["refer"]) for r in rows], (got["entropy"] >= 0.5).astype(int))
+    # resume keeps the header with the extra columns
+    part = tmp_path / "part.csv"
+    predict_file(model_dir, path, part, PredictConfig(batch_size=32, mc_samples=8, refer_above=0.5, limit=64))
+    predict_file(model_dir, path, part, cfg, resume=True)
+    assert part.read_bytes() == unc.read_bytes()
+    with pytest.raises(HitsStampsError, match="is deterministic"):
+        predict_file(work["models"]["seed-cnn"], path, tmp_path / "x.csv", PredictConfig(uncertainty=True))
+    with pytest.raises(HitsStampsError, match="need --backend torch"):
+        PredictConfig(uncertainty=True, backend="onnxruntime")
+    # the referral cut from a labelled validation set, then used by predict
+    val = write_stamps(work["big"][np.arange(300, 500)], tmp_path / "val.h5")
+    assert main(["referral-threshold", str(model_dir), "--data", str(val), "--target-accuracy", "0.5",
+                 "--mc-samples", "8", "--json"]) == 0
+    import json
+
+    res = json.loads(capsys.readouterr().out)
+    assert res["accuracy_kept"] >= 0.5 and 0 <= res["fraction_referred"] < 1 and res["n"] == 200
+    assert main(["referral-threshold", str(work["models"]["seed-cnn"]), "--data", str(val),
+                 "--target-accuracy", "0.9"]) == 2
+    assert "is a classifier; the referral cut is on the Monte-Carlo" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- CLI
 
 

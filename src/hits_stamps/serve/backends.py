@@ -27,6 +27,7 @@ from hits_stamps.serve import export
 from hits_stamps.training.modeldir import TrainedModel
 
 BACKENDS = ("torch", "onnxruntime")
+UNCERTAINTY_COLUMNS = ("p_std", "entropy", "mutual_information")
 
 
 class TorchBackend:
@@ -68,6 +69,24 @@ class TorchBackend:
         else:
             probs = torch.softmax(self.module(xt), dim=-1)
         return probs.cpu().numpy().astype(np.float32, copy=False)
+
+    @torch.no_grad()
+    def predict_uncertainty(self, x: np.ndarray, start: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Bayesian models: (mean probabilities (B, 2), {p_std, entropy, mutual_information}: (B,) each).
+
+        The same S seeded samples as `predict_proba` (so the mean is identical); p_std is the spread
+        of p_real over the samples, entropy and mutual information as in `hits_stamps.uncertainty`.
+        """
+        from hits_stamps.uncertainty import mc_predict_proba, summarize
+
+        if not self.bayesian:
+            raise HitsStampsError(f"{self.model.path}: {self.model.name} is deterministic; it has no Monte-Carlo "
+                                  "uncertainty (use a Bayesian model: seed-bnn, bayes-cnn)")
+        xt = torch.from_numpy(x).to(self.device)
+        samples = mc_predict_proba(self.module, xt, n_samples=self.mc_samples, seed=self.seed + start)  # (S, B, 2)
+        probs = samples.mean(0).cpu().numpy().astype(np.float32, copy=False)
+        u = summarize(samples.cpu().numpy())
+        return probs, {"p_std": u["std"][:, 1], "entropy": u["entropy"], "mutual_information": u["mutual_information"]}
 
 
 class OnnxBackend:
@@ -138,7 +157,8 @@ def predict_chunk(
     images: np.ndarray,
     start: int,
     batch_size: int,
-) -> tuple[np.ndarray, int]:
+    uncertainty: bool = False,
+):
     """Probabilities (M, 2) float32 of stamps (M, H, W, C) that are rows start..start+M-1 of a file.
 
     Preprocesses the chunk with the model's `Preprocessor` (per stamp, so chunking does not change
@@ -162,10 +182,16 @@ def predict_chunk(
     except HitsStampsError as exc:
         raise HitsStampsError(f"rows {start}-{start + len(images) - 1}: {exc}") from exc
     out = np.empty((len(x), 2), dtype=np.float32)
+    extra = {k: np.empty(len(x), dtype=np.float64) for k in UNCERTAINTY_COLUMNS} if uncertainty else None
     for a in range(0, len(x), batch_size):
         b = min(a + batch_size, len(x))
-        out[a:b] = backend.predict_proba(x[a:b], start + a)
-    return out, nan_count
+        if extra is None:
+            out[a:b] = backend.predict_proba(x[a:b], start + a)
+        else:
+            out[a:b], u = backend.predict_uncertainty(x[a:b], start + a)
+            for k in UNCERTAINTY_COLUMNS:
+                extra[k][a:b] = u[k]
+    return (out, nan_count) if extra is None else (out, nan_count, extra)
 
 
-__all__ = ["BACKENDS", "OnnxBackend", "TorchBackend", "make_backend", "predict_chunk"]
+__all__ = ["BACKENDS", "UNCERTAINTY_COLUMNS", "OnnxBackend", "TorchBackend", "make_backend", "predict_chunk"]

@@ -1,4 +1,5 @@
-"""The predictions CSV: header `id,p_real,label`, one row per stamp in file order, written incrementally.
+"""The predictions CSV: header `id,p_real,label` (then any extra columns, e.g. the uncertainty of a
+Bayesian model: `p_std,entropy,mutual_information[,refer]`), one row per stamp in file order, written incrementally.
 
 Rows are appended one chunk at a time (one `write` per chunk, then flushed), so an interrupted
 prediction leaves a valid prefix of the final file. Resuming counts the finished rows, checks that
@@ -6,8 +7,8 @@ the last one is the stamp the data file has at that position, and appends the re
 interruption cut the last line short (no newline), that partial line is removed first, with a
 warning, so the finished CSV never holds a half line.
 
-p_real is written with 9 significant digits (enough to round-trip a float32 exactly); label is
-1 when p_real >= threshold, else 0.
+p_real and the extra float columns are written with 9 significant digits (enough to round-trip a
+float32 exactly); label is 1 when p_real >= threshold, else 0; integer extra columns as integers.
 """
 
 from __future__ import annotations
@@ -41,19 +42,24 @@ def check_output(path: str | os.PathLike, resume: bool, overwrite: bool) -> Path
     return path
 
 
-def scan_csv(path: Path) -> tuple[int, str | None, int]:
+def header_line(extra_columns=()) -> str:
+    """The CSV's first line for the given extra columns."""
+    return ",".join((*HEADER, *extra_columns)) + "\n"
+
+
+def scan_csv(path: Path, header: str = HEADER_LINE) -> tuple[int, str | None, int]:
     """(finished rows, id of the last finished row or None, byte length of the complete lines).
 
     Streams the file in blocks (constant memory). Raises `StampFileError` if the header is not
-    `id,p_real,label`.
+    `header` (default `id,p_real,label`).
     """
     size = path.stat().st_size
     with open(path, "rb") as fh:
-        head = fh.read(len(HEADER_LINE))
+        head = fh.readline()
         if size == 0:
             return 0, None, 0
-        if head != HEADER_LINE.encode():
-            raise StampFileError(path, "header", HEADER_LINE.strip(), repr(head.decode(errors="replace").strip()))
+        if head != header.encode():
+            raise StampFileError(path, "header", header.strip(), repr(head.decode(errors="replace").strip()))
         fh.seek(0)
         lines = 0
         while block := fh.read(1 << 20):
@@ -77,14 +83,17 @@ class PredictionWriter:
     appends; otherwise the file is (re)created with the header.
     """
 
-    def __init__(self, path: str | os.PathLike, resume: bool = False, overwrite: bool = False, threshold: float = 0.5):
+    def __init__(self, path: str | os.PathLike, resume: bool = False, overwrite: bool = False, threshold: float = 0.5,
+                 extra_columns: tuple[str, ...] = ()):
         self.path = check_output(path, resume, overwrite)
         self.threshold = float(threshold)
+        self.extra_columns = tuple(extra_columns)
+        self.header = header_line(self.extra_columns)
         self.rows_done = 0
         self.last_id: str | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.path.exists():
-            rows, last_id, complete = scan_csv(self.path)
+            rows, last_id, complete = scan_csv(self.path, self.header)
             if complete < self.path.stat().st_size:
                 warnings.warn(
                     f"{self.path}: removed a partial last line left by the interrupted run", stacklevel=2
@@ -94,10 +103,10 @@ class PredictionWriter:
             self.rows_done, self.last_id = rows, last_id
             self._fh = open(self.path, "a", encoding="utf-8", newline="")
             if complete == 0:
-                self._write(HEADER_LINE)
+                self._write(self.header)
         else:
             self._fh = open(self.path, "w", encoding="utf-8", newline="")
-            self._write(HEADER_LINE)
+            self._write(self.header)
 
     def check_resume(self, n_rows: int, id_at) -> None:
         """Refuse to resume against a data file that does not match the finished rows.
@@ -118,20 +127,25 @@ class PredictionWriter:
                 "there; it belongs to another input (use --overwrite)"
             )
 
-    def append(self, ids: np.ndarray, p_real: np.ndarray) -> None:
-        """Append rows (ids (M,), p_real (M,)); one write and a flush per call."""
+    def append(self, ids: np.ndarray, p_real: np.ndarray, extras: dict[str, np.ndarray] | None = None) -> None:
+        """Append rows (ids (M,), p_real (M,), extras: one (M,) array per extra column); one write and a flush."""
         if len(ids) != len(p_real):
             raise ValueError(f"ids ({len(ids)}) and p_real ({len(p_real)}) differ in length")
+        extras = extras or {}
+        if set(extras) != set(self.extra_columns):
+            raise ValueError(f"extra columns {sorted(extras)} differ from the header's {list(self.extra_columns)}")
         if len(ids) == 0:
             return
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         labels = (np.asarray(p_real) >= self.threshold).astype(np.int8)
-        for i, p, lab in zip(ids.tolist(), np.asarray(p_real, dtype=np.float32).tolist(), labels.tolist(), strict=True):
+        cols = [_formatted(np.asarray(extras[k])) for k in self.extra_columns]
+        for r, (i, p, lab) in enumerate(zip(ids.tolist(), np.asarray(p_real, dtype=np.float32).tolist(),
+                                            labels.tolist(), strict=True)):
             if "\n" in i or "\r" in i:
                 row = self.rows_done + 1
                 raise HitsStampsError(f"id {i!r} (row {row}) contains a line break; ids must be one line")
-            writer.writerow((i, f"{p:.9g}", lab))
+            writer.writerow((i, f"{p:.9g}", lab, *(c[r] for c in cols)))
         self._write(buf.getvalue())
         self.rows_done += len(ids)
         self.last_id = str(ids[-1])
@@ -153,4 +167,10 @@ class PredictionWriter:
         self.close()
 
 
-__all__ = ["HEADER", "PredictionWriter", "check_output", "scan_csv"]
+def _formatted(values: np.ndarray) -> list[str]:
+    if values.dtype.kind in "iub":
+        return [str(int(v)) for v in values.tolist()]
+    return [f"{v:.9g}" for v in values.astype(np.float32).tolist()]
+
+
+__all__ = ["HEADER", "PredictionWriter", "check_output", "header_line", "scan_csv"]

@@ -20,9 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.geometry import InputAdapter, plan_for_model
-from hits_stamps.serve.backends import BACKENDS, make_backend, predict_chunk
+from hits_stamps.serve.backends import BACKENDS, UNCERTAINTY_COLUMNS, make_backend, predict_chunk
 from hits_stamps.serve.csvout import PredictionWriter, check_output
 from hits_stamps.serve.stream import StampStream, open_stamp_stream
 from hits_stamps.training.modeldir import TrainedModel, load_model
@@ -48,6 +50,8 @@ class PredictConfig:
     threads: int | None = None  # local engine: torch / onnxruntime intra-op threads (None: library default)
     trust_pickle: bool = False  # allow pickle stamp files (they can run code)
     limit: int | None = None  # predict only the first `limit` rows of the file (None: all of them)
+    uncertainty: bool = False  # Bayesian models, torch backend, local engine: add p_std, entropy, mutual_information
+    refer_above: float | None = None  # add `refer` = 1 where the predictive entropy >= this (implies uncertainty)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -72,6 +76,21 @@ class PredictConfig:
             raise HitsStampsError(f"limit must be >= 1; got {self.limit}")
         if self.threads is not None and self.threads < 1:
             raise HitsStampsError(f"threads must be >= 1; got {self.threads}")
+        if self.refer_above is not None and not self.refer_above >= 0:
+            raise HitsStampsError(f"refer_above must be an entropy >= 0 (nats); got {self.refer_above}")
+        if self.wants_uncertainty and (self.backend != "torch" or self.engine != "local"):
+            raise HitsStampsError("--uncertainty/--refer-above need --backend torch and --engine local "
+                                  "(the Monte-Carlo samples of a Bayesian model)")
+
+    @property
+    def wants_uncertainty(self) -> bool:
+        return self.uncertainty or self.refer_above is not None
+
+    @property
+    def extra_columns(self) -> tuple[str, ...]:
+        if not self.wants_uncertainty:
+            return ()
+        return UNCERTAINTY_COLUMNS + (("refer",) if self.refer_above is not None else ())
 
 
 @dataclass
@@ -166,7 +185,11 @@ def predict_file(
             seed=config.seed, threads=config.threads if config.engine == "local" else None,
         )
         rows = chunk_rows_for(stream, config)
-        with PredictionWriter(out, resume=resume, overwrite=overwrite, threshold=config.threshold) as writer:
+        if config.wants_uncertainty and model.spec.task != "bayesian-classifier":
+            raise HitsStampsError(f"{model.path}: {model.name} is deterministic; --uncertainty and --refer-above "
+                                  "need a Bayesian model (seed-bnn, bayes-cnn)")
+        with PredictionWriter(out, resume=resume, overwrite=overwrite, threshold=config.threshold,
+                              extra_columns=config.extra_columns) as writer:
             writer.check_resume(stream.n, lambda i: str(stream.read_ids(i, i + 1)[0]))
             start = writer.rows_done
             state = {"nan": 0, "real": 0, "network": backend.network}
@@ -197,15 +220,22 @@ def _run_local(model, backend, stream, writer, config, rows, start, state, progr
     for a, ids, images in stream.chunks(rows, start=start):
         if adapter is not None:
             images = adapter.apply(images)  # channels by name, crop / NaN pad to the model's size
-        probs, nan_count = predict_chunk(model, backend, images, a, config.batch_size)
-        record(writer, state, ids, probs[:, 1], nan_count, config.threshold)
+        if config.wants_uncertainty:
+            probs, nan_count, extras = predict_chunk(model, backend, images, a, config.batch_size, uncertainty=True)
+            if config.refer_above is not None:
+                extras["refer"] = (extras["entropy"] >= config.refer_above).astype(np.int8)
+            record(writer, state, ids, probs[:, 1], nan_count, config.threshold, extras)
+        else:
+            probs, nan_count = predict_chunk(model, backend, images, a, config.batch_size)
+            record(writer, state, ids, probs[:, 1], nan_count, config.threshold)
         if progress is not None:
             progress(a + len(ids), stream.n)
 
 
-def record(writer: PredictionWriter, state: dict, ids, p_real, nan_count: int, threshold: float) -> None:
-    """Append one chunk's rows and update the running totals."""
-    writer.append(ids, p_real)
+def record(writer: PredictionWriter, state: dict, ids, p_real, nan_count: int, threshold: float,
+           extras: dict | None = None) -> None:
+    """Append one chunk's rows (and extra columns) and update the running totals."""
+    writer.append(ids, p_real, extras)
     state["nan"] += int(nan_count)
     state["real"] += int((p_real >= threshold).sum())
 
