@@ -46,6 +46,8 @@ def test_ztf_folder_every_readable_packet_converts(ztf_dir):
     assert s.columns["rb"][i] == pytest.approx(0.8433, abs=1e-3)
     assert np.isnan(s.columns["drb"][list(s.ids).index("472263571115090000")])
     assert s.columns["objectId"][i] == "ZTF17aaajnnn"
+    # two alerts of one object share a group, so a split keeps them on one side
+    assert s.groups[i] == s.groups[list(s.ids).index("472263571115095000")] == "ZTF17aaajnnn"
 
 
 def test_ztf_edge_cutouts_padded_with_nan_on_the_edge_side(ztf_dir):
@@ -177,7 +179,7 @@ def test_rubin_packet_gives_four_channels_with_snr_from_variance(tmp_path):
     np.testing.assert_array_equal(s.images[1, ..., 2], diff)
     np.testing.assert_allclose(s.images[1, ..., 3], diff / np.sqrt(var), rtol=1e-6)
     assert list(s.ids) == ["5000", "5001", "5002"]
-    assert s.columns["diaObjectId"].tolist() == ["90", "91", "92"]
+    assert s.columns["diaObjectId"].tolist() == s.groups.tolist() == ["90", "91", "92"]
     assert s.columns["psfFlux"][0] == pytest.approx(12.5)
     assert s.meta["source_format"] == "rubin-alerts"
     # round trip through the native schema keeps the columns

@@ -220,7 +220,7 @@ def _as_stamps(X: StampSet | np.ndarray, y: np.ndarray | None) -> StampSet:
     if isinstance(X, StampSet):
         if y is None:
             return X
-        return StampSet(X.images, labels=_labels(y, len(X)), snr=X.snr, kind=X.kind, ids=X.ids,
+        return StampSet(X.images, labels=_labels(y, len(X)), snr=X.snr, kind=X.kind, ids=X.ids, groups=X.groups,
                         channels=X.channels, columns=X.columns, meta=X.meta)
     x = np.asarray(X)
     if x.ndim != 4 or x.dtype.kind not in "fiu":

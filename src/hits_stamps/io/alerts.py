@@ -16,7 +16,8 @@ ZTF (schema `ztf.alert`, versions up to 3.x and the earlier unversioned test pac
   invented flux) on the side of the edge, told by the candidate's `xpos`/`ypos` (a position within
   half a stamp of pixel 1 is at the low edge, else the high edge); `cutout_height`,
   `cutout_width` keep the native size;
-- ids are the `candid`; columns keep `objectId` and the candidate fields in `ZTF_FIELDS` that
+- ids are the `candid`, groups the `objectId` (so splits keep an object's alerts together);
+  columns keep `objectId` and the candidate fields in `ZTF_FIELDS` that
   the packet has (NaN where an older schema lacks them, e.g. `drb` before 3.3); `isdiffpos` becomes
   1 (positive) or 0 (negative).
 
@@ -27,7 +28,8 @@ Rubin (schema `lsst.vX_Y.alert`, Rubin's published alert_packet schema):
 - channels are (template, science, difference, snr) when the difference cutout has an
   uncertainty plane, snr = difference / sqrt(variance) (NaN where the variance is not positive),
   else (template, science, difference);
-- ids are the `diaSourceId`; columns keep `alertId`, `diaObjectId` and the `diaSource` fields in
+- ids are the `diaSourceId`, groups the `diaObjectId` (the source's id when it has none);
+  columns keep `alertId`, `diaObjectId` and the `diaSource` fields in
   `RUBIN_FIELDS` that the packet has. Cutouts are padded to the largest cutout of the file set, centred.
 
 A packet that cannot give flux stamps (JPEG cutouts from ZTF's early test stream, a missing
@@ -326,7 +328,10 @@ def read_alerts(path: str | os.PathLike) -> AlertReadResult:
         "skipped": [f"{s}: {r}" for s, r in skipped],
         "stamp_size_note": f"cutouts smaller than {h}x{w} padded with NaN (column padded)",
     }
-    stamps = StampSet(images=images, ids=ids, channels=records[0]["channels"], columns=columns, meta=meta)
+    object_key = "objectId" if records[0]["survey"] == "ztf" else "diaObjectId"
+    groups = np.where(columns[object_key] != "", columns[object_key], ids)  # the object, else the alert itself
+    stamps = StampSet(images=images, ids=ids, groups=groups, channels=records[0]["channels"], columns=columns,
+                      meta=meta)
     return AlertReadResult(stamps, skipped, n)
 
 
