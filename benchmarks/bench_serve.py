@@ -254,7 +254,8 @@ def batch_sweep(models: dict[str, Path], onnx: dict[str, Path], base, sizes=(32,
     rows = []
     for name, path in models.items():
         model = load_model(path)
-        x = model.preprocessor.transform(base.images[:n], report=False)
+        raw = np.ascontiguousarray(base.images[:n], dtype=np.float32)  # (n, H, W, C): the ONNX graph preprocesses
+        x = model.preprocessor.transform(raw, report=False)
         n = len(x)
         sessions = {"ort": make_session(onnx[name], threads=1)}
         variant = slice_pool_variant_onnx(model)
@@ -270,7 +271,7 @@ def batch_sweep(models: dict[str, Path], onnx: dict[str, Path], base, sizes=(32,
             for key, session in sessions.items():
                 t0 = time.process_time()
                 for a in range(0, n, b):
-                    session.run(None, {"input": x[a:a + b]})
+                    session.run(None, {"input": raw[a:a + b]})
                 row[f"{key}_per_cpu_s"] = n / (time.process_time() - t0)
             rows.append(row)
             print(f"  batch sweep {name} b={b}: " + ", ".join(f"{k} {v:.0f}" for k, v in row.items()

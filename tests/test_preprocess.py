@@ -188,3 +188,47 @@ def test_channel_count_mismatch(images):
 def test_bad_arguments(call, match):
     with pytest.raises(HitsStampsError, match=match):
         call()
+
+
+# ----------------------------------------------------------------------------- geometry and channels
+def test_fit_size_crops_about_the_centre_and_pads_with_nan():
+    from hits_stamps.geometry import fit_size
+
+    x = np.arange(2 * 7 * 7 * 1, dtype=np.float32).reshape(2, 7, 7, 1)
+    crop = fit_size(x, (3, 3))
+    np.testing.assert_array_equal(crop, x[:, 2:5, 2:5])
+    pad = fit_size(x, (10, 9))
+    assert pad.shape == (2, 10, 9, 1)
+    np.testing.assert_array_equal(pad[:, 1:8, 1:8], x)
+    assert np.isnan(pad).sum() == 2 * (10 * 9 - 49)
+    mixed = fit_size(x, (5, 9))  # crop rows, pad columns
+    np.testing.assert_array_equal(mixed[:, :, 1:8], x[:, 1:6])
+    assert fit_size(x, (7, 7)) is x
+    x0 = x.copy()
+    fit_size(x, (3, 3))
+    np.testing.assert_array_equal(x, x0)  # input untouched
+
+
+def test_plan_input_maps_channels_by_name():
+    from hits_stamps.geometry import plan_input, snr_from_difference
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 2, (5, 9, 9, 3)).astype(np.float32)
+    a = plan_input((9, 9, 3), ("Diff", "SCI", "reference"), (9, 9), ("template", "science", "difference", "snr"))
+    out = a.apply(x)
+    np.testing.assert_array_equal(out[..., 0], x[..., 2])
+    np.testing.assert_array_equal(out[..., 1], x[..., 1])
+    np.testing.assert_array_equal(out[..., 2], x[..., 0])
+    sigma = 1.4826 * np.median(np.abs(x[0, ..., 0] - np.median(x[0, ..., 0])))
+    np.testing.assert_allclose(out[0, ..., 3], x[0, ..., 0] / sigma, rtol=1e-5)
+    assert not a.identity and a.notes
+    same = plan_input((9, 9, 3), ("a", "b", "c"), (9, 9), ("a", "b", "c"))
+    assert same.identity and same.apply(x) is x
+    flat = np.zeros((1, 4, 4), dtype=np.float32)
+    assert np.isnan(snr_from_difference(flat)).all()  # no noise estimate: missing, not invented
+    with pytest.raises(HitsStampsError, match=r"needs channel 'science' .*found channels template, difference"):
+        plan_input((9, 9, 2), ("template", "difference"), (9, 9), ("template", "science"))
+    with pytest.raises(HitsStampsError, match=r"expected channels named like .*found ch0, ch1, ch2"):
+        plan_input((9, 9, 3), ("ch0", "ch1", "ch2"), (9, 9), ("template", "science", "difference"))
+    with pytest.raises(HitsStampsError, match=r"expected distinct channel names; found \['science'\]"):
+        plan_input((9, 9, 2), ("sci", "science"), (9, 9), ("science",))

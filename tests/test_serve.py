@@ -17,7 +17,14 @@ from hits_stamps.errors import HitsStampsError, StampFileError
 from hits_stamps.io import read_stamps, write_stamps
 from hits_stamps.io.native import write_npz
 from hits_stamps.serve import PredictConfig, export_onnx, open_stamp_stream, predict_file
-from hits_stamps.serve.export import ONNX_INPUT, ONNX_OUTPUT, exportable, make_session, onnx_metadata
+from hits_stamps.serve.export import (
+    ONNX_INPUT,
+    ONNX_NONFINITE,
+    ONNX_OUTPUT,
+    exportable,
+    make_session,
+    onnx_metadata,
+)
 from hits_stamps.stamps import StampSet
 from hits_stamps.training import TrainConfig, fit, load_model
 
@@ -208,24 +215,74 @@ def test_peak_memory_does_not_grow_with_file_size(work, layout, tmp_path):
 
 @pytest.mark.parametrize("name", ["seed-cnn", "rotinv-cnn"])
 def test_onnx_parity_on_1000_stamps(work, onnx_files, name):
+    """The graph holds the preprocessing: raw stamps with NaNs in, the torch path's probabilities out."""
     import torch
 
     model = load_model(work["models"][name])
     session = make_session(onnx_files[name])
     meta = onnx_metadata(session)
     assert meta["model"] == name and meta["network"] == "deterministic"
-    x = model.preprocessor.transform(work["big"].images)  # (1000, 4, 21, 21)
+    raw = work["big"].images.copy()  # (1000, 21, 21, 4)
+    rng = np.random.default_rng(3)
+    raw[rng.random(raw.shape) < 0.01] = np.nan
+    raw[:50, :4] = np.nan  # edge-padded stamps
+    raw[50, ..., 3] = np.nan  # a channel with no finite pixel
+    x = model.preprocessor.transform(raw, report=False)  # (1000, 4, 21, 21)
     with exportable(model) as net, torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()  # (1000, 2)
-    got = session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0]
+    got, bad = session.run([ONNX_OUTPUT, ONNX_NONFINITE], {ONNX_INPUT: raw})
     assert got.shape == (N, 2)
     assert np.max(np.abs(got - ref)) <= 1e-5
+    np.testing.assert_array_equal(bad, (~np.isfinite(raw)).sum(axis=(1, 2, 3)))
     for b in (1, 7):  # dynamic batch
-        np.testing.assert_allclose(session.run([ONNX_OUTPUT], {ONNX_INPUT: x[:b]})[0], ref[:b], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(session.run([ONNX_OUTPUT], {ONNX_INPUT: raw[:b]})[0], ref[:b], atol=1e-5, rtol=0)
     import onnx
 
     ops = {node.op_type for node in onnx.load(str(onnx_files[name])).graph.node}
-    assert "MaxPool" in ops and "Slice" not in ops, ops  # pooling exported as MaxPool, not strided slices
+    assert "MaxPool" in ops, ops  # pooling exported as MaxPool, not strided slices
+
+
+@pytest.mark.parametrize("policy,scaling", [("median", "robust"), ("zero", "robust"), ("error", "minmax")])
+def test_onnx_preprocessing_in_graph_matches_python(policy, scaling):
+    """Every NaN policy and scaling: the graph's preprocessing equals `Preprocessor.transform`."""
+    import torch
+
+    from hits_stamps.preprocess import PreprocessConfig, Preprocessor
+    from hits_stamps.serve.export import ServingNetwork, StampPreprocess
+
+    cfg = PreprocessConfig(nan_policy=policy, scaling=scaling)
+    rng = np.random.default_rng(0)
+    raw = rng.normal(100, 10, (30, 9, 9, 3)).astype(np.float32)
+    if policy != "error":
+        raw[rng.random(raw.shape) < 0.05] = np.nan
+        raw[2, ..., 1] = np.nan
+        raw[4, 0, 0, 0] = -np.inf
+    raw[3] = 5.0  # flat
+    x, bad = StampPreprocess(cfg)(torch.from_numpy(raw))
+    np.testing.assert_allclose(x.numpy(), Preprocessor(cfg).transform(raw, report=False), atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(bad.numpy(), (~np.isfinite(raw)).sum(axis=(1, 2, 3)))
+    if policy == "error":  # a graph cannot raise: refused stamps get NaN probabilities
+        net = ServingNetwork(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(2)), cfg)
+        raw[7, 1, 1, 1] = np.nan
+        probs, _ = net(torch.from_numpy(raw))
+        assert torch.isnan(probs[7]).all() and torch.isfinite(probs[:7]).all()
+
+
+def test_onnx_backend_on_nan_stamps_equals_torch_backend(work, onnx_files, tmp_path):
+    data = work["data"]
+    images = data.images.copy()
+    images[::3, :5] = np.nan
+    path = write_stamps(StampSet(images, ids=data.ids), tmp_path / "nan.h5")
+    a, b = tmp_path / "torch.csv", tmp_path / "onnx.csv"
+    with pytest.warns(UserWarning, match="non-finite pixels replaced"):
+        predict_file(work["models"]["seed-cnn"], path, a)
+    with pytest.warns(UserWarning, match="non-finite pixels replaced"):
+        s = predict_file(work["models"]["seed-cnn"], path, b,
+                         PredictConfig(backend="onnxruntime", onnx_path=str(onnx_files["seed-cnn"])))
+    assert s.nan_pixels == int(np.isnan(images).sum())
+    _, pa, _ = _read_csv(a)
+    ids, pb, _ = _read_csv(b)
+    assert ids == list(data.ids) and np.max(np.abs(pa - pb)) <= 1e-5
 
 
 def test_onnx_bayesian_exports_the_mean_network(work, tmp_path):
@@ -242,7 +299,7 @@ def test_onnx_bayesian_exports_the_mean_network(work, tmp_path):
         ref = torch.softmax(model.module.eval()(torch.from_numpy(x)), -1).numpy()
         again = torch.softmax(model.module(torch.from_numpy(x)), -1).numpy()
     np.testing.assert_array_equal(ref, again)  # the mean network is deterministic
-    assert np.max(np.abs(session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0] - ref)) <= 1e-5
+    assert np.max(np.abs(session.run([ONNX_OUTPUT], {ONNX_INPUT: work["data"].images})[0] - ref)) <= 1e-5
     with pytest.raises(HitsStampsError, match="exists"):
         export_onnx(model, path)
 
@@ -279,11 +336,11 @@ def test_bad_inputs_raise_before_writing(work, onnx_files, tmp_path):
     model_dir = work["models"]["seed-cnn"]
     three = make_synthetic_stamps(20, seed=1, channels=3)
     wrong = write_stamps(three, tmp_path / "three.h5")
-    with pytest.raises(HitsStampsError, match=r"expects stamps of 21x21x4 .*found 21x21x3"):
+    with pytest.raises(HitsStampsError, match=r"three.h5 \[channels\]: expected channels named like .*found ch0, ch1"):
         predict_file(model_dir, wrong, tmp_path / "a.csv")
-    small = write_stamps(make_synthetic_stamps(20, seed=1, size=15), tmp_path / "small.npz")
-    with pytest.raises(HitsStampsError, match="found 15x15x4"):
-        predict_file(model_dir, small, tmp_path / "a.csv")
+    named = StampSet(three.images, channels=("template", "science", "snr"))
+    with pytest.raises(HitsStampsError, match=r"needs channel 'difference' .*found channels template, science, snr"):
+        predict_file(model_dir, write_stamps(named, tmp_path / "named.h5"), tmp_path / "a.csv")
     with pytest.raises(StampFileError, match="no such file"):
         predict_file(model_dir, tmp_path / "missing.h5", tmp_path / "a.csv")
     assert not (tmp_path / "a.csv").exists()
@@ -305,6 +362,98 @@ def test_bad_inputs_raise_before_writing(work, onnx_files, tmp_path):
         predict_file(model_dir, work["files"]["h5"], out, resume=True)
     with pytest.raises(HitsStampsError, match="--scheduler and --workers need --engine dask"):
         PredictConfig(workers=2)
+
+
+# ----------------------------------------------------------------------------- geometry and channels
+
+
+def test_channels_matched_by_name_never_by_position(work, tmp_path):
+    """A file in another channel order predicts exactly as the original; a ZTF-like 63x63x3 file is
+    cropped, gets a built snr channel, and predicts as the same stamps adapted by hand."""
+    from hits_stamps.geometry import fit_size, snr_from_difference
+
+    model_dir, data = work["models"]["seed-cnn"], work["data"][np.arange(40)]
+    ref = tmp_path / "ref.csv"
+    predict_file(model_dir, write_stamps(data, tmp_path / "ref.h5"), ref)
+    order = [2, 0, 3, 1]
+    shuffled = StampSet(data.images[..., order], ids=data.ids, channels=tuple(data.channels[i] for i in order))
+    out = tmp_path / "shuffled.csv"
+    with pytest.warns(UserWarning, match="channels taken by name: template, science, difference, snr"):
+        predict_file(model_dir, write_stamps(shuffled, tmp_path / "shuffled.h5"), out)
+    assert out.read_bytes() == ref.read_bytes()
+
+    rng = np.random.default_rng(0)
+    big = rng.normal(0, 1, (40, 63, 63, 3)).astype(np.float32)
+    big[:, 21:42, 21:42, :] = data.images[..., :3]
+    big[0, :5] = np.nan  # an edge-padded stamp
+    ztf = StampSet(big, ids=data.ids, channels=("ref", "sci", "diff"))
+    out = tmp_path / "ztf.csv"
+    with pytest.warns(UserWarning, match="snr built from the difference.*cropped about the centre from 63x63 to 21x21"):
+        predict_file(model_dir, write_stamps(ztf, tmp_path / "ztf.h5"), out)
+    by_hand = np.concatenate([big, snr_from_difference(big[..., 2])[..., None]], axis=-1)
+    manual = StampSet(fit_size(by_hand, (21, 21)), ids=data.ids)
+    ids, p, _ = _read_csv(out)
+    expected = load_model(model_dir).predict_proba(manual)[:, 1]
+    np.testing.assert_allclose(p, expected, atol=1e-6)
+    assert ids == list(data.ids)
+    small = StampSet(data.images[:, 3:18, 3:18], ids=data.ids)  # 15x15: NaN-padded to 21x21, never refused
+    with pytest.warns(UserWarning, match="padded with NaN"):
+        predict_file(model_dir, write_stamps(small, tmp_path / "small.h5"), tmp_path / "small.csv")
+
+
+# ----------------------------------------------------------------------------- uncertainty columns
+
+
+def test_bayesian_uncertainty_columns_and_referral(work, tmp_path, capsys):
+    from hits_stamps.uncertainty import mc_predict_stamps, summarize
+
+    model_dir, data = work["models"]["seed-bnn"], work["data"][np.arange(100)]
+    path = write_stamps(data, tmp_path / "d.h5")
+    plain, unc = tmp_path / "plain.csv", tmp_path / "unc.csv"
+    predict_file(model_dir, path, plain, PredictConfig(batch_size=32, mc_samples=8))
+    cfg = PredictConfig(batch_size=32, mc_samples=8, refer_above=0.5)
+    predict_file(model_dir, path, unc, cfg)
+    with open(unc, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["id", "p_real", "label", "p_std", "entropy", "mutual_information", "refer"]
+    _, p_plain, _ = _read_csv(plain)
+    np.testing.assert_array_equal(np.array([float(r["p_real"]) for r in rows], dtype=np.float32), p_plain)
+    u = summarize(mc_predict_stamps(load_model(model_dir), data, n_samples=8, batch_size=32))
+    got = {k: np.array([float(r[k]) for r in rows]) for k in ("p_std", "entropy", "mutual_information")}
+    np.testing.assert_allclose(got["p_std"], u["std"][:, 1], atol=1e-6)
+    np.testing.assert_allclose(got["entropy"], u["entropy"], atol=1e-6)
+    np.testing.assert_allclose(got["mutual_information"], u["mutual_information"], atol=1e-6)
+    np.testing.assert_array_equal([int(r["refer"]) for r in rows], (got["entropy"] >= 0.5).astype(int))
+    # an interrupted run resumes with the extra columns, byte-identical
+    part = tmp_path / "part.csv"
+
+    def interrupt(done, total):
+        if done >= 64:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(model_dir, path, part, PredictConfig(batch_size=32, chunk_rows=32, mc_samples=8,
+                                                          refer_above=0.5), progress=interrupt)
+    with pytest.raises(HitsStampsError, match="columns"):  # other columns than the unfinished rows
+        predict_file(model_dir, path, part, PredictConfig(batch_size=32, chunk_rows=32, mc_samples=8), resume=True)
+    predict_file(model_dir, path, part, PredictConfig(batch_size=32, chunk_rows=32, mc_samples=8, refer_above=0.5),
+                 resume=True)
+    assert part.read_bytes() == unc.read_bytes()
+    with pytest.raises(HitsStampsError, match="is deterministic"):
+        predict_file(work["models"]["seed-cnn"], path, tmp_path / "x.csv", PredictConfig(uncertainty=True))
+    with pytest.raises(HitsStampsError, match="need --backend torch"):
+        PredictConfig(uncertainty=True, backend="onnxruntime")
+    # the referral cut from a labelled validation set, then used by predict
+    val = write_stamps(work["big"][np.arange(300, 500)], tmp_path / "val.h5")
+    assert main(["referral-threshold", str(model_dir), "--data", str(val), "--target-accuracy", "0.5",
+                 "--mc-samples", "8", "--json"]) == 0
+    import json
+
+    res = json.loads(capsys.readouterr().out)
+    assert res["accuracy_kept"] >= 0.5 and 0 <= res["fraction_referred"] < 1 and res["n"] == 200
+    assert main(["referral-threshold", str(work["models"]["seed-cnn"]), "--data", str(val),
+                 "--target-accuracy", "0.9"]) == 2
+    assert "is a classifier; the referral cut is on the Monte-Carlo" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- CLI

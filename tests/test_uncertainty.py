@@ -137,3 +137,23 @@ def test_mc_predict_stamps_deterministic_model_gives_one_sample(tmp_path):
     samples = mc_predict_stamps(model, stamps, n_samples=30)
     assert samples.shape == (1, 12, 2)
     assert np.allclose(samples[0], model.predict_proba(stamps), atol=1e-6)
+
+
+def test_referral_threshold_refers_the_fewest_stamps_that_reach_the_target():
+    from hits_stamps.errors import HitsStampsError
+    from hits_stamps.uncertainty import referral_threshold
+
+    y = np.array([1, 1, 0, 0, 1, 0])
+    p = np.array([0.9, 0.8, 0.2, 0.6, 0.4, 0.1])  # stamps 3 and 4 are wrong
+    u = np.array([0.1, 0.2, 0.1, 0.6, 0.5, 0.3])
+    r = referral_threshold(y, p, u, target_accuracy=1.0)
+    assert r["cut"] == 0.5 and r["fraction_referred"] == pytest.approx(2 / 6) and r["accuracy_kept"] == 1.0
+    assert ((u >= r["cut"]) == np.array([0, 0, 0, 1, 1, 0], bool)).all()
+    r = referral_threshold(y, p, u, target_accuracy=0.75)
+    assert r["cut"] == 0.6 and r["fraction_referred"] == pytest.approx(1 / 6)
+    assert referral_threshold(y, p, u, target_accuracy=0.6)["cut"] == float("inf")
+    tied = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.5])  # no cut splits equal values
+    with pytest.raises(HitsStampsError, match="no referral cut reaches it"):
+        referral_threshold(y, p, tied, target_accuracy=0.9)
+    with pytest.raises(HitsStampsError, match="labels in"):
+        referral_threshold(np.array([1, -1]), p[:2], u[:2], target_accuracy=0.9)

@@ -22,3 +22,7 @@ class StampFileError(HitsStampsError, ValueError):
 
 class NotFittedError(HitsStampsError, RuntimeError):
     """An estimator was used before `fit`."""
+
+
+class ParameterError(HitsStampsError, ValueError):
+    """An estimator or config got a parameter it does not have (a ValueError, as scikit-learn expects)."""

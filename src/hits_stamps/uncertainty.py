@@ -149,3 +149,44 @@ def summarize(probs) -> dict[str, np.ndarray]:
         "expected_entropy": eh,
         "mutual_information": np.maximum(h - eh, 0.0),
     }
+
+
+def referral_threshold(y, p_real, uncertainty, target_accuracy: float, threshold: float = 0.5) -> dict[str, float]:
+    """The referral cut to use in production, chosen on a labelled validation set.
+
+    Stamps with uncertainty >= `cut` are referred (to a human, or a slower check). Among the cuts
+    that separate distinct uncertainty values (plus "refer nothing", cut = +inf), returns the one
+    referring the fewest stamps whose kept stamps reach `target_accuracy` (label = p_real >=
+    `threshold`). y, p_real, uncertainty: (N,). Returns {cut, fraction_referred, accuracy_kept,
+    n}; raises `HitsStampsError` when no cut that keeps a stamp reaches the target.
+    """
+    from hits_stamps.errors import HitsStampsError
+
+    y = np.asarray(y)
+    p = np.asarray(p_real, dtype=np.float64)
+    u = np.asarray(uncertainty, dtype=np.float64)
+    if y.ndim != 1 or p.shape != y.shape or u.shape != y.shape or len(y) == 0:
+        raise HitsStampsError(f"y, p_real, uncertainty: expected three (N,) arrays, N >= 1; found shapes "
+                              f"{y.shape}, {p.shape}, {u.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise HitsStampsError("y: expected validation labels in {0, 1}; found other values (unlabelled stamps?)")
+    if not np.isfinite(u).all():
+        raise HitsStampsError("uncertainty: expected finite values; found NaN or inf")
+    if not 0 < target_accuracy <= 1:
+        raise HitsStampsError(f"target_accuracy must be in (0, 1]; got {target_accuracy}")
+    order = np.argsort(-u, kind="stable")  # most uncertain first
+    us = u[order]
+    correct = ((p >= threshold).astype(np.int64) == y)[order].astype(np.float64)
+    n = len(y)
+    kept_correct = np.concatenate([np.cumsum(correct[::-1])[::-1], [0.0]])  # (N+1,): correct among order[r:]
+    # r referred is a valid cut when it splits distinct values: r == 0 or us[r-1] > us[r]
+    for r in range(n):
+        if r > 0 and not us[r - 1] > us[r]:
+            continue
+        acc = kept_correct[r] / (n - r)
+        if acc >= target_accuracy:
+            cut = float("inf") if r == 0 else float(us[r - 1])
+            return {"cut": cut, "fraction_referred": r / n, "accuracy_kept": float(acc), "n": n}
+    best = max(kept_correct[r] / (n - r) for r in range(n) if r == 0 or us[r - 1] > us[r])
+    raise HitsStampsError(f"target_accuracy {target_accuracy}: no referral cut reaches it on these {n} stamps "
+                          f"(best accuracy on kept stamps {best:.4f})")

@@ -94,7 +94,9 @@ def _model_info(path: Path, as_json: bool) -> None:
 
 @app.command()
 def convert(
-    src: Path = typer.Argument(..., help="Input: .npz, .h5, Deep-HiTS/course pickle, FITS cube or folder."),
+    src: Path = typer.Argument(
+        ..., help="Input: .npz, .h5, Deep-HiTS/course pickle, FITS cube or folder, ZTF/Rubin .avro alerts."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npz or .h5."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow reading pickle files (they can run code)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
@@ -115,4 +117,7 @@ def convert(
     n, h, w, c = stamps.shape
     message = (f"wrote {out}: {n} stamps of {h}x{w}x{c} "
                f"(real {bal['real']}, bogus {bal['bogus']}, unknown {bal['unknown']})")
+    skipped = stamps.meta.get("skipped") or []
+    if skipped:
+        message += f"; {len(skipped)} of {stamps.meta.get('n_packets', '?')} packets not converted (reasons above)"
     console.print(escape(message), soft_wrap=True, highlight=False)

@@ -42,15 +42,27 @@ def predict(
     threads: int | None = typer.Option(None, "--threads", help="Local engine: intra-op threads (default: all)."),
     limit: int | None = typer.Option(None, "--limit", help="Predict only the first N stamps of the file."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle stamp files (they can run code)."),
+    uncertainty: bool = typer.Option(
+        False, "--uncertainty", help="Bayesian models: add columns p_std, entropy, mutual_information."
+    ),
+    refer_above: float | None = typer.Option(
+        None, "--refer-above", help="Add a column refer = 1 where the predictive entropy >= this (nats; see "
+        "`hits-stamps referral-threshold`); implies --uncertainty."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Classify every stamp of a file in chunks with bounded memory; write id, p_real, label to a CSV."""
+    """Classify every stamp of a file in chunks with bounded memory; write id, p_real, label to a CSV.
+
+    Channels are matched to the model's by name and stamps centre-cropped or NaN-padded to its size
+    (a warning says what was done); alert packets (.avro, or a folder of them) are read directly.
+    """
     from hits_stamps.serve import PredictConfig, predict_file
 
     config = PredictConfig(
         batch_size=batch_size, backend=backend, onnx_path=str(onnx) if onnx else None, engine=engine,
         scheduler=scheduler, workers=workers, threshold=threshold, chunk_rows=chunk_rows, device=device,
         mc_samples=mc_samples, seed=seed, threads=threads, trust_pickle=trust_pickle, limit=limit,
+        uncertainty=uncertainty, refer_above=refer_above,
     )
     with _Bar(progress, f"predict {data.name}") as bar:
         summary = predict_file(model_dir, data, out, config, resume=resume, overwrite=overwrite, progress=bar.update)
@@ -66,6 +78,56 @@ def predict(
     console.print(f"engine {summary.engine}, backend {summary.backend}, network: {summary.network}", soft_wrap=True)
     if not summary.streamed:
         console.print(f"note: {data} was loaded whole (only .h5 and .npz are streamed)", soft_wrap=True)
+
+
+@app.command("referral-threshold")
+def referral_threshold_cmd(
+    model_dir: Path = typer.Argument(..., help="A trained Bayesian classifier directory."),
+    data: Path = typer.Option(..., "--data", help="Labelled validation stamps (labels 0/1), never the test set."),
+    target_accuracy: float = typer.Option(..., "--target-accuracy", help="Accuracy wanted on the kept stamps."),
+    mc_samples: int = typer.Option(30, "--mc-samples", help="Monte-Carlo samples, as you will use in predict."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Monte-Carlo samples."),
+    threshold: float = typer.Option(0.5, "--threshold", help="label = 1 when p_real >= threshold."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Pick the predictive-entropy cut for `predict --refer-above` from a labelled validation set.
+
+    Refers the fewest stamps such that the kept ones reach --target-accuracy.
+    """
+    import json
+
+    from hits_stamps.geometry import plan_for_model
+    from hits_stamps.io import read_stamps
+    from hits_stamps.training.modeldir import load_model
+    from hits_stamps.uncertainty import mc_predict_stamps, predictive_entropy, referral_threshold
+
+    model = load_model(model_dir)
+    if model.spec.task != "bayesian-classifier":
+        raise HitsStampsError(f"{model_dir}: {model.name} is a {model.spec.task}; the referral cut is on the "
+                              "Monte-Carlo predictive entropy of a Bayesian classifier (seed-bnn, bayes-cnn)")
+    stamps = read_stamps(data)
+    labelled = stamps.labels >= 0
+    if not labelled.any():
+        raise HitsStampsError(f"{data} [labels]: expected labelled validation stamps (0/1); found none labelled")
+    stamps = stamps[labelled]
+    images = plan_for_model(model, stamps.images.shape[1:], stamps.channels, source=str(data)).apply(stamps.images)
+    samples = mc_predict_stamps(model, images, n_samples=mc_samples, seed=seed)  # (S, N, 2)
+    result = referral_threshold(stamps.labels, samples.mean(0)[:, 1], predictive_entropy(samples), target_accuracy,
+                                threshold=threshold)
+    result.update({"mc_samples": mc_samples, "target_accuracy": target_accuracy})
+    if as_json:
+        console.print_json(json.dumps(result, allow_nan=False, default=str) if result["cut"] != float("inf")
+                           else json.dumps({**result, "cut": None}))
+        return
+    cut = "none needed (refer nothing)" if result["cut"] == float("inf") else f"{result['cut']:.6g} nats"
+    console.print(
+        f"referral cut on predictive entropy: {cut}; on {result['n']} validation stamps it refers "
+        f"{result['fraction_referred']:.1%} and the kept ones have accuracy {result['accuracy_kept']:.4f}",
+        soft_wrap=True,
+    )
+    if result["cut"] != float("inf"):
+        console.print(f"use: hits-stamps predict {model_dir} --data FILE --out preds.csv --mc-samples {mc_samples} "
+                      f"--refer-above {result['cut']:.6g}", soft_wrap=True)
 
 
 @app.command()
@@ -90,9 +152,10 @@ def export(
     diff = meta.get("hits_stamps.parity_max_abs_diff", "?")
     c, h, w = len(model.config["input"]["channels"]), *model.config["input"]["size"]
     console.print(
-        f"wrote {path}: input (batch, {c}, {h}, {w}) preprocessed stamps -> probabilities (batch, 2)", soft_wrap=True
+        f"wrote {path}: input (batch, {h}, {w}, {c}) raw stamps ({', '.join(model.config['input']['channels'])}) "
+        "-> probabilities (batch, 2), nonfinite_pixels (batch,)", soft_wrap=True
     )
-    console.print(f"parity with torch: max |dp| = {diff} on random inputs", soft_wrap=True)
+    console.print(f"parity with torch: max |dp| = {diff} on random stamps with NaN pixels", soft_wrap=True)
     if kind == "mean":
         console.print(
             "note: Bayesian model exported as its posterior-mean network (deterministic); its p_real is not the "
@@ -100,7 +163,8 @@ def export(
             soft_wrap=True,
         )
     console.print(
-        "preprocessing is not in the graph: apply the model's Preprocessor first (see docs/serving.md)", soft_wrap=True
+        f"preprocessing is in the graph (nan_policy {model.preprocessor.config.nan_policy}, scaling "
+        f"{model.preprocessor.config.scaling}): feed raw stamps (see docs/serving.md)", soft_wrap=True
     )
 
 

@@ -2,7 +2,8 @@
 
 Native schema: `.npz` and `.h5`/`.hdf5`. Read-only inputs converted to the schema: Deep-HiTS chunk
 pickles and course-style dict pickles (`.pkl`, `.pkl.gz`, only with `trust_pickle=True`), and FITS
-cubes or folders of FITS cutouts.
+cubes or folders of FITS cutouts, and survey alert packets (ZTF and Rubin Avro files, or a folder
+of them; `hits_stamps.io.alerts`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ READ_FORMATS = {
     **WRITE_FORMATS,
     ".pkl": "pickle", ".pickle": "pickle", ".pkl.gz": "pickle", ".pickle.gz": "pickle",
     ".fits": "fits", ".fit": "fits", ".fits.gz": "fits", ".fit.gz": "fits", ".fz": "fits",
+    ".avro": "avro",
 }
 
 
@@ -31,13 +33,21 @@ def _suffix(path: Path) -> str:
 
 
 def read_stamps(path: str | os.PathLike, trust_pickle: bool = False) -> StampSet:
-    """Read any supported stamp file (or a folder of FITS cutouts) into a StampSet."""
+    """Read any supported stamp file (or a folder of FITS cutouts or of alert packets) into a StampSet.
+
+    A folder holding `.avro` files and no FITS files is read as alert packets; packets that cannot be
+    converted are named in one warning line each (and in `meta["skipped"]`).
+    """
     path = Path(path)
     if not path.exists():
         raise StampFileError(path, None, "an existing file", "no such file or directory")
     if path.is_dir():
-        from hits_stamps.io.legacy import read_fits_folder
+        from hits_stamps.io.alerts import is_avro_name, read_alert_stamps
+        from hits_stamps.io.legacy import is_fits_name, read_fits_folder
 
+        names = [p.name for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+        if any(is_avro_name(n) for n in names) and not any(is_fits_name(n) for n in names):
+            return read_alert_stamps(path)
         return read_fits_folder(path)
     ext = _suffix(path)
     fmt = READ_FORMATS.get(ext)
@@ -50,6 +60,10 @@ def read_stamps(path: str | os.PathLike, trust_pickle: bool = False) -> StampSet
         return read_npz(path)
     if fmt == "h5":
         return read_h5(path)
+    if fmt == "avro":
+        from hits_stamps.io.alerts import read_alert_stamps
+
+        return read_alert_stamps(path)
     from hits_stamps.io import legacy
 
     if fmt == "pickle":

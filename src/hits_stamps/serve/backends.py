@@ -1,8 +1,9 @@
 """Inference backends: the model's torch module, or its ONNX export run by onnxruntime on the CPU.
 
-Both take preprocessed stamps (B, C, H, W) float32 (the output of the model's `Preprocessor`,
-applied once in `predict_chunk`, so the two backends see identical inputs) and return class
-probabilities (B, 2) float32 (columns: bogus, real).
+Both return class probabilities (B, 2) float32 (columns: bogus, real). The torch backend takes
+preprocessed stamps (B, C, H, W) float32 (the output of the model's `Preprocessor`, applied in
+`predict_chunk`); the onnxruntime backend takes raw stamps (B, H, W, C), because the exported graph
+holds the same preprocessing (`hits_stamps.serve.export`; parity tested on stamps with NaNs).
 
 - `torch`: classifiers give softmax(f(x)); Bayesian classifiers the Monte-Carlo predictive mean
   (1/S) sum_s softmax(f_{w_s}(x)) with S = `mc_samples` (default: the model's config, else 30),
@@ -26,12 +27,14 @@ from hits_stamps.serve import export
 from hits_stamps.training.modeldir import TrainedModel
 
 BACKENDS = ("torch", "onnxruntime")
+UNCERTAINTY_COLUMNS = ("p_std", "entropy", "mutual_information")
 
 
 class TorchBackend:
     """Runs `model.module` with torch (see the module docstring)."""
 
     name = "torch"
+    takes_raw = False  # input (B, C, H, W) from the model's Preprocessor
 
     def __init__(
         self,
@@ -67,6 +70,24 @@ class TorchBackend:
             probs = torch.softmax(self.module(xt), dim=-1)
         return probs.cpu().numpy().astype(np.float32, copy=False)
 
+    @torch.no_grad()
+    def predict_uncertainty(self, x: np.ndarray, start: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Bayesian models: (mean probabilities (B, 2), {p_std, entropy, mutual_information}: (B,) each).
+
+        The same S seeded samples as `predict_proba` (so the mean is identical); p_std is the spread
+        of p_real over the samples, entropy and mutual information as in `hits_stamps.uncertainty`.
+        """
+        from hits_stamps.uncertainty import mc_predict_proba, summarize
+
+        if not self.bayesian:
+            raise HitsStampsError(f"{self.model.path}: {self.model.name} is deterministic; it has no Monte-Carlo "
+                                  "uncertainty (use a Bayesian model: seed-bnn, bayes-cnn)")
+        xt = torch.from_numpy(x).to(self.device)
+        samples = mc_predict_proba(self.module, xt, n_samples=self.mc_samples, seed=self.seed + start)  # (S, B, 2)
+        probs = samples.mean(0).cpu().numpy().astype(np.float32, copy=False)
+        u = summarize(samples.cpu().numpy())
+        return probs, {"p_std": u["std"][:, 1], "entropy": u["entropy"], "mutual_information": u["mutual_information"]}
+
 
 class OnnxBackend:
     """Runs the ONNX export of `model` with onnxruntime on the CPU.
@@ -76,6 +97,7 @@ class OnnxBackend:
     """
 
     name = "onnxruntime"
+    takes_raw = True  # the graph preprocesses: input (B, H, W, C) raw stamps
 
     def __init__(
         self,
@@ -104,7 +126,7 @@ class OnnxBackend:
         self.network = "posterior-mean network (not the Monte-Carlo mean)" if kind == "mean" else "deterministic"
 
     def predict_proba(self, x: np.ndarray, start: int) -> np.ndarray:
-        """x (B, C, H, W) float32 -> probabilities (B, 2); `start` is unused (deterministic)."""
+        """x (B, H, W, C) raw float32 stamps -> probabilities (B, 2); `start` is unused (deterministic)."""
         return self.session.run([export.ONNX_OUTPUT], {export.ONNX_INPUT: np.ascontiguousarray(x)})[0]
 
 
@@ -135,26 +157,41 @@ def predict_chunk(
     images: np.ndarray,
     start: int,
     batch_size: int,
-) -> tuple[np.ndarray, int]:
+    uncertainty: bool = False,
+):
     """Probabilities (M, 2) float32 of stamps (M, H, W, C) that are rows start..start+M-1 of a file.
 
     Preprocesses the chunk with the model's `Preprocessor` (per stamp, so chunking does not change
-    the result) and runs the backend on consecutive batches of `batch_size` rows. Returns the
-    probabilities and the number of non-finite pixels the NaN policy replaced.
+    the result; the onnxruntime backend does the same inside its graph and gets the raw stamps) and
+    runs the backend on consecutive batches of `batch_size` rows. Returns the probabilities and the
+    number of non-finite pixels the NaN policy replaced. Under nan_policy `error` a chunk with a
+    non-finite pixel raises, whichever the backend.
     """
     if len(images) == 0:
         return np.zeros((0, 2), dtype=np.float32), 0
     pre = model.preprocessor
     try:
-        x = pre.transform(images, report=False)  # (M, C, H, W)
+        if getattr(backend, "takes_raw", False):
+            x = np.ascontiguousarray(images, dtype=np.float32)  # (M, H, W, C)
+            nan_count = int((~np.isfinite(x)).sum())
+            if nan_count and pre.config.nan_policy == "error":
+                pre.transform(x, report=False)  # raises the Preprocessor's one-line error
+        else:
+            x = pre.transform(images, report=False)  # (M, C, H, W)
+            nan_count = int(pre.last_nan_count_)
     except HitsStampsError as exc:
         raise HitsStampsError(f"rows {start}-{start + len(images) - 1}: {exc}") from exc
-    nan_count = int(pre.last_nan_count_)
     out = np.empty((len(x), 2), dtype=np.float32)
+    extra = {k: np.empty(len(x), dtype=np.float64) for k in UNCERTAINTY_COLUMNS} if uncertainty else None
     for a in range(0, len(x), batch_size):
         b = min(a + batch_size, len(x))
-        out[a:b] = backend.predict_proba(x[a:b], start + a)
-    return out, nan_count
+        if extra is None:
+            out[a:b] = backend.predict_proba(x[a:b], start + a)
+        else:
+            out[a:b], u = backend.predict_uncertainty(x[a:b], start + a)
+            for k in UNCERTAINTY_COLUMNS:
+                extra[k][a:b] = u[k]
+    return (out, nan_count) if extra is None else (out, nan_count, extra)
 
 
-__all__ = ["BACKENDS", "OnnxBackend", "TorchBackend", "make_backend", "predict_chunk"]
+__all__ = ["BACKENDS", "UNCERTAINTY_COLUMNS", "OnnxBackend", "TorchBackend", "make_backend", "predict_chunk"]

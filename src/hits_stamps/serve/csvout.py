@@ -1,4 +1,5 @@
-"""The predictions CSV: header `id,p_real,label`, one row per stamp in file order, written incrementally.
+"""The predictions CSV: header `id,p_real,label` (then any extra columns, e.g. the uncertainty of a
+Bayesian model: `p_std,entropy,mutual_information[,refer]`), one row per stamp in file order, written incrementally.
 
 Rows are appended one chunk at a time (one `write` per chunk, then flushed) to `.NAME.partial`
 beside the output, and what they are computed with (model weights and config, data file, threshold,
@@ -12,8 +13,8 @@ kept rows end there, with a warning), removes a last line cut short, and keeps a
 batch size, so the recomputed rows fall in the same batches as in an uninterrupted run and the
 finished file is byte-identical to it.
 
-p_real is written with 9 significant digits (enough to round-trip a float32 exactly); label is
-1 when p_real >= threshold, else 0.
+p_real and the extra float columns are written with 9 significant digits (enough to round-trip a
+float32 exactly); label is 1 when p_real >= threshold, else 0; integer extra columns as integers.
 """
 
 from __future__ import annotations
@@ -51,19 +52,24 @@ def check_output(path: str | os.PathLike, resume: bool, overwrite: bool) -> Path
     return path
 
 
-def scan_csv(path: Path) -> tuple[int, str | None, int]:
+def header_line(extra_columns=()) -> str:
+    """The CSV's first line for the given extra columns."""
+    return ",".join((*HEADER, *extra_columns)) + "\n"
+
+
+def scan_csv(path: Path, header: str = HEADER_LINE) -> tuple[int, str | None, int]:
     """(finished rows, id of the last finished row or None, byte length of the complete lines).
 
     Streams the file in blocks (constant memory). Raises `StampFileError` if the header is not
-    `id,p_real,label`.
+    `header` (default `id,p_real,label`).
     """
     size = path.stat().st_size
     with open(path, "rb") as fh:
-        head = fh.read(len(HEADER_LINE))
+        head = fh.readline(len(header) + 1)
         if size == 0:
             return 0, None, 0
-        if head != HEADER_LINE.encode():
-            raise StampFileError(path, "header", HEADER_LINE.strip(), repr(head.decode(errors="replace").strip()))
+        if head != header.encode():
+            raise StampFileError(path, "header", header.strip(), repr(head.decode(errors="replace").strip()))
         fh.seek(0)
         lines = 0
         while block := fh.read(1 << 20):
@@ -113,18 +119,20 @@ class PredictionWriter:
     """
 
     def __init__(self, path: str | os.PathLike, resume: bool = False, overwrite: bool = False,
-                 threshold: float = 0.5, identity: dict | None = None):
+                 threshold: float = 0.5, identity: dict | None = None, extra_columns: tuple[str, ...] = ()):
         self.out = check_output(path, resume, overwrite)
         self.path = partial_path(self.out)
         self.threshold = float(threshold)
         self.identity = dict(identity or {})
+        self.extra_columns = tuple(extra_columns)
+        self.header = header_line(self.extra_columns)
         self.rows_done = 0
         self.last_id: str | None = None
         self._fh = None
         self.out.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.path.exists():
             self._check_identity()
-            rows, last_id, complete = scan_csv(self.path)
+            rows, last_id, complete = scan_csv(self.path, self.header)
             if complete < self.path.stat().st_size:
                 warnings.warn(
                     f"{self.path}: removed a partial last line left by the interrupted run", stacklevel=2
@@ -134,12 +142,12 @@ class PredictionWriter:
             self.rows_done, self.last_id = rows, last_id
             self._fh = open(self.path, "a", encoding="utf-8", newline="")
             if complete == 0:
-                self._write(HEADER_LINE)
+                self._write(self.header)
         else:
             self.path.unlink(missing_ok=True)
             write_identity(identity_path(self.out), self.identity)
             self._fh = open(self.path, "w", encoding="utf-8", newline="")
-            self._write(HEADER_LINE)
+            self._write(self.header)
 
     def _check_identity(self) -> None:
         import json
@@ -208,9 +216,9 @@ class PredictionWriter:
             fields = next(csv.reader([raw.decode("utf-8").rstrip("\n")]))
         except (UnicodeDecodeError, csv.Error, StopIteration):
             return "is not a CSV line"
-        if len(fields) != 3:
-            return f"has {len(fields)} fields, expected 3"
-        rid, p_text, label = fields
+        if len(fields) != 3 + len(self.extra_columns):
+            return f"has {len(fields)} fields, expected {3 + len(self.extra_columns)}"
+        rid, p_text, label = fields[:3]
         if rid != want_id:
             raise HitsStampsError(
                 f"{self.out}: row {i + 1} has id {rid!r} but the data file has {want_id!r} there; "
@@ -224,22 +232,32 @@ class PredictionWriter:
             return f"has p_real {p_text!r}, not a probability as written by hits-stamps"
         if label != str(int(p >= self.threshold)):
             return f"has label {label!r}, inconsistent with p_real {p_text} at threshold {self.threshold:g}"
+        for name, text in zip(self.extra_columns, fields[3:], strict=True):
+            try:
+                float(text)
+            except ValueError:
+                return f"has {name} {text!r}, not a number"
         return None
 
-    def append(self, ids: np.ndarray, p_real: np.ndarray) -> None:
-        """Append rows (ids (M,), p_real (M,)); one write and a flush per call."""
+    def append(self, ids: np.ndarray, p_real: np.ndarray, extras: dict[str, np.ndarray] | None = None) -> None:
+        """Append rows (ids (M,), p_real (M,), extras: one (M,) array per extra column); one write and a flush."""
         if len(ids) != len(p_real):
             raise ValueError(f"ids ({len(ids)}) and p_real ({len(p_real)}) differ in length")
+        extras = extras or {}
+        if set(extras) != set(self.extra_columns):
+            raise ValueError(f"extra columns {sorted(extras)} differ from the header's {list(self.extra_columns)}")
         if len(ids) == 0:
             return
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         labels = (np.asarray(p_real) >= self.threshold).astype(np.int8)
-        for i, p, lab in zip(ids.tolist(), np.asarray(p_real, dtype=np.float32).tolist(), labels.tolist(), strict=True):
+        cols = [_formatted(np.asarray(extras[k])) for k in self.extra_columns]
+        for r, (i, p, lab) in enumerate(zip(ids.tolist(), np.asarray(p_real, dtype=np.float32).tolist(),
+                                            labels.tolist(), strict=True)):
             if "\n" in i or "\r" in i:
                 row = self.rows_done + 1
                 raise HitsStampsError(f"id {i!r} (row {row}) contains a line break; ids must be one line")
-            writer.writerow((i, f"{p:.9g}", lab))
+            writer.writerow((i, f"{p:.9g}", lab, *(c[r] for c in cols)))
         self._write(buf.getvalue())
         self.rows_done += len(ids)
         self.last_id = str(ids[-1])
@@ -289,4 +307,10 @@ def write_identity(path: Path, identity: dict) -> None:
         tmp.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
-__all__ = ["HEADER", "PredictionWriter", "check_output", "identity_path", "partial_path", "scan_csv"]
+def _formatted(values: np.ndarray) -> list[str]:
+    if values.dtype.kind in "iub":
+        return [str(int(v)) for v in values.tolist()]
+    return [f"{v:.9g}" for v in values.astype(np.float32).tolist()]
+
+
+__all__ = ["HEADER", "PredictionWriter", "check_output", "header_line", "identity_path", "partial_path", "scan_csv"]

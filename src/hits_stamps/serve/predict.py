@@ -20,9 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.geometry import InputAdapter, plan_for_model
 from hits_stamps.io.atomic import output_lock
-from hits_stamps.serve.backends import BACKENDS, make_backend, predict_chunk
+from hits_stamps.serve.backends import BACKENDS, UNCERTAINTY_COLUMNS, make_backend, predict_chunk
 from hits_stamps.serve.csvout import PredictionWriter, check_output
 from hits_stamps.serve.stream import StampStream, open_stamp_stream
 from hits_stamps.training.modeldir import TrainedModel, file_sha256, load_model, torch_device, weights_sha256
@@ -48,6 +51,8 @@ class PredictConfig:
     threads: int | None = None  # local engine: torch / onnxruntime intra-op threads (None: library default)
     trust_pickle: bool = False  # allow pickle stamp files (they can run code)
     limit: int | None = None  # predict only the first `limit` rows of the file (None: all of them)
+    uncertainty: bool = False  # Bayesian models, torch backend, local engine: add p_std, entropy, mutual_information
+    refer_above: float | None = None  # add `refer` = 1 where the predictive entropy >= this (implies uncertainty)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -75,6 +80,21 @@ class PredictConfig:
         if self.mc_samples is not None and self.mc_samples < 1:
             raise HitsStampsError(f"mc_samples must be >= 1; got {self.mc_samples}")
         torch_device(self.device)  # cpu | cuda | cuda:N, and a GPU present for cuda
+        if self.refer_above is not None and not self.refer_above >= 0:
+            raise HitsStampsError(f"refer_above must be an entropy >= 0 (nats); got {self.refer_above}")
+        if self.wants_uncertainty and (self.backend != "torch" or self.engine != "local"):
+            raise HitsStampsError("--uncertainty/--refer-above need --backend torch and --engine local "
+                                  "(the Monte-Carlo samples of a Bayesian model)")
+
+    @property
+    def wants_uncertainty(self) -> bool:
+        return self.uncertainty or self.refer_above is not None
+
+    @property
+    def extra_columns(self) -> tuple[str, ...]:
+        if not self.wants_uncertainty:
+            return ()
+        return UNCERTAINTY_COLUMNS + (("refer",) if self.refer_above is not None else ())
 
 
 @dataclass
@@ -101,22 +121,17 @@ class PredictionSummary:
         return self.n_written / self.seconds if self.seconds > 0 else math.nan
 
 
-def check_compatible(model: TrainedModel, stream: StampStream) -> None:
-    """Refuse a data file whose stamps do not have the model's size and channel count."""
-    h, w = model.config["input"]["size"]
-    channels = list(model.config["input"]["channels"])
-    fh, fw, fc = stream.stamp_shape
-    if (fh, fw, fc) != (h, w, len(channels)):
-        raise HitsStampsError(
-            f"{stream.path} [images]: model {model.path} expects stamps of {h}x{w}x{len(channels)} "
-            f"({', '.join(channels)}); found {fh}x{fw}x{fc}"
-        )
-    if list(stream.channels) != channels:
-        warnings.warn(
-            f"{stream.path}: channel names {list(stream.channels)} differ from the model's {channels}; "
-            "predicting in the file's channel order",
-            stacklevel=3,
-        )
+def check_compatible(model: TrainedModel, stream: StampStream) -> InputAdapter:
+    """How the file's stamps become the model's (channels by name, centre crop / NaN pad); refuses clearly.
+
+    Every change made (reordered or built channels, crop, pad) is reported in one warning; see
+    `hits_stamps.geometry`. A file whose channels cannot be matched by name is refused: stamps are
+    never predicted in the wrong channel order.
+    """
+    adapter = plan_for_model(model, stream.stamp_shape, stream.channels, source=str(stream.path))
+    if adapter.notes:
+        warnings.warn(f"{stream.path}: " + "; ".join(adapter.notes), stacklevel=3)
+    return adapter
 
 
 def file_fingerprint(path: str | os.PathLike, blocks: int = 16, block_bytes: int = 1 << 16) -> str:
@@ -146,6 +161,8 @@ def prediction_identity(model: TrainedModel, stream: StampStream, config: Predic
         "mc_samples": (config.mc_samples or model.config.get("mc_samples", 30)) if bayesian else None,
         "seed": config.seed if bayesian else None,
         "device": config.device,
+        "columns": list(config.extra_columns),
+        "refer_above": config.refer_above,
     }
 
 
@@ -185,7 +202,12 @@ def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> 
     if model.spec.task not in ("classifier", "bayesian-classifier"):
         raise HitsStampsError(f"{model.path}: {model.name} is a {model.spec.task}; it does not classify stamps")
     with open_stamp_stream(data, trust_pickle=config.trust_pickle) as stream:
-        check_compatible(model, stream)
+        adapter = check_compatible(model, stream)
+        if config.engine == "dask" and not adapter.identity:
+            raise HitsStampsError(
+                f"{stream.path}: --engine dask needs stamps of the model's size and channel order; found "
+                f"{'x'.join(map(str, stream.stamp_shape))} ({', '.join(stream.channels)}); use --engine local"
+            )
         if config.limit is not None:
             stream.head(config.limit)
         if config.engine == "dask" and stream.format != "h5":
@@ -206,14 +228,17 @@ def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> 
         )
         rows = chunk_rows_for(stream, config)
         identity = prediction_identity(model, stream, config)
+        if config.wants_uncertainty and model.spec.task != "bayesian-classifier":
+            raise HitsStampsError(f"{model.path}: {model.name} is deterministic; --uncertainty and --refer-above "
+                                  "need a Bayesian model (seed-bnn, bayes-cnn)")
         with PredictionWriter(out, resume=resume, overwrite=overwrite, threshold=config.threshold,
-                              identity=identity) as writer:
+                              identity=identity, extra_columns=config.extra_columns) as writer:
             writer.check_resume(stream.n, stream.read_ids, config.batch_size)
             start = writer.rows_done
             state = {"nan": 0, "real": 0, "network": backend.network}
             t0 = time.perf_counter()
             if config.engine == "local":
-                _run_local(model, backend, stream, writer, config, rows, start, state, progress)
+                _run_local(model, backend, stream, writer, config, rows, start, state, progress, adapter)
             else:
                 from hits_stamps.serve.dask_engine import run_dask
 
@@ -233,19 +258,28 @@ def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> 
     )
 
 
-def _run_local(model, backend, stream, writer, config, rows, start, state, progress) -> None:
+def _run_local(model, backend, stream, writer, config, rows, start, state, progress, adapter=None) -> None:
     if progress is not None:
         progress(start, stream.n)
     for a, ids, images in stream.chunks(rows, start=start):
-        probs, nan_count = predict_chunk(model, backend, images, a, config.batch_size)
-        record(writer, state, ids, probs[:, 1], nan_count, config.threshold)
+        if adapter is not None:
+            images = adapter.apply(images)  # channels by name, crop / NaN pad to the model's size
+        if config.wants_uncertainty:
+            probs, nan_count, extras = predict_chunk(model, backend, images, a, config.batch_size, uncertainty=True)
+            if config.refer_above is not None:
+                extras["refer"] = (extras["entropy"] >= config.refer_above).astype(np.int8)
+            record(writer, state, ids, probs[:, 1], nan_count, config.threshold, extras)
+        else:
+            probs, nan_count = predict_chunk(model, backend, images, a, config.batch_size)
+            record(writer, state, ids, probs[:, 1], nan_count, config.threshold)
         if progress is not None:
             progress(a + len(ids), stream.n)
 
 
-def record(writer: PredictionWriter, state: dict, ids, p_real, nan_count: int, threshold: float) -> None:
-    """Append one chunk's rows and update the running totals."""
-    writer.append(ids, p_real)
+def record(writer: PredictionWriter, state: dict, ids, p_real, nan_count: int, threshold: float,
+           extras: dict | None = None) -> None:
+    """Append one chunk's rows (and extra columns) and update the running totals."""
+    writer.append(ids, p_real, extras)
     state["nan"] += int(nan_count)
     state["real"] += int((p_real >= threshold).sum())
 
