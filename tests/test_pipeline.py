@@ -15,6 +15,7 @@ import shutil
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -23,6 +24,8 @@ from hits_stamps.pipeline import config as C
 from hits_stamps.pipeline.run import StepFailed, marker_path, prepare_run_dir, run_pipeline
 from hits_stamps.pipeline.steps import Step, plan
 from hits_stamps.realdata import packaged_sample_path
+from hits_stamps.realsets import default_variables_path
+from hits_stamps.stamps import StampSet
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -233,7 +236,7 @@ def test_summary_has_every_part(finished_run, tiny_config):
     assert set(on_disk["models"]) == {"seed-cnn", "seed-bnn"}
     assert on_disk["data"]["build-real"]["available"] and on_disk["calibration"]["available"]
     for name, per_set in on_disk["models"].items():
-        assert set(per_set) == {"simulated", "real"}
+        assert set(per_set) == {"simulated", "real"} | ({"variables"} if default_variables_path() else set())
         for test_set, metrics in per_set.items():
             assert metrics == json.loads((out / "eval" / name / test_set / "metrics.json").read_text())
             for k in ("accuracy", "f1", "roc_auc", "fnr_at_fpr_1pct", "ece"):
@@ -255,6 +258,26 @@ def test_summary_has_every_part(finished_run, tiny_config):
     for name in tiny_config.models:
         assert (out / "models" / name / "model.safetensors").exists()
         assert not (out / "models" / f"{name}.partial").exists()
+
+
+def test_classifiers_train_on_the_mix_and_are_tested_on_unseen_objects(finished_run):
+    """Training mix = simulated + injected + real training objects; test objects never seen; threshold from validation."""
+    from hits_stamps.io import read_stamps
+    from hits_stamps.stamps import check_disjoint_groups
+
+    out, summary, _ = finished_run
+    train = summary["training"]["seed-cnn"]["training_data"]
+    assert train["mix"] == ["simulated", "injected", "real"]
+    sets = {stem: read_stamps(out / "data" / f"{stem}.npz") for stem in ("inject", "real_train", "real_val", "real_test")}
+    assert train["n"] == sum(len(read_stamps(out / "data" / f"{s}.npz")) for s in ("train", "inject", "real_train"))
+    check_disjoint_groups({"training": StampSet.concat([sets["inject"], sets["real_train"]]),
+                           "validation": sets["real_val"], "test": sets["real_test"]})
+    metrics = json.loads((out / "eval" / "seed-cnn" / "real" / "metrics.json").read_text())
+    source = metrics["threshold_source"]
+    assert source["sets"][0] == "real_val" and source["n"] > 0
+    assert metrics["threshold_fpr1"] == source["threshold"]
+    assert 1 < metrics["n_objects"] <= sets["real_test"].n_groups()
+    assert "accuracy" in metrics["ci95"]
 
 
 def test_report_shows_the_generator_tuning(finished_run):
@@ -327,3 +350,45 @@ def test_staged_dir_points_json_paths_at_the_final_folder(tmp_path):
     metrics = json.loads((final / "metrics.json").read_text())
     assert metrics == {"figures": {"roc": str(final / "roc.png")}, "n": 3}
     assert Path(metrics["figures"]["roc"]).read_bytes() == b"png"
+
+
+# ---------------------------------------------------------------------------------------------
+# your own files
+
+
+def _grouped_toy(n: int, seed: int, prefix: str) -> StampSet:
+    from hits_stamps.datasets import make_synthetic_stamps
+
+    s = make_synthetic_stamps(n=n, seed=seed)
+    return StampSet(images=s.images, labels=s.labels, snr=s.snr, kind=s.kind, ids=s.ids,
+                    groups=np.array([f"{prefix}{i // 4}" for i in range(n)]), channels=s.channels)
+
+
+def test_user_files_replace_the_training_mix_and_keep_objects_apart(tmp_path):
+    from hits_stamps.io import write_stamps
+    from hits_stamps.pipeline.steps import RunContext, step_user_data
+    from hits_stamps.stamps import GroupLeakError
+
+    train = write_stamps(_grouped_toy(80, 1, "a"), tmp_path / "mine.npz")
+    test = write_stamps(_grouped_toy(40, 2, "b"), tmp_path / "mine_test.npz")
+    cfg = C.apply_overrides(C.RunConfig(), {"data": {"train": str(train), "test": str(test)}}, "test")
+    assert [s.name for s in plan(cfg)][3] == "user-data"
+    ctx = RunContext(out=tmp_path / "run", config=cfg, progress=False, console=Console(file=io.StringIO()))
+    result = step_user_data(ctx)
+    assert ctx.mix() == ("user",) and ctx.validation_stems() == ("user_val",)
+    tr, va = ctx.stamps("user_train"), ctx.stamps("user_val")
+    assert len(tr) + len(va) == 80 and not set(tr.groups) & set(va.groups)  # 20% of the objects, whole
+    assert result["test"]["objects"] == 10 and len(ctx.classifier_training()) == len(tr)
+
+    leak = write_stamps(_grouped_toy(40, 3, "a"), tmp_path / "leak.npz")  # objects a0.. also in training
+    cfg = C.apply_overrides(C.RunConfig(), {"data": {"train": str(train), "test": str(leak)}}, "test")
+    ctx = RunContext(out=tmp_path / "run2", config=cfg, progress=False, console=Console(file=io.StringIO()))
+    with pytest.raises(GroupLeakError, match="a0"):
+        step_user_data(ctx)
+
+    cfg = C.apply_overrides(C.RunConfig(), {"data": {"train": str(train), "group_column": "field"}}, "test")
+    ctx = RunContext(out=tmp_path / "run3", config=cfg, progress=False, console=Console(file=io.StringIO()))
+    with pytest.raises(HitsStampsError, match="no column 'field'"):
+        step_user_data(ctx)
+    with pytest.raises(HitsStampsError, match="data.val goes with data.train"):
+        C.apply_overrides(C.RunConfig(), {"data": {"val": str(train)}}, "test")

@@ -26,21 +26,33 @@ from typing import Any
 
 from hits_stamps.errors import HitsStampsError
 
+#: What `data.train_mix` may name: simulated stamps, injections into real training objects, real candidates.
+TRAIN_MIX: tuple[str, ...] = ("simulated", "injected", "real")
+
 #: Every model the default run trains, in the order they are trained and reported.
 DEFAULT_MODELS: tuple[str, ...] = ("seed-cnn", "deephits", "rotinv-cnn", "seed-bnn", "bayes-cnn", "cvae")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Simulated splits and the real-pixel HiTS 2015 set."""
+    """What the classifiers train, validate and are tested on (see docs/pipeline.md, "Data")."""
 
     n_train: int = 12000  # simulated training stamps
     n_val: int = 2000  # simulated validation stamps (training curves)
     n_test: int = 5000  # simulated test stamps
     real_fraction: float = 0.5  # fraction of real (label 1) stamps in every simulated split
-    seed: int = 0  # train/val/test are simulated with seeds seed, seed + 1, seed + 2
-    real: bool = True  # build the real-pixel HiTS 2015 test set when a sequence file is found
+    seed: int = 0  # train/val/test are simulated with seeds seed, seed + 1, seed + 2; seeds injection and splits
+    real: bool = True  # build the real-pixel HiTS 2015 sets when a sequence file is found
     real_sequences: str = ""  # sequence file (.npz); "" = ../shared/data/hits2015 if present, else the sample
+    real_split: tuple[float, ...] = (0.6, 0.2, 0.2)  # train / val / test fractions of the real objects (by object)
+    inject_n: int = 8000  # stamps injected into (and painted on) the real training objects' epochs; 0: none
+    variables: bool = True  # HiTS 2015 variable stars (Kron-labelled) for validation and test, when found
+    variables_sequences: str = ""  # variable-star file; "" = ../shared/data/hits2015/hits2015_variables.npz if present
+    train_mix: tuple[str, ...] = ("simulated", "injected", "real")  # what the classifiers train on (any of these)
+    train: str = ""  # your labelled training file (.npz/.h5/...): the classifiers train on it instead of train_mix
+    val: str = ""  # your validation file; "" with `train` set: 20% of the training file's objects
+    test: str = ""  # your test file: scored first and leading the report
+    group_column: str = ""  # column of your files naming each stamp's object (not needed when they have `groups`)
     calibration_n: int = 2000  # simulated stamps compared with the real pixels in the calibration step
 
 
@@ -124,7 +136,7 @@ class RunConfig:
 #: The `--quick` preset: a small run (seconds per model) that exercises every step.
 QUICK: dict[str, Any] = {
     "time_budget_s": 120.0,
-    "data": {"n_train": 600, "n_val": 200, "n_test": 400, "calibration_n": 400},
+    "data": {"n_train": 600, "n_val": 200, "n_test": 400, "calibration_n": 400, "inject_n": 600},
     "model": {**{name: {"epochs": 1} for name in DEFAULT_MODELS}, "cvae": {"epochs": 1, "steps_per_epoch": 8}},
     "evaluate": {"mc_samples": 5, "max_bayesian": 200, "max_real": 300},
     "generation": {"max_per_class": 100, "tune_n": 20},
@@ -142,6 +154,17 @@ def _check_values(cfg: RunConfig) -> None:
     for name in ("n_train", "n_val", "n_test"):
         if getattr(d, name) < 2:
             problems.append(f"data.{name} must be >= 2; got {getattr(d, name)}")
+    split = d.real_split
+    if len(split) != 3 or any(not math.isfinite(v) or v < 0 for v in split) or split[0] <= 0 or split[2] <= 0:
+        problems.append(f"data.real_split must be three fractions (train, val, test) with train and test > 0; "
+                        f"got {list(split)}")
+    if d.inject_n < 0:
+        problems.append(f"data.inject_n must be >= 0; got {d.inject_n}")
+    unknown_mix = sorted(set(d.train_mix) - set(TRAIN_MIX))
+    if unknown_mix or not d.train_mix:
+        problems.append(f"data.train_mix must name some of {list(TRAIN_MIX)}; got {list(d.train_mix)}")
+    if d.val and not d.train:
+        problems.append("data.val goes with data.train (your training file)")
     if d.calibration_n < 0:
         problems.append(f"data.calibration_n must be >= 0; got {d.calibration_n}")
     if not 0 < d.real_fraction < 1:
@@ -220,6 +243,11 @@ def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _coerce(value, args[0], where, source)
     if origin is tuple:
+        if typing.get_args(tp)[:1] == (float,):
+            if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in value):
+                raise HitsStampsError(f"{source}: {where} must be a list of numbers; got {value!r}")
+            return tuple(float(v) for v in value)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise HitsStampsError(f"{source}: {where} must be a list of strings; got {value!r}")
         return tuple(value)

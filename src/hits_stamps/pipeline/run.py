@@ -266,7 +266,7 @@ def collect_summary(out: Path, config: RunConfig | None = None, steps: list[Step
         "config": to_dict(config),
         "models": models,
         "training": training,
-        "data": {k: results[k] for k in ("simulate", "build-real") if k in results},
+        "data": {k: results[k] for k in ("simulate", "build-real", "user-data") if k in results},
         "calibration": results.get("calibrate"),
         "generation": generation,
         "generator_tuning": results.get("tune-cvae"),

@@ -8,7 +8,10 @@ Layout of a run directory::
 
     run_config.json / run_config.toml   the configuration the directory was made with
     steps/<step>.json                    done-markers (duration, result); <step>.error.txt on failure
-    data/{train,val,test,real}.npz       simulated splits and the real-pixel HiTS 2015 set
+    data/{train,val,test}.npz            simulated splits
+    data/{inject,real_train,real_val,real_test,variables_val,variables_test}.npz
+                                         real-pixel HiTS 2015 sets, split by object (hits_stamps.realsets)
+    data/{user_train,user_val,user_test}.npz  your own files ([data] train / val / test), when given
     calibration/                         simulated vs real pixel statistics (KS) and figure
     models/<name>/                       every trained model directory
     eval/<model>/<test set>/             metrics.json and figures per classifier and test set
@@ -35,12 +38,24 @@ from hits_stamps.io import read_stamps
 from hits_stamps.pipeline.config import RunConfig
 from hits_stamps.stamps import StampSet
 
-#: Test sets every classifier is evaluated on: name -> data file stem.
-TEST_SETS: dict[str, str] = {"simulated": "test", "real": "real"}
+#: Test sets every classifier is evaluated on, in the report's order: name -> data file stem.
+TEST_SETS: dict[str, str] = {"user": "user_test", "real": "real_test", "variables": "variables_test",
+                             "simulated": "test"}
 TEST_SET_TITLES: dict[str, str] = {
+    "user": "your test set",
+    "real": "real-pixel HiTS 2015 test objects (no stamp of these objects in training or validation)",
+    "variables": "HiTS 2015 variable stars, test objects (Kron-labelled; never in training or validation)",
     "simulated": "simulated HiTS test set",
-    "real": "real-pixel HiTS 2015 set (trained on simulation only)",
 }
+#: Where each training ingredient comes from, as the report names it.
+PROVENANCE: dict[str, str] = {
+    "simulated": "simulated HiTS stamps (hits_stamps.simulate)",
+    "injected": "sources injected into, and artefacts painted on, real HiTS 2015 epochs of the training objects",
+    "real": "real HiTS 2015 candidates of the training objects (survey-detected supernovae, star residuals)",
+    "user": "your own labelled file",
+}
+#: Data file stem of each training ingredient.
+MIX_STEMS: dict[str, str] = {"simulated": "train", "injected": "inject", "real": "real_train", "user": "user_train"}
 
 
 @dataclass
@@ -66,8 +81,40 @@ class RunContext:
             self._cache[stem] = read_stamps(path)
         return self._cache[stem]
 
+    def has(self, stem: str) -> bool:
+        return self.data_path(stem).exists()
+
     def has_real(self) -> bool:
-        return self.data_path("real").exists()
+        return self.has("real_test")
+
+    def mix(self) -> tuple[str, ...]:
+        """The ingredients the classifiers train on (your file alone when `data.train` is set)."""
+        if self.config.data.train:
+            return ("user",)
+        return tuple(m for m in self.config.data.train_mix if self.has(MIX_STEMS[m]))
+
+    def classifier_training(self) -> StampSet:
+        """The classifiers' training set: the ingredients of `mix()`, concatenated (cached)."""
+        if "_classifier_train" not in self._cache:
+            parts = [_core(self.stamps(MIX_STEMS[m])) for m in self.mix()]
+            if not parts:
+                raise HitsStampsError("no training data: data.train_mix names no set this run has")
+            self._cache["_classifier_train"] = StampSet.concat(parts) if len(parts) > 1 else parts[0]
+        return self._cache["_classifier_train"]
+
+    def validation_stems(self) -> tuple[str, ...]:
+        """Validation sets of the classifiers: yours; else the real validation objects; else simulated."""
+        if self.config.data.train:
+            return ("user_val",)
+        real = tuple(s for s in ("real_val", "variables_val") if self.has(s))
+        return real or ("val",)
+
+    def classifier_validation(self) -> StampSet:
+        """The validation sets of `validation_stems()`, concatenated (training curves, the FPR = 1% threshold)."""
+        if "_classifier_val" not in self._cache:
+            parts = [_core(_labelled(self.stamps(s))) for s in self.validation_stems()]
+            self._cache["_classifier_val"] = StampSet.concat(parts) if len(parts) > 1 else parts[0]
+        return self._cache["_classifier_val"]
 
     def model_dir(self, name: str) -> Path:
         return self.out / "models" / name
@@ -109,8 +156,15 @@ def _labelled(stamps: StampSet) -> StampSet:
     return stamps if keep.all() else stamps[keep]
 
 
+def _core(stamps: StampSet) -> StampSet:
+    """Images, labels, snr, kind, ids and groups only, so that sets with other columns concatenate."""
+    return StampSet(images=stamps.images, labels=stamps.labels, snr=stamps.snr, kind=stamps.kind, ids=stamps.ids,
+                    groups=stamps.groups, channels=stamps.channels)
+
+
 def _set_summary(stamps: StampSet) -> dict[str, Any]:
-    return {"n": len(stamps), "class_balance": stamps.class_balance(), "kinds": stamps.kind_counts()}
+    return {"n": len(stamps), "class_balance": stamps.class_balance(), "kinds": stamps.kind_counts(),
+            "objects": stamps.n_groups() if stamps.groups is not None else None}
 
 
 def read_json(path: Path) -> Any:
@@ -178,30 +232,111 @@ def resolve_sequences(ctx: RunContext) -> Path | None:
     return Path(p) if p is not None and Path(p).is_file() else None
 
 
+def resolve_variables(ctx: RunContext) -> Path | None:
+    """The variable-star sequence file this run validates and tests on, or None."""
+    d = ctx.config.data
+    if not d.variables:
+        return None
+    if d.variables_sequences:
+        p = Path(d.variables_sequences).expanduser()
+        if not p.is_file():
+            raise HitsStampsError(f"data.variables_sequences: {p} not found")
+        return p
+    from hits_stamps.realsets import default_variables_path
+
+    return default_variables_path()
+
+
 def step_build_real(ctx: RunContext) -> dict[str, Any]:
-    """Build the real-pixel HiTS 2015 difference stamps, or say why there are none."""
+    """Split the real HiTS 2015 objects, inject into the training objects, build every real-pixel set."""
     if not ctx.config.data.real:
-        ctx.console.print("  real-pixel set disabled (data.real = false)")
+        ctx.console.print("  real-pixel sets disabled (data.real = false)")
         return {"available": False, "reason": "disabled in the configuration (data.real = false)"}
     seq = resolve_sequences(ctx)
     if seq is None:
-        ctx.console.print("  [yellow]no HiTS 2015 sequence file found; the real-pixel test set is skipped[/yellow]")
+        ctx.console.print("  [yellow]no HiTS 2015 sequence file found; the real-pixel sets are skipped[/yellow]")
         return {"available": False, "reason": "no HiTS 2015 sequence file found (shared data or packaged sample)"}
-    from hits_stamps.realdata import build_real
+    from hits_stamps.realsets import RealSetsConfig, build_real_sets
 
+    d = ctx.config.data
+    variables = resolve_variables(ctx)
+    cfg = RealSetsConfig(split=tuple(d.real_split), split_seed=d.seed, n_inject=d.inject_n, inject_seed=d.seed)
     say = (lambda msg: ctx.console.print(f"  {msg}", highlight=False)) if ctx.progress else None
-    stamps = build_real(seq, progress=say)
-    labelled = _labelled(stamps)
-    if len(labelled) == 0 or len(np.unique(labelled.labels)) < 2:
-        ctx.console.print(f"  [yellow]{seq} gave no stamps of both classes; real-pixel test set skipped[/yellow]")
-        return {"available": False, "reason": f"{seq} gave {len(labelled)} labelled stamps, not both classes",
-                "sequences": str(seq)}
-    save_stamps(stamps, ctx.data_path("real"))
-    ctx._cache["real"] = stamps
-    bal = stamps.class_balance()
-    ctx.console.print(f"  real-pixel set from {seq}: {len(stamps)} stamps (real {bal['real']}, bogus {bal['bogus']})")
-    meta = {k: v for k, v in stamps.meta.items() if not isinstance(v, (list, tuple))}  # drop per-object lists
-    return {"available": True, "sequences": str(seq), **_set_summary(stamps), "meta": meta}
+    sets = build_real_sets(seq, variables, cfg, progress=say)
+    test = sets.get("real_test")
+    if test is None or len(np.unique(test.labels)) < 2:
+        ctx.console.print(f"  [yellow]{seq}: the test objects gave no stamps of both classes; real-pixel sets "
+                          "skipped[/yellow]")
+        return {"available": False, "sequences": str(seq),
+                "reason": f"{seq}: the real test objects gave {0 if test is None else len(test)} stamps, not both "
+                          "classes"}
+    out: dict[str, Any] = {"available": True, "sequences": str(seq),
+                           "variables": str(variables) if variables else None,
+                           "split": list(d.real_split), "split_seed": d.seed, "sets": {}}
+    for name, stamps in sets.items():
+        save_stamps(stamps, ctx.data_path(name))
+        ctx._cache[name] = stamps
+        out["sets"][name] = _set_summary(stamps)
+        bal = stamps.class_balance()
+        ctx.console.print(f"  {name}: {len(stamps)} stamps (real {bal['real']}, bogus {bal['bogus']}) from "
+                          f"{stamps.n_groups()} objects")
+    if "inject" in sets:
+        m = sets["inject"].meta
+        out["inject"] = {k: m[k] for k in ("quotas", "drawn", "written", "fwhm_check", "fainter_than_limit",
+                                           "variety")}
+    return out
+
+
+def step_user_data(ctx: RunContext) -> dict[str, Any]:
+    """Read your own labelled files ([data] train / val / test), with their objects, and check the split."""
+    from hits_stamps.stamps import check_disjoint_groups
+
+    d = ctx.config.data
+    read: dict[str, StampSet] = {}
+    for key, path in (("train", d.train), ("val", d.val), ("test", d.test)):
+        if path:
+            read[key] = _user_file(Path(path).expanduser(), f"data.{key}", d.group_column)
+    if "train" in read and "val" not in read:
+        train, val = read["train"].split((0.8, 0.2), seed=d.seed)  # by object when the file has groups
+        read["train"], read["val"] = train, val
+    shapes = {k: (s.shape[1:], s.channels) for k, s in read.items()}
+    if len(set(shapes.values())) > 1:
+        raise HitsStampsError("your files differ in stamp shape or channels: "
+                              + "; ".join(f"data.{k} {v[0]} {list(v[1])}" for k, v in shapes.items()))
+    check_disjoint_groups(read)
+    out: dict[str, Any] = {}
+    for key, stamps in read.items():
+        stem = f"user_{key}"
+        save_stamps(stamps, ctx.data_path(stem))
+        ctx._cache[stem] = stamps
+        out[key] = {**_set_summary(stamps), "file": getattr(d, key) or f"{d.train} (20% of its objects)"}
+        bal = stamps.class_balance()
+        ctx.console.print(f"  your {key}: {len(stamps)} stamps (real {bal['real']}, bogus {bal['bogus']}), "
+                          f"{stamps.n_groups()} objects")
+    return out
+
+
+def _user_file(path: Path, key: str, group_column: str) -> StampSet:
+    from hits_stamps.io import read_stamps
+
+    if not path.is_file():
+        raise HitsStampsError(f"{key}: {path} not found")
+    stamps = _labelled(read_stamps(path))
+    if len(stamps) == 0:
+        raise HitsStampsError(f"{key}: {path} has no labelled stamps (labels 0 or 1)")
+    if group_column:
+        if group_column not in stamps.columns:
+            raise HitsStampsError(f"{key}: {path} has no column {group_column!r} (data.group_column); columns: "
+                                  f"{sorted(stamps.columns)}")
+        groups = np.asarray(stamps.columns[group_column]).astype(str)
+        stamps = StampSet(images=stamps.images, labels=stamps.labels, snr=stamps.snr, kind=stamps.kind,
+                          ids=stamps.ids, groups=groups, channels=stamps.channels, columns=stamps.columns,
+                          meta=stamps.meta)
+    if stamps.kind is None:
+        stamps = StampSet(images=stamps.images, labels=stamps.labels, snr=stamps.snr,
+                          kind=np.where(stamps.labels == 1, "real", "bogus"), ids=stamps.ids, groups=stamps.groups,
+                          channels=stamps.channels, columns=stamps.columns, meta=stamps.meta)
+    return stamps
 
 
 def step_calibrate(ctx: RunContext) -> dict[str, Any]:
@@ -236,10 +371,18 @@ def step_calibrate(ctx: RunContext) -> dict[str, Any]:
 
 
 def step_train(ctx: RunContext, name: str) -> dict[str, Any]:
-    """Train one model on the simulated training set, validating on the simulated validation set."""
+    """Train one model: a classifier on the run's training mix (`RunContext.mix`), validating on the real
+    validation objects; the generator on the simulated training set."""
+    from hits_stamps.models.registry import get_spec
     from hits_stamps.training import TrainConfig, fit
     from hits_stamps.training.modeldir import CHECKPOINT, load_model, resumable
 
+    if get_spec(name).task == "generator":
+        train, val, data_path = ctx.stamps("train"), ctx.stamps("val"), ctx.data_path("train")
+        mix, val_stems = ("simulated",), ("val",)
+    else:
+        train, val, data_path = ctx.classifier_training(), ctx.classifier_validation(), None
+        mix, val_stems = ctx.mix(), ctx.validation_stems()
     mc = ctx.config.model_config(name)
     cfg = TrainConfig(
         model=name,
@@ -255,8 +398,8 @@ def step_train(ctx: RunContext, name: str) -> dict[str, Any]:
         resume = resumable(tmp)
         if resume:
             ctx.console.print(f"  resuming {name} from its last checkpoint")
-        fit(cfg, ctx.stamps("train"), tmp, val=ctx.stamps("val"), resume=resume, overwrite=not resume,
-            progress=ctx.progress, data_path=ctx.data_path("train"))
+        fit(cfg, train, tmp, val=val, resume=resume, overwrite=not resume, progress=ctx.progress,
+            data_path=data_path)
     # the epoch checkpoint (optimizer state included) only serves to resume this step; it is done
     (final / CHECKPOINT).unlink(missing_ok=True)
     model = load_model(final)
@@ -270,30 +413,71 @@ def step_train(ctx: RunContext, name: str) -> dict[str, Any]:
         "train_seconds": float(sum(r.get("seconds", 0.0) for r in hist)),
         "final": {k: v for k, v in last.items() if isinstance(v, (int, float))},
         "recipe": model.config.get("recipe", {}),
+        "training_data": {"mix": list(mix), "n": len(train), "class_balance": train.class_balance(),
+                          "parts": {m: len(ctx.stamps(MIX_STEMS[m])) for m in mix}},
+        "validation_data": {"sets": list(val_stems), "n": len(val)},
     }
 
 
 def _subset(stamps: StampSet, n: int | None, seed: int) -> StampSet:
-    """A stratified, seeded subset of `n` stamps (the same for every model), or all of them."""
+    """A stratified, seeded subset of about `n` stamps (the same for every model), or all of them.
+
+    Sets with objects (`groups`) are subset by whole objects, so the count is approximate.
+    """
     if n is None or len(stamps) <= n:
         return stamps
     return stamps.split((n, len(stamps) - n), seed=seed)[0]
 
 
+def validation_threshold(ctx: RunContext, model, bayesian: bool) -> dict[str, Any]:
+    """The FPR = 1% threshold of `model`, chosen on the classifiers' validation objects (never a test set).
+
+    Returns `threshold_from_validation`'s record plus the validation stems, or {"threshold": None,
+    "reason"} when the validation set cannot fix one (a single class).
+    """
+    from hits_stamps.evaluation.evaluate import threshold_from_validation
+
+    ev = ctx.config.evaluate
+    val = ctx.classifier_validation()
+    if bayesian:
+        val = _subset(val, ev.max_bayesian, ctx.config.seed)
+    stems = list(ctx.validation_stems())
+    if len(np.unique(val.labels)) < 2:
+        return {"threshold": None, "reason": "the validation set has one class", "sets": stems}
+    source = threshold_from_validation(model, val, mc_samples=ev.mc_samples if bayesian else None, progress=False,
+                                       data_path=", ".join(str(ctx.data_path(s)) for s in stems),
+                                       device=_eval_device(ctx))
+    return {**source, "sets": stems}
+
+
+#: metrics.json entries copied into the step's summary (the report reads the full metrics.json).
+_EVAL_SUMMARY_KEYS = ("n", "n_objects", "accuracy", "recall", "recall_bogus", "f1", "roc_auc", "fnr_at_fpr_1pct",
+                      "fnr_at_val_threshold", "fpr_at_val_threshold", "ece", "ci95")
+
+
 def step_evaluate(ctx: RunContext, name: str) -> dict[str, Any]:
-    """Evaluate one classifier on every available test set (metrics.json + figures per set)."""
+    """Evaluate one classifier on every available test set (metrics.json + figures per set).
+
+    The FPR = 1% threshold is fixed on the validation objects first and applied unchanged to every
+    test set, so a test set's FNR and FPR at that threshold are honest numbers.
+    """
     from hits_stamps.evaluation.evaluate import evaluate_model
     from hits_stamps.training.modeldir import load_model
 
     ev = ctx.config.evaluate
     model = load_model(ctx.model_dir(name))
     bayesian = model.spec.task == "bayesian-classifier"
-    out: dict[str, Any] = {}
+    with ctx.status(f"choosing {name}'s FPR = 1% threshold on the validation objects"):
+        chosen = validation_threshold(ctx, model, bayesian)
+    out: dict[str, Any] = {"validation_threshold": chosen}
     for test_set, stem in TEST_SETS.items():
-        if stem == "real" and not ctx.has_real():
+        if not ctx.has(stem):
             continue
         stamps = _labelled(ctx.stamps(stem))
-        if stem == "real":
+        if stamps.shape[1:] != ctx.classifier_training().shape[1:]:
+            out[test_set] = {"skipped": f"stamps {stamps.shape[1:]} differ from the training stamps"}
+            continue
+        if stem != "test":
             stamps = _subset(stamps, ev.max_real, ctx.config.seed)
         if bayesian:
             stamps = _subset(stamps, ev.max_bayesian, ctx.config.seed)
@@ -301,9 +485,11 @@ def step_evaluate(ctx: RunContext, name: str) -> dict[str, Any]:
         ctx.console.print(f"  {name} on the {TEST_SET_TITLES[test_set]} ({len(stamps)} stamps{extra})")
         with staged_dir(ctx.eval_dir(name, test_set)) as tmp, ctx.status(f"evaluating {name} on {test_set}"):
             metrics = evaluate_model(model, stamps, tmp, mc_samples=ev.mc_samples if bayesian else None,
-                                     progress=ctx.progress, data_path=ctx.data_path(stem), device=_eval_device(ctx))
-        out[test_set] = {k: metrics[k] for k in ("n", "accuracy", "f1", "roc_auc", "fnr_at_fpr_1pct", "ece")
-                         if k in metrics}
+                                     progress=ctx.progress, data_path=ctx.data_path(stem), device=_eval_device(ctx),
+                                     threshold_fpr1=chosen["threshold"],
+                                     threshold_source=chosen if chosen["threshold"] is not None else None,
+                                     seed=ctx.config.seed)
+        out[test_set] = {k: metrics[k] for k in _EVAL_SUMMARY_KEYS if k in metrics}
     return out
 
 
@@ -380,9 +566,11 @@ def plan(config: RunConfig) -> list[Step]:
 
     steps = [
         Step("simulate", "simulate the training, validation and test sets", step_simulate),
-        Step("build-real", "build the real-pixel HiTS 2015 set", step_build_real),
+        Step("build-real", "split the real HiTS 2015 objects, inject, build the real-pixel sets", step_build_real),
         Step("calibrate", "calibrate the simulator against real pixels", step_calibrate),
     ]
+    if config.data.train or config.data.test:
+        steps.append(Step("user-data", "read your labelled files", step_user_data))
     tasks = {name: get_spec(name).task for name in config.models}
     for name, task in tasks.items():
         steps.append(Step(f"train-{name}", f"train {name}", lambda ctx, n=name: step_train(ctx, n)))

@@ -260,19 +260,38 @@ def _data_section(out: Path, summary: dict[str, Any], seed: int) -> str:
     sim = data.get("simulate")
     real = data.get("build-real") or {}
     d = cfg["data"]
-    parts.append(
-        f"<p>The classifiers train on <b>simulated</b> HiTS stamps (21x21 pixels; channels template, "
-        f"science, difference, SNR): {fmt(d['n_train'])} training, {fmt(d['n_val'])} validation and "
-        f"{fmt(d['n_test'])} test stamps, simulated independently with seeds {d['seed']}, {d['seed'] + 1} "
-        f"and {d['seed'] + 2}, with {d['real_fraction']:.0%} real stamps. They are tested on the simulated "
-        "test set and on <b>real-pixel</b> difference stamps built from HiTS 2015 image sequences, which "
-        "no model saw in training.</p>"
-    )
+    user = data.get("user-data") or {}
+    train_info = next(iter((summary.get("training") or {}).values()), {}) if summary.get("training") else {}
+    mix = [m for m in (train_info.get("training_data") or {}).get("mix", [])] or list(d.get("train_mix", []))
+    from hits_stamps.pipeline.steps import PROVENANCE
+
+    if user:
+        parts.append("<p>The classifiers train on <b>your own labelled file</b> "
+                     f"({esc(user.get('train', {}).get('file', ''))}) and are validated on "
+                     f"{esc(user.get('val', {}).get('file', ''))}; no object has stamps on two sides.</p>")
+    else:
+        items = "".join(f"<li><b>{esc(m)}</b>: {esc(PROVENANCE.get(m, m))}</li>" for m in mix)
+        parts.append(
+            f"<p>The classifiers train on a mixture:</p><ul>{items}</ul>"
+            f"<p>The simulated sets have {fmt(d['n_train'])} training, {fmt(d['n_val'])} validation and "
+            f"{fmt(d['n_test'])} test stamps (seeds {d['seed']}, {d['seed'] + 1}, {d['seed'] + 2}; "
+            f"{d['real_fraction']:.0%} real). The real HiTS 2015 objects are split <b>by object</b> "
+            f"({', '.join(f'{v:.0%}' for v in d.get('real_split', []))} for training, validation and test), so the "
+            "real-pixel test objects, and the variable stars (labelled by their Kron light curves, never used "
+            "for training), were seen by no training step; the FPR = 1% threshold is chosen on the validation "
+            "objects.</p>"
+        )
     if real and not real.get("available", False):
-        parts.append(f'<p class="note">Real-pixel set: not available in this run ({esc(real.get("reason", ""))}).</p>')
+        parts.append(f'<p class="note">Real-pixel sets: not available in this run ({esc(real.get("reason", ""))}).</p>')
     sets = {}
-    for stem, label in (("train", "simulated train"), ("val", "simulated val"), ("test", "simulated test"),
-                        ("real", "real-pixel HiTS 2015")):
+    for stem, label in (("user_train", "your training file"), ("user_val", "your validation"),
+                        ("user_test", "your test file"), ("train", "simulated train"), ("val", "simulated val"),
+                        ("test", "simulated test"), ("inject", "injected (training objects)"),
+                        ("real_train", "real candidates (training objects)"),
+                        ("real_val", "real candidates (validation objects)"),
+                        ("real_test", "real candidates (test objects)"),
+                        ("variables_val", "variable stars (validation objects)"),
+                        ("variables_test", "variable stars (test objects)")):
         p = out / "data" / f"{stem}.npz"
         if p.exists():
             sets[label] = read_stamps(p)
@@ -281,21 +300,25 @@ def _data_section(out: Path, summary: dict[str, Any], seed: int) -> str:
         for label, s in sets.items():
             bal = s.class_balance()
             kinds = ", ".join(f"{k} {v:,}" for k, v in s.kind_counts().items())
-            rows.append((esc(label), fmt(len(s)), fmt(bal["real"]), fmt(bal["bogus"]), fmt(bal["unknown"]),
+            objects = fmt(s.n_groups()) if s.groups is not None else "-"
+            rows.append((esc(label), fmt(len(s)), objects, fmt(bal["real"]), fmt(bal["bogus"]), fmt(bal["unknown"]),
                          (f'<span class="small">{esc(kinds)}</span>', "l")))
-        parts.append(table(["set", "stamps", "real", "bogus", "unlabelled", ("kinds", "l")], rows))
+        parts.append(table(["set", "stamps", "objects", "real", "bogus", "unlabelled", ("kinds", "l")], rows))
         if real.get("available") and real.get("sequences"):
-            parts.append(f'<p class="small muted">Real-pixel stamps built from {esc(real["sequences"])}.</p>')
+            parts.append(f'<p class="small muted">Real-pixel stamps built from {esc(real["sequences"])}'
+                         + (f" and {esc(real['variables'])}" if real.get("variables") else "") + ".</p>")
         if "simulated test" in sets:
             parts.append(figure(F.stamp_examples_png(sets["simulated test"], "simulated (test set)", seed),
                                 "Example simulated stamps, one of every kind (chosen near the kind's median "
                                 "SNR); rows are the four channels; difference and SNR in a diverging map.",
                                 "example simulated stamps"))
-        if "real-pixel HiTS 2015" in sets:
-            parts.append('<div class="narrow">' + figure(
-                F.stamp_examples_png(sets["real-pixel HiTS 2015"], "real pixels (HiTS 2015)", seed),
-                "Example real-pixel HiTS 2015 difference stamps of every kind.", "example real-pixel stamps")
-                + "</div>")
+        for label, caption in (("injected (training objects)", "Example injected and painted stamps on real "
+                                "HiTS 2015 epochs, one of every kind."),
+                               ("real candidates (test objects)", "Example real-pixel HiTS 2015 difference stamps "
+                                "of the test objects, every kind.")):
+            if label in sets:
+                parts.append('<div class="narrow">' + figure(F.stamp_examples_png(sets[label], label, seed), caption,
+                                                              f"example stamps: {label}") + "</div>")
         parts.append(figure(F.class_balance_png(sets), "Class balance and kinds of every set.", "class balance"))
     elif sim is None:
         parts.append('<p class="note">The simulation step has not finished.</p>')
@@ -565,8 +588,8 @@ def _bayes_section(out: Path, summary: dict[str, Any]) -> str:
         ("reliability", "Per-model reliability diagrams"), ("referral", "Per-model referral curves"))))
     others = [(name, t, p) for t in test_sets for name in models
               for p in figures_in(out / "eval" / name / t).get("other", [])]
-    others += [(name, "real", p) for name in bayes for k in ("fig3", "fig4", "fig5")
-               for p in figures_in(out / "eval" / name / "real").get(k, [])]
+    others += [(name, t, p) for t in ("user", "real") for name in bayes for k in ("fig3", "fig4", "fig5")
+               for p in figures_in(out / "eval" / name / t).get(k, [])]
     if others:
         parts.append("<details><summary>Other evaluation figures</summary><div class=\"grid2\">")
         parts.extend(figure(p, f"{esc(name)}, {esc(TEST_SET_TITLES[t])}: "
@@ -793,9 +816,11 @@ def _repro_footer(out: Path, summary: dict[str, Any]) -> str:
 def _cards(summary: dict[str, Any]) -> str:
     models = summary.get("models", {})
     cards = []
-    for t, label, key, show in (("simulated", "simulated test", "accuracy", lambda v: f"{v:.2%}"),
-                                ("simulated", "simulated test", "roc_auc", lambda v: f"{v:.4f}"),
-                                ("real", "real-pixel HiTS 2015", "roc_auc", lambda v: f"{v:.4f}")):
+    for t, label, key, show in (("user", "your test set", "accuracy", lambda v: f"{v:.2%}"),
+                                ("real", "real-pixel test objects", "accuracy", lambda v: f"{v:.2%}"),
+                                ("variables", "variable stars", "accuracy", lambda v: f"{v:.2%}"),
+                                ("simulated", "simulated test", "accuracy", lambda v: f"{v:.2%}"),
+                                ("real", "real-pixel test objects", "roc_auc", lambda v: f"{v:.4f}")):
         scored = [(m[t][key], n) for n, m in models.items() if isinstance(m.get(t, {}).get(key), float)]
         if scored:
             v, n = max(scored)
