@@ -47,6 +47,21 @@ def test_fading_is_negative_and_brightening_positive(injected):
     assert np.median(peak[brightening]) > 5
 
 
+def test_a_change_on_a_star_is_a_sizeable_fraction_of_its_flux(injected, sample):
+    """Real on a star only when >= min_star_fraction of its template flux (the variable stars' labelling rule)."""
+    c = injected.columns
+    on_star = np.isfinite(c["star_template_flux"])
+    kind = injected.kind[on_star]
+    assert set(kind) == {"injected_star", "injected_fading"} and (kind == "injected_star").sum() > 20
+    f, star = c["injected_flux"][on_star], c["star_template_flux"][on_star]
+    frac = np.where(kind == "injected_fading", f / (star + f), f / star)
+    assert frac.min() >= 0.15 * 0.999
+    loose = inject_stamps(600, seed=3, sequences=sample, variety=VARIED, config=InjectConfig(min_star_fraction=0.0))
+    lc = loose.columns
+    sel = loose.kind == "injected_star"
+    assert (lc["injected_flux"][sel] / lc["star_template_flux"][sel]).min() < 0.15  # the rule is what cuts them
+
+
 def test_magnitudes_reach_below_the_limit(sample):
     s = inject_stamps(400, seed=0, sequences=sample, config=InjectConfig(real_fraction=1.0))
     faint = s.meta["fainter_than_limit"]
@@ -96,6 +111,7 @@ def test_variety_is_validated():
     ({"placements": ("on_moon",), "placement_weights": (1.0,)}, "unknown"),
     ({"placement_weights": (1.0, 1.0)}, "4 names but 2 weights"),
     ({"host_radius": -1.0}, "host_radius must be"),
+    ({"min_star_fraction": 1.0}, "min_star_fraction must be in"),
 ])
 def test_config_errors(kwargs, match):
     with pytest.raises(HitsStampsError, match=match):

@@ -261,14 +261,15 @@ def test_summary_has_every_part(finished_run, tiny_config):
 
 
 def test_classifiers_train_on_the_mix_and_are_tested_on_unseen_objects(finished_run):
-    """Training mix = simulated + injected + real training objects; test objects never seen; threshold from validation."""
+    """Training mix = simulated + injected + real training objects; unseen test objects; threshold from validation."""
     from hits_stamps.io import read_stamps
     from hits_stamps.stamps import check_disjoint_groups
 
     out, summary, _ = finished_run
     train = summary["training"]["seed-cnn"]["training_data"]
     assert train["mix"] == ["simulated", "injected", "real"]
-    sets = {stem: read_stamps(out / "data" / f"{stem}.npz") for stem in ("inject", "real_train", "real_val", "real_test")}
+    sets = {stem: read_stamps(out / "data" / f"{stem}.npz")
+            for stem in ("inject", "real_train", "real_val", "real_test")}
     assert train["n"] == sum(len(read_stamps(out / "data" / f"{s}.npz")) for s in ("train", "inject", "real_train"))
     check_disjoint_groups({"training": StampSet.concat([sets["inject"], sets["real_train"]]),
                            "validation": sets["real_val"], "test": sets["real_test"]})

@@ -9,7 +9,9 @@ arXiv 2510.17053) train classifiers that hold on real data.
 
 Real (label 1), by placement (`kind`):
 - `injected_star`: a point source at a star's centroid in the science epoch (a variable star
-  brightening), in the sequences of stars (any object class but `SN`);
+  brightening), in the sequences of stars (any object class but `SN`), at least
+  `min_star_fraction` of the star's template-epoch flux (the rule that labels the variable stars:
+  a smaller change of a star is a subtraction residual, not a transient);
 - `injected_fading`: the source is injected into the *template* epoch instead (at the star's
   centroid, or near the supernova's host), so the difference is negative: a real fading;
 - `injected_host`: near or on the host of a supernova, within `host_radius` px of the supernova's
@@ -44,6 +46,7 @@ cutout centre, NaN for bogus kinds) and the differencing variety drawn for it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +60,7 @@ from hits_stamps.differencing import (
     DifferencingVariety,
     PairVariety,
     adaptive_fwhm,
+    frame_pixels,
     psf_flux,
 )
 from hits_stamps.errors import HitsStampsError
@@ -96,6 +100,8 @@ class InjectConfig:
     random_radius: float = 3.0  # px: largest offset of an `injected_random` source from the cutout centre
     star_jitter: float = 0.3  # px: rms offset of an `injected_star` source from the measured centroid
     min_injected_snr: float = 5.0  # PSF-fit SNR the injected source alone must reach on the pair's noise
+    min_star_fraction: float = 0.15  # on a star: the source's flux / the star's template-epoch flux at least this
+    #                                  (the variable-star labels' rule, RealConfig.kron_real_fraction); 0 = any
     fwhm_check_tolerance: float = 0.25  # relative FWHM difference (conditions vs the star) above which the star's
     #                                     measured FWHM is used
     batch: int = 2048  # pairs drawn per round
@@ -105,6 +111,8 @@ class InjectConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.real_fraction <= 1:
             raise HitsStampsError(f"real_fraction must be in [0, 1]; got {self.real_fraction!r}")
+        if not 0 <= self.min_star_fraction < 1:
+            raise HitsStampsError(f"min_star_fraction must be in [0, 1); got {self.min_star_fraction!r}")
         for names, weights, allowed, what in (
             (self.placements, self.placement_weights, REAL_PLACEMENTS, "placements"),
             (self.bogus_kinds, self.bogus_weights, BOGUS_KINDS, "bogus_kinds"),
@@ -335,7 +343,26 @@ def inject_stamps(
             y[sel] = c0y + (r * np.sin(a))[sel]
             x[sel] = c0x + (r * np.cos(a))[sel]
         lim = limit_mag[into]
-        mag = rng.uniform(cfg.mag_bright, np.maximum(lim + cfg.mag_below_limit, cfg.mag_bright + 0.1))
+        faint_end = lim + cfg.mag_below_limit
+        # on a star, a change must be a sizeable fraction of the star's flux to be real (as for the variable
+        # stars' labels); the faint end is capped there, and a star too bright for any allowed source is refused
+        star_ok = np.ones(b, dtype=bool)
+        star_flux = np.full(b, np.nan)
+        if use_c.any():
+            k = np.flatnonzero(use_c)
+            c_t = seq.centroid_xy[ti[k]]
+            c_t = np.where(np.isfinite(c_t).all(axis=1, keepdims=True), c_t, cxy[k])
+            f_star = _star_flux(cut.images[ti[k]], fw_t[k], c_t)
+            star_flux[k] = f_star
+        if cfg.min_star_fraction > 0 and use_c.any():
+            f = cfg.min_star_fraction
+            need = np.where(fading[k], f / (1.0 - f), f) * np.maximum(f_star, 0.0)  # fading: the template holds both
+            with np.errstate(divide="ignore", invalid="ignore"):
+                m_need = cut.cond["zero_point"][into[k]] - 2.5 * np.log10(need / cut.cond["exp_time"][into[k]])
+            m_need = np.where(np.isfinite(m_need), m_need, np.inf)
+            faint_end[k] = np.minimum(faint_end[k], m_need)
+            star_ok[k] = faint_end[k] >= cfg.mag_bright + 0.1
+        mag = rng.uniform(cfg.mag_bright, np.maximum(faint_end, cfg.mag_bright + 0.1))
         flux = cut.cond["exp_time"][into] * 10.0 ** (-0.4 * (mag - cut.cond["zero_point"][into]))
         fw_into = np.where(fading, fw_t, fw_s)
         ridx = np.flatnonzero(is_real)
@@ -362,7 +389,7 @@ def inject_stamps(
             with np.errstate(invalid="ignore", divide="ignore"):
                 inj_snr[ridx] = f_alone / err
         with np.errstate(invalid="ignore"):
-            good = detected & np.where(is_real, inj_snr >= cfg.min_injected_snr, True)
+            good = detected & np.where(is_real, (inj_snr >= cfg.min_injected_snr) & star_ok, True)
         keep: list[int] = []
         for k in left:
             cand = np.flatnonzero(kinds == k)
@@ -379,7 +406,8 @@ def inject_stamps(
                 "images": stamps[keep_idx], "kind": kinds[keep_idx], "obj": obj[keep_idx], "ti": ti[keep_idx],
                 "si": si[keep_idx], "peak": peak[keep_idx], "flux_snr": flux_snr[keep_idx],
                 "mag": np.where(is_real, mag, np.nan)[keep_idx], "flux": np.where(is_real, flux, np.nan)[keep_idx],
-                "inj_snr": inj_snr[keep_idx], "dy": np.where(is_real, y - c0y, np.nan)[keep_idx],
+                "inj_snr": inj_snr[keep_idx], "star_flux": star_flux[keep_idx],
+                "dy": np.where(is_real, y - c0y, np.nan)[keep_idx],
                 "dx": np.where(is_real, x - c0x, np.nan)[keep_idx], "fwhm": fw_s[keep_idx],
                 "fwhm_template": fw_t[keep_idx], "sky_noise": pv.sky_noise[keep_idx].astype(np.int64),
                 "random_template": pv.random_template[keep_idx].astype(np.int64),
@@ -408,7 +436,7 @@ def inject_stamps(
         "zero_point": c["zero_point"][cat["si"]], "limit_mag": limit_mag[cat["si"]],
         "peak_snr": cat["peak"], "psf_flux_snr": cat["flux_snr"],
         "injected_mag": cat["mag"], "injected_flux": cat["flux"], "injected_snr": cat["inj_snr"],
-        "inj_dy": cat["dy"], "inj_dx": cat["dx"],
+        "inj_dy": cat["dy"], "inj_dx": cat["dx"], "star_template_flux": cat["star_flux"],
         "variety_sky_noise": cat["sky_noise"], "variety_random_template": cat["random_template"],
         "variety_fwhm_factor_template": cat["fwhm_factor_t"], "variety_fwhm_factor_science": cat["fwhm_factor_s"],
         "variety_shift_error_y": cat["shift_error_y"], "variety_shift_error_x": cat["shift_error_x"],
@@ -430,6 +458,16 @@ def inject_stamps(
     }
     return StampSet(images=cat["images"], labels=labels, snr=np.abs(cat["peak"]), kind=cat["kind"], ids=ids,
                     groups=names, columns=columns, meta=meta)
+
+
+def _star_flux(images: np.ndarray, fwhm: np.ndarray, centroid_xy: np.ndarray) -> np.ndarray:
+    """PSF-fit flux (ADU) of the star at its centroid in each image, over the frame's median sky, (B,)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN frame gives NaN
+        sky = np.nanmedian(frame_pixels(images).astype(np.float64), axis=1)
+    flux, _ = psf_flux(images - sky[:, None, None], np.ones_like(images), fwhm,
+                       centre_yx=np.stack([centroid_xy[:, 1], centroid_xy[:, 0]], axis=1))
+    return flux
 
 
 def _paint_artefacts(kinds, t_img, s_img, fwhm_s, rng, camera, c0y, c0x) -> None:
