@@ -601,3 +601,32 @@ def test_an_output_below_a_file_or_in_a_read_only_folder_is_one_line(files, tmp_
             "simulate": ["simulate", "--n", "20", "--out", str(out) + ".npz"],
         }[command]
         _one_line_error(capsys, main(argv), r"(Not a directory|Permission denied|not a directory)")
+
+
+# ----------------------------------------------------------------------------- duplicate ids
+
+
+def test_duplicate_ids_are_reported_and_a_validation_copy_is_refused(files, tmp_path, capsys):
+    import numpy as np
+
+    from hits_stamps.datasets import make_synthetic_stamps
+    from hits_stamps.io import write_stamps
+    from hits_stamps.stamps import StampSet
+
+    s = make_synthetic_stamps(60, seed=4)
+    ids = s.ids.copy()
+    ids[[5, 7]] = ids[4]
+    dup = write_stamps(StampSet(images=s.images, labels=s.labels, snr=s.snr, kind=s.kind, ids=ids,
+                                channels=s.channels), tmp_path / "dup.npz")
+    assert main(["info", str(dup)]) == 0
+    assert f"1 ids occur more than once ('{ids[4]}' x3)" in capsys.readouterr().out
+    assert main(["info", str(dup), "--json"]) == 0
+    assert '"duplicate_ids": 1' in capsys.readouterr().out
+    val = write_stamps(s[np.arange(10)], tmp_path / "val.npz")  # the same stamps as in training
+    out = tmp_path / "m"
+    args = ["train", "--model", "seed-cnn", "--data", str(dup), "--val", str(val), "--out", str(out),
+            "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "1 ids occur more than once" in err and "8 stamp ids are also in --data" in err
+    assert not out.exists()

@@ -262,7 +262,14 @@ class StampSet:
             "ranges": ranges,
             "columns": sorted(self.columns),
             "groups": None if self.groups is None else int(np.unique(self.groups).size),
+            "duplicate_ids": len(self.duplicate_ids()),
         }
+
+    def duplicate_ids(self) -> dict[str, int]:
+        """Ids that occur more than once, with their counts (empty when every id is unique)."""
+        uniq, counts = np.unique(self.ids, return_counts=True)
+        many = counts > 1
+        return {str(i): int(c) for i, c in zip(uniq[many], counts[many], strict=True)}
 
     def n_groups(self) -> int:
         """Number of distinct objects (each stamp its own object when the set has no groups)."""
@@ -282,6 +289,12 @@ def _stratified_parts(strata: np.ndarray, fractions: np.ndarray, rng) -> list[np
 
 class GroupLeakError(ValueError):
     """Two sets that must be disjoint by object share objects."""
+
+
+def describe_duplicates(dups: dict[str, int], limit: int = 3) -> str:
+    """'N ids occur more than once (a x2, b x3, ...)' for a `duplicate_ids()` result."""
+    shown = ", ".join(f"{i!r} x{c}" for i, c in list(dups.items())[:limit])
+    return f"{len(dups)} ids occur more than once ({shown}{', ...' if len(dups) > limit else ''})"
 
 
 def check_disjoint_groups(named_sets: dict[str, StampSet]) -> None:

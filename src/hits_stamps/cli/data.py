@@ -44,6 +44,10 @@ def info(
     if s["kinds"]:
         say(escape("kinds: " + ", ".join(f"{k} {v}" for k, v in s["kinds"].items())))
     say(f"non-finite pixels: {s['nan_count']} (in {s['stamps_with_nan']} stamps)")
+    if s["duplicate_ids"]:
+        from hits_stamps.stamps import describe_duplicates
+
+        say(f"[yellow]{escape(describe_duplicates(stamps.duplicate_ids()))}[/yellow]")
     table = Table("channel", "min", "max", "non-finite pixels", "stamps with non-finite")
     for ch, rng in s["ranges"].items():
         lo, hi = ("-", "-") if rng is None else (f"{rng[0]:.4g}", f"{rng[1]:.4g}")

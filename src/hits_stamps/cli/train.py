@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
 
 from hits_stamps.cli._app import app, console
@@ -32,6 +34,16 @@ def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
             value = raw
         out[key.strip().replace("-", "_")] = value
     return out
+
+
+def _check_ids(stamps, path: Path, what: str) -> None:
+    """Warn (once, naming the file) when a stamp file repeats ids: rows stay in file order, metrics count each."""
+    from hits_stamps.stamps import describe_duplicates
+
+    dups = stamps.duplicate_ids()
+    if dups:
+        warnings.warn(f"{path}: {describe_duplicates(dups)} in the {what} data; each row is used as it is",
+                      stacklevel=2)
 
 
 @app.command()
@@ -71,6 +83,13 @@ def train(
     )
     train_set = read_stamps(data, trust_pickle=trust_pickle)
     val_set = read_stamps(val, trust_pickle=trust_pickle) if val is not None else None
+    _check_ids(train_set, data, "training")
+    if val_set is not None:
+        _check_ids(val_set, val, "validation")
+        shared = np.intersect1d(train_set.ids, val_set.ids)
+        if shared.size:
+            raise HitsStampsError(f"--val {val}: {shared.size} stamp ids are also in --data {data} (e.g. "
+                                  f"{str(shared[0])!r}); validation must hold other stamps")
     t0 = time.perf_counter()
     trained = fit(cfg, train_set, out, val=val_set, resume=resume, overwrite=overwrite, progress=progress,
                   data_path=data)
@@ -122,6 +141,7 @@ def evaluate(
 
             model = modeldir.load_model(model_dir)
             stamps = read_stamps(data, trust_pickle=trust_pickle)
+            _check_ids(stamps, data, "test")
             source = None
             if val_data is not None:
                 from hits_stamps.evaluation.evaluate import threshold_from_validation
