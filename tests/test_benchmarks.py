@@ -1,0 +1,27 @@
+"""The benchmark scripts' --smoke modes: a refactor that breaks a benchmark fails here, not silently."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_transfer_benchmark_smoke(tmp_path):
+    out = tmp_path / "transfer.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_transfer.py"), "--smoke",
+                           "--recipes", "sim,sim+inj+real", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert set(res["recipes"]) == {"sim", "sim+inj+real"} and res["chosen_on_validation"] in res["recipes"]
+    rec = res["recipes"]["sim+inj+real"]
+    assert rec["train"]["parts"] == ["sim", "inject", "real_train"]
+    for name in ("real_test", "sim_test"):
+        m = rec["test"][name]["at_val_threshold"]
+        assert 0 <= m["accuracy"]["value"] <= 1 and m["threshold"] == rec["threshold_from_validation"]
+        lo, hi = m["accuracy"]["ci95"]
+        assert lo <= m["accuracy"]["value"] <= hi
+    assert "**real_test**" in subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_transfer.py"),
+                                              "--table", str(out)], capture_output=True, text=True).stdout
