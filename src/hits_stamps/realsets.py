@@ -27,7 +27,7 @@ import numpy as np
 from hits_stamps.differencing import NOMINAL, VARIED
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.inject import InjectConfig, inject_stamps
-from hits_stamps.realdata import build_real, read_sequences, split_objects
+from hits_stamps.realdata import build_real, read_sequences, select_objects, split_objects
 from hits_stamps.stamps import StampSet, check_disjoint_groups
 
 SHARED_VARIABLES = Path("../shared/data/hits2015/hits2015_variables.npz")
@@ -53,6 +53,7 @@ class RealSetsConfig:
     inject_seed: int = 0  # seeds the injections and the varied differencing
     varied: bool = True  # varied differencing for the training material (nominal for validation and test)
     inject: InjectConfig = InjectConfig()  # what is injected (placements, magnitudes, artefacts)
+    object_fraction: float = 1.0  # use only this stratified, seeded fraction of the objects (a quick run)
 
     def __post_init__(self) -> None:
         fr = np.asarray(self.split, dtype=float)
@@ -63,6 +64,16 @@ class RealSetsConfig:
             raise HitsStampsError(f"variables_split must be two fractions; got {list(self.variables_split)}")
         if self.n_inject < 0:
             raise HitsStampsError(f"n_inject must be >= 0; got {self.n_inject}")
+        if not 0 < self.object_fraction <= 1:
+            raise HitsStampsError(f"object_fraction must be in (0, 1]; got {self.object_fraction}")
+
+
+def _some_objects(seq, cfg: RealSetsConfig):
+    """`seq` restricted to `cfg.object_fraction` of its objects (stratified by class, seeded), or as it is."""
+    if cfg.object_fraction >= 1:
+        return seq
+    keep, _ = split_objects(seq, (cfg.object_fraction, 1 - cfg.object_fraction), cfg.split_seed + 7)
+    return select_objects(seq, keep)
 
 
 def _labelled(s: StampSet) -> StampSet:
@@ -84,6 +95,7 @@ def build_real_sets(
     cfg = config or RealSetsConfig()
     say = progress or (lambda _msg: None)
     seq = read_sequences(sequences)
+    seq = _some_objects(seq, cfg)
     train_obj, val_obj, test_obj = split_objects(seq, cfg.split, cfg.split_seed)
     variety = VARIED if cfg.varied else NOMINAL
     out: dict[str, StampSet] = {}
@@ -97,7 +109,7 @@ def build_real_sets(
         if objects.size:
             out[name] = _labelled(build_real(sequences, objects=objects, variety=var, seed=cfg.inject_seed + 1))
     if variables is not None:
-        vseq = read_sequences(variables)
+        vseq = _some_objects(read_sequences(variables), cfg)
         v_val, v_test = split_objects(vseq, cfg.variables_split, cfg.split_seed)
         for name, objects in (("variables_val", v_val), ("variables_test", v_test)):
             if objects.size:

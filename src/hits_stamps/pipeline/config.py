@@ -45,6 +45,7 @@ class DataConfig:
     real: bool = True  # build the real-pixel HiTS 2015 sets when a sequence file is found
     real_sequences: str = ""  # sequence file (.npz); "" = ../shared/data/hits2015 if present, else the sample
     real_split: tuple[float, ...] = (0.6, 0.2, 0.2)  # train / val / test fractions of the real objects (by object)
+    real_objects: float = 1.0  # fraction of the real objects used at all (stratified, seeded); the rest unused
     inject_n: int = 8000  # stamps injected into (and painted on) the real training objects' epochs; 0: none
     variables: bool = True  # HiTS 2015 variable stars (Kron-labelled) for validation and test, when found
     variables_sequences: str = ""  # variable-star file; "" = ../shared/data/hits2015/hits2015_variables.npz if present
@@ -136,7 +137,8 @@ class RunConfig:
 #: The `--quick` preset: a small run (seconds per model) that exercises every step.
 QUICK: dict[str, Any] = {
     "time_budget_s": 120.0,
-    "data": {"n_train": 600, "n_val": 200, "n_test": 400, "calibration_n": 400, "inject_n": 600},
+    "data": {"n_train": 600, "n_val": 200, "n_test": 400, "calibration_n": 400, "inject_n": 600,
+             "real_objects": 0.25},
     "model": {**{name: {"epochs": 1} for name in DEFAULT_MODELS}, "cvae": {"epochs": 1, "steps_per_epoch": 8}},
     "evaluate": {"mc_samples": 5, "max_bayesian": 200, "max_real": 300},
     "generation": {"max_per_class": 100, "tune_n": 20},
@@ -158,6 +160,8 @@ def _check_values(cfg: RunConfig) -> None:
     if len(split) != 3 or any(not math.isfinite(v) or v < 0 for v in split) or split[0] <= 0 or split[2] <= 0:
         problems.append(f"data.real_split must be three fractions (train, val, test) with train and test > 0; "
                         f"got {list(split)}")
+    if not 0 < d.real_objects <= 1:
+        problems.append(f"data.real_objects must be in (0, 1]; got {d.real_objects}")
     if d.inject_n < 0:
         problems.append(f"data.inject_n must be >= 0; got {d.inject_n}")
     unknown_mix = sorted(set(d.train_mix) - set(TRAIN_MIX))

@@ -260,7 +260,8 @@ def step_build_real(ctx: RunContext) -> dict[str, Any]:
 
     d = ctx.config.data
     variables = resolve_variables(ctx)
-    cfg = RealSetsConfig(split=tuple(d.real_split), split_seed=d.seed, n_inject=d.inject_n, inject_seed=d.seed)
+    cfg = RealSetsConfig(split=tuple(d.real_split), split_seed=d.seed, n_inject=d.inject_n, inject_seed=d.seed,
+                         object_fraction=d.real_objects)
     say = (lambda msg: ctx.console.print(f"  {msg}", highlight=False)) if ctx.progress else None
     sets = build_real_sets(seq, variables, cfg, progress=say)
     test = sets.get("real_test")
@@ -272,7 +273,8 @@ def step_build_real(ctx: RunContext) -> dict[str, Any]:
                           "classes"}
     out: dict[str, Any] = {"available": True, "sequences": str(seq),
                            "variables": str(variables) if variables else None,
-                           "split": list(d.real_split), "split_seed": d.seed, "sets": {}}
+                           "split": list(d.real_split), "split_seed": d.seed, "object_fraction": d.real_objects,
+                           "sets": {}}
     for name, stamps in sets.items():
         save_stamps(stamps, ctx.data_path(name))
         ctx._cache[name] = stamps

@@ -422,6 +422,16 @@ def _maybe_float(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) else None
 
 
+def _training_words(summary: dict[str, Any], d: dict[str, Any]) -> str:
+    """'trained on N stamps: simulated 12,000 + injected 8,000 + real 3,951' from the training records."""
+    info = next((t.get("training_data") for t in (summary.get("training") or {}).values()
+                 if isinstance(t, dict) and t.get("training_data")), None)
+    if not info:
+        return f"trained on {fmt(d['n_train'])} simulated stamps"
+    parts = " + ".join(f"{m} {fmt(n)}" for m, n in info.get("parts", {}).items())
+    return f"trained on {fmt(info['n'])} stamps ({parts})"
+
+
 def _classifier_section(out: Path, summary: dict[str, Any]) -> str:
     from hits_stamps.pipeline.steps import TEST_SET_TITLES
     from hits_stamps.report import figures as F
@@ -429,7 +439,8 @@ def _classifier_section(out: Path, summary: dict[str, Any]) -> str:
     models = summary.get("models", {})
     parts = ['<h2 id="classifiers">2. Classifiers</h2>']
     parts.append(
-        "<p>Every classifier was trained on the simulated training set with its own recipe (optimizer, "
+        f"<p>Every classifier was {esc(_training_words(summary, summary['config']['data']))}, with its own "
+        "recipe (optimizer, "
         "learning rate, batch size, input scaling) for the number of epochs in the table, which is set by "
         "the run's time budget rather than trained to convergence. Bold: the best value in a column. FNR at "
         "FPR 1%: the fraction of real stamps missed at the threshold that lets 1% of bogus stamps through; "
@@ -679,7 +690,7 @@ def _generation_section(out: Path, summary: dict[str, Any]) -> str:
                f"training stamps ({fmt(g.get('judge_epochs'))} epochs)")
     parts.append(
         "<p>The conditional VAE samples new stamps of a chosen class. An independent classifier, "
-        f"{who}, trained on simulated stamps only and never on generated ones, judges them: agreement is the "
+        f"{who}, never trained on generated stamps, judges them: agreement is the "
         "fraction of generated class-c stamps it labels c; the Fréchet distance is computed in its penultimate "
         "features, beside the floor between two disjoint halves of the real test stamps; TSTR/TRTR is the test "
         f"accuracy of a classifier with the judge's recipe trained on {fmt(n_ref)} generated stamps over that of "
@@ -813,19 +824,32 @@ def _repro_footer(out: Path, summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _chosen_on_validation(summary: dict[str, Any]) -> str | None:
+    """The classifier with the best validation accuracy at its last epoch (never a test-set choice)."""
+    training = summary.get("training") or {}
+    scored = [(t["final"]["val_accuracy"], n) for n, t in training.items() if n in summary.get("models", {})
+              and isinstance((t.get("final") or {}).get("val_accuracy"), float)]
+    return max(scored)[1] if scored else None
+
+
 def _cards(summary: dict[str, Any]) -> str:
     models = summary.get("models", {})
     cards = []
-    for t, label, key, show in (("user", "your test set", "accuracy", lambda v: f"{v:.2%}"),
-                                ("real", "real-pixel test objects", "accuracy", lambda v: f"{v:.2%}"),
-                                ("variables", "variable stars", "accuracy", lambda v: f"{v:.2%}"),
-                                ("simulated", "simulated test", "accuracy", lambda v: f"{v:.2%}"),
-                                ("real", "real-pixel test objects", "roc_auc", lambda v: f"{v:.4f}")):
-        scored = [(m[t][key], n) for n, m in models.items() if isinstance(m.get(t, {}).get(key), float)]
-        if scored:
-            v, n = max(scored)
-            name = {"accuracy": "accuracy", "roc_auc": "ROC AUC"}[key]
-            cards.append((show(v), f"best {name}, {label} ({n})"))
+    chosen = _chosen_on_validation(summary)
+    if chosen is not None:
+        for t, label in (("user", "your test set"), ("real", "real-pixel test objects"),
+                         ("variables", "variable stars (test objects)"), ("simulated", "simulated test")):
+            m = models[chosen].get(t) or {}
+            if not isinstance(m.get("accuracy"), float):
+                continue
+            ci = (m.get("ci95") or {}).get("accuracy")
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            objects = m.get("n_objects")
+            size = f"{fmt(m.get('n'))} stamps" + (f", {fmt(objects)} objects" if objects and objects != m.get("n")
+                                                   else "")
+            cards.append((f"{m['accuracy']:.3f}{interval}", f"accuracy, {label} ({size})"))
+        if cards:
+            cards.insert(0, (chosen, "classifier chosen on the validation objects (best validation accuracy)"))
     gen = summary.get("generation") or {}
     if isinstance(gen.get("agreement_real"), float) and isinstance(gen.get("agreement_bogus"), float):
         cards.append((f"{gen['agreement_real']:.0%} / {gen['agreement_bogus']:.0%}",
@@ -857,7 +881,7 @@ def render_report(out: str | os.PathLike, summary: dict[str, Any] | None = None)
     head = (
         '<header class="top"><h1>hits-stamps: results of one run</h1>'
         f'<div class="muted">Real/bogus classification of HiTS difference stamps with {len(cfg["models"])} models '
-        f"({esc(', '.join(cfg['models']))}); trained on {fmt(d['n_train'])} simulated stamps. "
+        f"({esc(', '.join(cfg['models']))}); {esc(_training_words(summary, d))}. "
         f"Run directory: {esc(out.resolve())}</div>"
         f'<nav class="toc">{toc}</nav></header>'
     )
