@@ -194,7 +194,7 @@ def test_calibrate_then_predict_uses_the_saved_method(models, tmp_path):
     data = write_stamps(make_synthetic_stamps(50, seed=9), tmp_path / "data.h5")
     ens = models["root"] / "ens2"
     ens.mkdir()
-    assert main(["calibrate", str(ens), "--data", str(val), "--member", str(models["m0"].path), "--member",
+    assert main(["calibrate-uncertainty", str(ens), "--data", str(val), "--member", str(models["m0"].path), "--member",
                  str(models["m1"].path), "--calibration", "temperature"]) == 0
     saved = json.loads((ens / "predictive.json").read_text())
     assert saved["method"] == "ensemble" and saved["members"] == ["../ens/m0", "../ens/m1"]

@@ -388,7 +388,7 @@ def load_predictive(path: str | os.PathLike, device: str = "cpu") -> Predictive:
     path = Path(path)
     file = path / PREDICTIVE_FILE
     if not file.is_file():
-        raise StampFileError(path, PREDICTIVE_FILE, "a saved uncertainty method (hits-stamps calibrate)",
+        raise StampFileError(path, PREDICTIVE_FILE, "a saved uncertainty method (hits-stamps calibrate-uncertainty)",
                              "no predictive.json")
     d = read_json(file)
     if not isinstance(d, dict):

@@ -16,7 +16,7 @@ EXPORT_FORMATS = ("onnx",)
 @app.command()
 def predict(
     model_dir: Path = typer.Argument(..., help="A trained-model directory (from `hits-stamps train`), or an ensemble "
-                                     "directory with a predictive.json (`hits-stamps calibrate`)."),
+                                     "directory with a predictive.json (`hits-stamps calibrate-uncertainty`)."),
     data: Path = typer.Option(..., "--data", help="Stamp file to classify (.h5 and .npz are streamed in chunks)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output CSV with columns id, p_real, label."),
     batch_size: int = typer.Option(64, "--batch-size", help="Stamps per forward pass."),
@@ -53,7 +53,7 @@ def predict(
     ),
     method: str = typer.Option(
         "saved", "--method", help="saved: the uncertainty method of MODEL_DIR/predictive.json when present "
-        "(`hits-stamps calibrate`; an ensemble directory) | raw: the network alone."),
+        "(`hits-stamps calibrate-uncertainty`; an ensemble directory) | raw: the network alone."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Classify every stamp of a file in chunks with bounded memory; write id, p_real, label to a CSV.

@@ -1,4 +1,4 @@
-"""`calibrate`: choose how a model (or an ensemble) reports its uncertainty, fitted on validation objects."""
+"""`calibrate-uncertainty`: how a model (or an ensemble) reports its uncertainty, fitted on validation objects."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hits_stamps.cli._app import app, console
 from hits_stamps.errors import HitsStampsError
 
 
-@app.command()
-def calibrate(
+@app.command("calibrate-uncertainty")
+def calibrate_uncertainty(
     directory: Path = typer.Argument(..., help="A trained-model directory, or an ensemble directory (with --member)."),
     data: Path = typer.Option(..., "--data", help="Labelled validation stamps (objects never used for testing)."),
     method: str = typer.Option(

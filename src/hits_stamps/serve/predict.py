@@ -57,7 +57,8 @@ class PredictConfig:
     refer_above: float | None = None  # add `refer` = 1 where the predictive entropy (or a saved method's referral
     #                                   score) >= this (implies uncertainty)
     method: str = "saved"  # "saved": the uncertainty method in DIR/predictive.json when there is one
-    #                        (hits-stamps calibrate; an ensemble directory has only that); "raw": the network alone
+    #                        (hits-stamps calibrate-uncertainty; all an ensemble directory has);
+    #                        "raw": the network alone
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -264,7 +265,7 @@ def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> 
         if config.wants_uncertainty and predictive is None and model.spec.task != "bayesian-classifier":
             raise HitsStampsError(f"{model.path}: {model.name} is deterministic; --uncertainty and --refer-above "
                                   "need a Bayesian model (seed-bnn, bayes-cnn) or a saved uncertainty method "
-                                  "(hits-stamps calibrate)")
+                                  "(hits-stamps calibrate-uncertainty)")
         with PredictionWriter(out, resume=resume, overwrite=overwrite, threshold=config.threshold,
                               identity=identity, extra_columns=config.extra_columns) as writer:
             writer.check_resume(stream.n, stream.read_ids, config.batch_size)
