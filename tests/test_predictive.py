@@ -17,8 +17,10 @@ from hits_stamps.evaluation.shift import evaluate_uncertainty, weighted_metrics
 from hits_stamps.io import write_stamps
 from hits_stamps.predictive import (
     IsotonicCalibration,
+    PlattScaling,
     Predictive,
     TemperatureScaling,
+    apply_platt,
     apply_temperature,
     load_predictive,
 )
@@ -77,6 +79,18 @@ def test_temperature_of_calibrated_probabilities_is_near_one_and_t1_is_identity(
     np.testing.assert_allclose(apply_temperature(soft[None], 2.5)[0], want, atol=1e-10)  # = softmax(z / T)
 
 
+def test_platt_recovers_a_shifted_and_overconfident_map_and_contains_temperature():
+    rng = np.random.default_rng(6)
+    z = rng.normal(0, 1.5, 6000)
+    y = (rng.random(6000) < 1 / (1 + np.exp(-z))).astype(np.int64)
+    p = 1 / (1 + np.exp(-(3.0 * z - 2.0)))  # log-odds 3z - 2: slope 1/3 and offset 2/3 undo it
+    s = np.stack([1 - p, p], axis=-1)[None]
+    pl = PlattScaling().fit(s, y)
+    assert pl.slope_ == pytest.approx(1 / 3, abs=0.05) and pl.offset_ == pytest.approx(2 / 3, abs=0.12)
+    assert nll(y, pl.transform(s)[0]) < nll(y, TemperatureScaling().fit(s, y).transform(s)[0]) - 0.01
+    np.testing.assert_allclose(apply_platt(s, 0.4, 0.0), apply_temperature(s, 2.5), atol=1e-9)
+
+
 def test_isotonic_is_monotone_and_fixes_a_miscalibrated_map():
     y, s = _overconfident(4000, seed=4)
     iso = IsotonicCalibration().fit(s, y)
@@ -92,6 +106,8 @@ def test_calibrators_refuse_use_before_fit_and_bad_labels():
         TemperatureScaling().transform(np.full((1, 3, 2), 0.5))
     with pytest.raises(NotFittedError, match="not fitted"):
         IsotonicCalibration().transform(np.full((1, 3, 2), 0.5))
+    with pytest.raises(NotFittedError, match="not fitted"):
+        PlattScaling().transform(np.full((1, 3, 2), 0.5))
     with pytest.raises(HitsStampsError, match="class labels"):
         TemperatureScaling().fit(np.full((1, 3, 2), 0.5), np.array([0, 1, -1]))
 

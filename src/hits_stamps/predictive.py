@@ -17,6 +17,11 @@ on the samples, so the result keeps the shape (S, N, K):
   renormalised, p'_snk = softmax_k(log p_snk / T). For a deterministic classifier that is
   softmax(z / T) of its logits z. T minimises the validation NLL of the mean prediction,
   -(1/N) sum_n log (1/S) sum_s p'_{s n y_n}, over log T in [log 0.05, log 20].
+- `platt` (Platt 1999; logistic calibration): a slope and an offset on every sample's log-odds,
+  p'_s,real = sigmoid(a log(p_s,real / p_s,bogus) + b), fitted like the temperature (minimum
+  validation NLL of the mean; a in [0.01, 50], b in [-20, 20]); two classes only. With b = 0 it is
+  temperature scaling with T = 1 / a; the offset moves the decision boundary, which a class-
+  dependent shift (real pixels differ from simulated ones) can need.
 - `isotonic` (Zadrozny & Elkan 2002): a non-decreasing map g of p_real, fitted by pool-adjacent-
   violators to the validation labels against the validation mean p_real, stored as the knots of a
   piecewise-linear interpolation, and applied to every sample's p_real (p_bogus = 1 - g(p_real));
@@ -43,7 +48,7 @@ from hits_stamps.errors import HitsStampsError, NotFittedError, StampFileError
 from hits_stamps.stamps import StampSet
 
 METHODS = ("softmax", "flipout", "mc-dropout", "ensemble")
-CALIBRATIONS = ("none", "temperature", "isotonic")
+CALIBRATIONS = ("none", "temperature", "platt", "isotonic")
 REFERRAL_SCORES = ("entropy", "mutual_information")
 PREDICTIVE_FILE = "predictive.json"
 _TINY = 1e-38  # probabilities are clipped here before a log (float32's smallest normal number)
@@ -114,6 +119,44 @@ class TemperatureScaling:
         return {"kind": "temperature", "temperature": self.temperature_}
 
 
+def apply_platt(samples, slope: float, offset: float) -> np.ndarray:
+    """(S, N, 2) -> (S, N, 2): p'_real = sigmoid(slope * log(p_real / p_bogus) + offset)."""
+    p = _check_samples(samples)
+    if p.shape[2] != 2:
+        raise HitsStampsError(f"platt calibration needs two classes; found {p.shape[2]}")
+    logit = np.log(np.clip(p[:, :, 1], _TINY, 1.0)) - np.log(np.clip(p[:, :, 0], _TINY, 1.0))
+    real = 0.5 * (1.0 + np.tanh(0.5 * (slope * logit + offset)))  # sigmoid, without overflow
+    return np.stack([1.0 - real, real], axis=-1)
+
+
+@dataclass
+class PlattScaling:
+    """A slope and an offset on the log-odds of every sample (module doc); `fit(samples, y) -> self`."""
+
+    slope_: float | None = None
+    offset_: float | None = None
+
+    def fit(self, samples, y) -> PlattScaling:
+        from scipy.optimize import minimize
+
+        p = _check_samples(samples)
+        if p.shape[2] != 2:
+            raise HitsStampsError(f"platt calibration needs two classes; found {p.shape[2]}")
+        y = _check_labels(y, p.shape[1], 2)
+        res = minimize(lambda ab: _mean_nll(apply_platt(p, ab[0], ab[1]), y), x0=np.array([1.0, 0.0]),
+                       method="L-BFGS-B", bounds=[(0.01, 50.0), (-20.0, 20.0)])
+        self.slope_, self.offset_ = float(res.x[0]), float(res.x[1])
+        return self
+
+    def transform(self, samples) -> np.ndarray:
+        if self.slope_ is None or self.offset_ is None:
+            raise NotFittedError("PlattScaling is not fitted; call fit(samples, y) on validation stamps first")
+        return apply_platt(samples, self.slope_, self.offset_)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "platt", "slope": self.slope_, "offset": self.offset_}
+
+
 @dataclass
 class IsotonicCalibration:
     """A non-decreasing map of p_real (module doc); two classes only; `fit(samples, y) -> self`."""
@@ -159,18 +202,20 @@ class Identity:
         return {"kind": "none"}
 
 
-def make_calibrator(kind: str) -> Identity | TemperatureScaling | IsotonicCalibration:
-    """An unfitted calibrator by name: none | temperature | isotonic."""
+def make_calibrator(kind: str) -> Identity | TemperatureScaling | PlattScaling | IsotonicCalibration:
+    """An unfitted calibrator by name: none | temperature | platt | isotonic."""
     if kind == "none":
         return Identity()
     if kind == "temperature":
         return TemperatureScaling()
+    if kind == "platt":
+        return PlattScaling()
     if kind == "isotonic":
         return IsotonicCalibration()
     raise HitsStampsError(f"calibration must be one of {CALIBRATIONS}; got {kind!r}")
 
 
-def calibrator_from_dict(d: dict, source: str = PREDICTIVE_FILE) -> Identity | TemperatureScaling | IsotonicCalibration:
+def calibrator_from_dict(d: dict, source: str = PREDICTIVE_FILE):
     """Rebuild a fitted calibrator from its `to_dict()`; a malformed entry raises naming `source`."""
     kind = d.get("kind") if isinstance(d, dict) else None
     if kind == "none":
@@ -180,6 +225,12 @@ def calibrator_from_dict(d: dict, source: str = PREDICTIVE_FILE) -> Identity | T
         if not (isinstance(t, (int, float)) and not isinstance(t, bool) and np.isfinite(t) and t > 0):
             raise StampFileError(source, "calibration.temperature", "a number > 0", f"{t!r:.80}")
         return TemperatureScaling(float(t))
+    if kind == "platt":
+        a, b = d.get("slope"), d.get("offset")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (a, b)) \
+                or a <= 0:
+            raise StampFileError(source, "calibration", "a platt slope > 0 and a finite offset", f"{d!r:.80}")
+        return PlattScaling(float(a), float(b))
     if kind == "isotonic":
         x, y = d.get("x"), d.get("y")
         ok = (isinstance(x, list) and isinstance(y, list) and len(x) == len(y) >= 1
@@ -253,6 +304,8 @@ class Predictive:
                "ensemble": f"ensemble of {len(self.models)}"}[self.method]
         if cal["kind"] == "temperature":
             how += f", temperature {cal['temperature']:.3f}"
+        elif cal["kind"] == "platt":
+            how += f", Platt slope {cal['slope']:.3f} offset {cal['offset']:.3f}"
         elif cal["kind"] == "isotonic":
             how += f", isotonic ({len(cal['x'])} knots)"
         return how
@@ -317,7 +370,7 @@ class Predictive:
         return s
 
     def fit_calibration(self, kind: str, stamps_or_samples, y=None) -> Predictive:
-        """Fit a calibrator (`none`, `temperature`, `isotonic`) on labelled validation data; returns self.
+        """Fit a calibrator (`none`, `temperature`, `platt`, `isotonic`) on labelled validation data; returns self.
 
         stamps_or_samples: a labelled StampSet (then `y` defaults to its labels; unlabelled stamps are
         refused), or uncalibrated samples (S, N, K) of this predictive with labels `y`.
@@ -420,9 +473,11 @@ __all__ = [
     "METHODS",
     "PREDICTIVE_FILE",
     "IsotonicCalibration",
+    "PlattScaling",
     "Predictive",
     "PredictiveConfig",
     "TemperatureScaling",
+    "apply_platt",
     "apply_temperature",
     "calibrator_from_dict",
     "has_predictive",

@@ -20,7 +20,7 @@ def calibrate_uncertainty(
     member: list[Path] = typer.Option(
         None, "--member", help="Ensemble: a member's model directory (repeat the option); stored relative to "
         "DIRECTORY."),
-    calibration: str = typer.Option("temperature", "--calibration", help="none | temperature | isotonic"),
+    calibration: str = typer.Option("temperature", "--calibration", help="none | temperature | platt | isotonic"),
     mc_samples: int = typer.Option(30, "--mc-samples", help="Monte-Carlo samples (flipout, mc-dropout)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the Monte-Carlo samples."),
     referral: str = typer.Option(
