@@ -206,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
             if name == chosen:
                 chosen_cal = c
 
+    for name, per_set in tests.items():  # curves and bins of the chosen method and the plain softmax only
+        if name not in (chosen, "softmax+none"):
+            for r in per_set.values():
+                r.pop("referral"), r.pop("reliability")
+
     # ---- the chosen method saved for `hits-stamps predict`, and checked against the numbers above
     base = chosen.split("+")[0]
     if base.startswith("ensemble-"):
