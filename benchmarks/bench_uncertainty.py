@@ -261,9 +261,10 @@ def _val_summary(r: dict) -> dict:
 def write_figures(results, raw, cal, base, sets, folder: Path) -> None:
     """Reliability diagrams of the chosen method before and after calibration, and referral curves, per test set."""
     from hits_stamps.evaluation.calibration import confidence_bins, plot_referral, plot_reliability, referral_curve
-    from hits_stamps.uncertainty import predictive_entropy
+    from hits_stamps.uncertainty import mutual_information, predictive_entropy
 
-    chosen = results["chosen_on_validation"]
+    chosen, referral = results["chosen_on_validation"], results["referral_of_chosen"]
+    score = mutual_information if referral == "mutual_information" else predictive_entropy
     for k in TEST_SETS:
         if k not in sets:
             continue
@@ -273,10 +274,10 @@ def write_figures(results, raw, cal, base, sets, folder: Path) -> None:
             p = s.mean(0)[:, 1]
             plot_reliability(confidence_bins(y, np.clip(p, 0, 1), 15), folder / f"reliability_{k}_{label}.png",
                              f"{k}: {base} {label}")
-            curves[f"{base} {label}"] = referral_curve(y, np.clip(p, 0, 1), predictive_entropy(s))
+            curves[f"{base} {label} ({referral})"] = referral_curve(y, np.clip(p, 0, 1), score(s))
         s = raw["softmax"][k]
-        curves["softmax (member 0)"] = referral_curve(y, s.mean(0)[:, 1], predictive_entropy(s))
-        plot_referral(curves, folder / f"referral_{k}.png", f"{k}: accuracy vs referral ({chosen})")
+        curves["softmax, member 0 (entropy)"] = referral_curve(y, s.mean(0)[:, 1], predictive_entropy(s))
+        plot_referral(curves, folder / f"referral_{k}.png", f"{k}: referral, {chosen}")
 
 
 def _fmt(m: dict, digits: int = 4) -> str:
