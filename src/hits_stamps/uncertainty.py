@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 @torch.no_grad()
 def mc_predict_proba(
-    module: torch.nn.Module, x: torch.Tensor, n_samples: int = 30, seed: int = 0
+    module: torch.nn.Module, x: torch.Tensor, n_samples: int = 30, seed: int = 0, dropout: bool = False
 ) -> torch.Tensor:
     """Class probabilities of `n_samples` stochastic forward passes.
 
@@ -38,15 +38,43 @@ def mc_predict_proba(
     K)` (the Bayesian models in `hits_stamps.models.bayesian`) draws all samples at once from the
     same per-stamp distribution, reusing the parts that do not depend on the weight sample;
     otherwise `module(x)` is called `n_samples` times.
+
+    dropout=True is Monte-Carlo dropout (Gal & Ghahramani 2016): the module's `nn.Dropout` layers
+    draw a new mask on every pass while everything else (batch norm: running statistics) stays in
+    eval mode; the modes are restored afterwards. A module whose dropout sits only after its
+    `features` (a class attribute `dropout_only_in_head = True`, as `RotInvCNN`) computes
+    `features(x)` once and samples `head` `n_samples` times: the same draws, in the same order, as
+    full passes. A module without dropout gives `n_samples` identical rows.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1; got {n_samples}")
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
+        if dropout:
+            return _mc_dropout(module, x, n_samples)
         if hasattr(module, "mc_logits"):
             return torch.softmax(module.mc_logits(x, n_samples), dim=-1)
         return torch.stack([torch.softmax(module(x), dim=-1) for _ in range(n_samples)])
+
+
+def _mc_dropout(module: torch.nn.Module, x: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """(N, C, H, W) -> (S, N, K) with only the dropout layers in training mode (see mc_predict_proba)."""
+    drops = [m for m in module.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        if getattr(module, "dropout_only_in_head", False):
+            f = module.features(x)  # (N, F), dropout still off
+            for m in drops:
+                m.train()
+            return torch.stack([torch.softmax(module.head(f), dim=-1) for _ in range(n_samples)])
+        for m in drops:
+            m.train()
+        return torch.stack([torch.softmax(module(x), dim=-1) for _ in range(n_samples)])
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
 
 
 def mc_predict_stamps(

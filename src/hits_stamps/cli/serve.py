@@ -15,7 +15,8 @@ EXPORT_FORMATS = ("onnx",)
 
 @app.command()
 def predict(
-    model_dir: Path = typer.Argument(..., help="A trained-model directory (from `hits-stamps train`)."),
+    model_dir: Path = typer.Argument(..., help="A trained-model directory (from `hits-stamps train`), or an ensemble "
+                                     "directory with a predictive.json (`hits-stamps calibrate-uncertainty`)."),
     data: Path = typer.Option(..., "--data", help="Stamp file to classify (.h5 and .npz are streamed in chunks)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output CSV with columns id, p_real, label."),
     batch_size: int = typer.Option(64, "--batch-size", help="Stamps per forward pass."),
@@ -43,12 +44,16 @@ def predict(
     limit: int | None = typer.Option(None, "--limit", help="Predict only the first N stamps of the file."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickle stamp files (they can run code)."),
     uncertainty: bool = typer.Option(
-        False, "--uncertainty", help="Bayesian models: add columns p_std, entropy, mutual_information."
+        False, "--uncertainty", help="Bayesian models and saved uncertainty methods: add columns p_std, entropy, "
+        "mutual_information."
     ),
     refer_above: float | None = typer.Option(
         None, "--refer-above", help="Add a column refer = 1 where the predictive entropy >= this (nats; see "
         "`hits-stamps referral-threshold`); implies --uncertainty."
     ),
+    method: str = typer.Option(
+        "saved", "--method", help="saved: the uncertainty method of MODEL_DIR/predictive.json when present "
+        "(`hits-stamps calibrate-uncertainty`; an ensemble directory) | raw: the network alone."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Classify every stamp of a file in chunks with bounded memory; write id, p_real, label to a CSV.
@@ -62,7 +67,7 @@ def predict(
         batch_size=batch_size, backend=backend, onnx_path=str(onnx) if onnx else None, engine=engine,
         scheduler=scheduler, workers=workers, threshold=threshold, chunk_rows=chunk_rows, device=device,
         mc_samples=mc_samples, seed=seed, threads=threads, trust_pickle=trust_pickle, limit=limit,
-        uncertainty=uncertainty, refer_above=refer_above,
+        uncertainty=uncertainty, refer_above=refer_above, method=method,
     )
     with _Bar(progress, f"predict {data.name}") as bar:
         summary = predict_file(model_dir, data, out, config, resume=resume, overwrite=overwrite, progress=bar.update)

@@ -410,6 +410,7 @@ class RotInvCNN(StampNet):
         return z.reshape(g, b, -1).mean(0)  # (B, flat_dim)
 
     inference_chunk = 32
+    dropout_only_in_head = True  # Monte-Carlo dropout samples `head` only (hits_stamps.uncertainty)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> hidden activations (B, hidden)."""

@@ -89,6 +89,32 @@ class TorchBackend:
         return probs, {"p_std": u["std"][:, 1], "entropy": u["entropy"], "mutual_information": u["mutual_information"]}
 
 
+class PredictiveBackend:
+    """Runs a saved uncertainty method (`hits_stamps.predictive`: an ensemble, MC dropout, Flipout,
+    softmax, each possibly calibrated) with torch; the probabilities are the mean of its calibrated
+    samples, seeded per batch with `seed + first row of the batch`."""
+
+    name = "torch"
+    takes_raw = True  # input (B, H, W, C) raw stamps: each model preprocesses them its own way
+
+    def __init__(self, predictive, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.predictive = predictive
+        self.network = predictive.describe()
+
+    def predict_proba(self, x: np.ndarray, start: int) -> np.ndarray:
+        return self.predictive.samples_batch(x, start).mean(0).astype(np.float32)
+
+    def predict_uncertainty(self, x: np.ndarray, start: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(mean probabilities (B, 2), {p_std, entropy, mutual_information}) of the calibrated samples."""
+        from hits_stamps.uncertainty import summarize
+
+        u = summarize(self.predictive.samples_batch(x, start))  # from (S, B, 2)
+        return u["mean"].astype(np.float32), {"p_std": u["std"][:, 1], "entropy": u["entropy"],
+                                              "mutual_information": u["mutual_information"]}
+
+
 class OnnxBackend:
     """Runs the ONNX export of `model` with onnxruntime on the CPU.
 
@@ -194,4 +220,5 @@ def predict_chunk(
     return (out, nan_count) if extra is None else (out, nan_count, extra)
 
 
-__all__ = ["BACKENDS", "UNCERTAINTY_COLUMNS", "OnnxBackend", "TorchBackend", "make_backend", "predict_chunk"]
+__all__ = ["BACKENDS", "UNCERTAINTY_COLUMNS", "OnnxBackend", "PredictiveBackend", "TorchBackend", "make_backend",
+           "predict_chunk"]

@@ -25,12 +25,14 @@ import numpy as np
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.geometry import InputAdapter, plan_for_model
 from hits_stamps.io.atomic import output_lock
-from hits_stamps.serve.backends import BACKENDS, UNCERTAINTY_COLUMNS, make_backend, predict_chunk
+from hits_stamps.predictive import has_predictive, load_predictive
+from hits_stamps.serve.backends import BACKENDS, UNCERTAINTY_COLUMNS, PredictiveBackend, make_backend, predict_chunk
 from hits_stamps.serve.csvout import PredictionWriter, check_output
 from hits_stamps.serve.stream import StampStream, open_stamp_stream
 from hits_stamps.training.modeldir import TrainedModel, file_sha256, load_model, torch_device, weights_sha256
 
 ENGINES = ("local", "dask")
+METHOD_CHOICES = ("saved", "raw")
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,11 @@ class PredictConfig:
     trust_pickle: bool = False  # allow pickle stamp files (they can run code)
     limit: int | None = None  # predict only the first `limit` rows of the file (None: all of them)
     uncertainty: bool = False  # Bayesian models, torch backend, local engine: add p_std, entropy, mutual_information
-    refer_above: float | None = None  # add `refer` = 1 where the predictive entropy >= this (implies uncertainty)
+    refer_above: float | None = None  # add `refer` = 1 where the predictive entropy (or a saved method's referral
+    #                                   score) >= this (implies uncertainty)
+    method: str = "saved"  # "saved": the uncertainty method in DIR/predictive.json when there is one
+    #                        (hits-stamps calibrate-uncertainty; all an ensemble directory has);
+    #                        "raw": the network alone
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -80,6 +86,8 @@ class PredictConfig:
         if self.mc_samples is not None and self.mc_samples < 1:
             raise HitsStampsError(f"mc_samples must be >= 1; got {self.mc_samples}")
         torch_device(self.device)  # cpu | cuda | cuda:N, and a GPU present for cuda
+        if self.method not in METHOD_CHOICES:
+            raise HitsStampsError(f"method must be one of {METHOD_CHOICES}; got {self.method!r}")
         if self.refer_above is not None and not self.refer_above >= 0:
             raise HitsStampsError(f"refer_above must be an entropy >= 0 (nats); got {self.refer_above}")
         if self.wants_uncertainty and (self.backend != "torch" or self.engine != "local"):
@@ -147,10 +155,18 @@ def file_fingerprint(path: str | os.PathLike, blocks: int = 16, block_bytes: int
     return f"{size} bytes, sha256 {h.hexdigest()}"
 
 
-def prediction_identity(model: TrainedModel, stream: StampStream, config: PredictConfig) -> dict:
-    """Everything the rows of a prediction depend on; `--resume` refuses a run whose identity differs."""
+def prediction_identity(model: TrainedModel, stream: StampStream, config: PredictConfig, predictive=None) -> dict:
+    """Everything the rows of a prediction depend on; `--resume` refuses a run whose identity differs.
+
+    With a saved uncertainty method (`predictive`), its predictive.json and every member's weights
+    are part of the identity.
+    """
     bayesian = model.spec.task == "bayesian-classifier"
-    return {
+    extra = {}
+    if predictive is not None:
+        extra["predictive"] = {"file": file_sha256(Path(predictive.path) / "predictive.json"),
+                               "members": [weights_sha256(m.path) for m in predictive.models]}
+    return extra | {
         "model": weights_sha256(model.path),  # weights and config.json (preprocessing, architecture)
         "data": file_fingerprint(stream.path) if stream.path.is_file() else str(stream.path),
         "n_rows": stream.n,
@@ -198,7 +214,21 @@ def predict_file(
 
 def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> PredictionSummary:
     check_output(out, resume, overwrite)  # again, holding the lock
-    model = model_dir if isinstance(model_dir, TrainedModel) else load_model(model_dir, device=config.device)
+    predictive = None
+    if not isinstance(model_dir, TrainedModel) and config.method == "saved" and has_predictive(model_dir):
+        predictive = load_predictive(model_dir, device=config.device)
+        if config.backend != "torch" or config.engine != "local":
+            raise HitsStampsError(f"{model_dir} holds a saved uncertainty method ({predictive.describe()}), which "
+                                  "runs with --backend torch --engine local; pass --method raw to predict with the "
+                                  "network alone")
+        if config.mc_samples is not None:
+            raise HitsStampsError(f"{model_dir}: --mc-samples is fixed by its predictive.json "
+                                  f"({predictive.config.mc_samples}); pass --method raw to choose it")
+        model = predictive.models[0]
+    elif isinstance(model_dir, TrainedModel):
+        model = model_dir
+    else:
+        model = load_model(model_dir, device=config.device)
     if model.spec.task not in ("classifier", "bayesian-classifier"):
         raise HitsStampsError(f"{model.path}: {model.name} is a {model.spec.task}; it does not classify stamps")
     with open_stamp_stream(data, trust_pickle=config.trust_pickle) as stream:
@@ -222,15 +252,20 @@ def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> 
                 "(a file the workers can read)"
             )
         # built before the output is touched, so a bad backend (e.g. a foreign ONNX file) writes nothing
-        backend = make_backend(
-            model, config.backend, onnx_model=config.onnx_path, device=config.device, mc_samples=config.mc_samples,
-            seed=config.seed, threads=config.threads if config.engine == "local" else None,
-        )
+        if predictive is not None:
+            backend = PredictiveBackend(predictive, threads=config.threads)
+        else:
+            backend = make_backend(
+                model, config.backend, onnx_model=config.onnx_path, device=config.device,
+                mc_samples=config.mc_samples, seed=config.seed,
+                threads=config.threads if config.engine == "local" else None,
+            )
         rows = chunk_rows_for(stream, config)
-        identity = prediction_identity(model, stream, config)
-        if config.wants_uncertainty and model.spec.task != "bayesian-classifier":
+        identity = prediction_identity(model, stream, config, predictive)
+        if config.wants_uncertainty and predictive is None and model.spec.task != "bayesian-classifier":
             raise HitsStampsError(f"{model.path}: {model.name} is deterministic; --uncertainty and --refer-above "
-                                  "need a Bayesian model (seed-bnn, bayes-cnn)")
+                                  "need a Bayesian model (seed-bnn, bayes-cnn) or a saved uncertainty method "
+                                  "(hits-stamps calibrate-uncertainty)")
         with PredictionWriter(out, resume=resume, overwrite=overwrite, threshold=config.threshold,
                               identity=identity, extra_columns=config.extra_columns) as writer:
             writer.check_resume(stream.n, stream.read_ids, config.batch_size)
@@ -267,7 +302,8 @@ def _run_local(model, backend, stream, writer, config, rows, start, state, progr
         if config.wants_uncertainty:
             probs, nan_count, extras = predict_chunk(model, backend, images, a, config.batch_size, uncertainty=True)
             if config.refer_above is not None:
-                extras["refer"] = (extras["entropy"] >= config.refer_above).astype(np.int8)
+                score = backend.predictive.config.referral if isinstance(backend, PredictiveBackend) else "entropy"
+                extras["refer"] = (extras[score] >= config.refer_above).astype(np.int8)
             record(writer, state, ids, probs[:, 1], nan_count, config.threshold, extras)
         else:
             probs, nan_count = predict_chunk(model, backend, images, a, config.batch_size)
