@@ -169,7 +169,7 @@ def test_plan_lists_every_step_in_order(tiny_config):
     assert names.index("train-rotinv-cnn") < names.index("evaluate-rotinv-cnn") < names.index("generate")
     assert [s.name for s in plan(tiny_config)] == [
         "simulate", "build-real", "calibrate", "train-seed-cnn", "evaluate-seed-cnn", "train-seed-bnn",
-        "evaluate-seed-bnn", "train-cvae", "tune-cvae", "generate", "augment",
+        "evaluate-seed-bnn", "train-cvae", "uncertainty", "tune-cvae", "generate", "augment",
     ]
     no_tuning = C.apply_overrides(tiny_config, {"generation": {"tune_with": ""}})
     assert "tune-cvae" not in [s.name for s in plan(no_tuning)]
@@ -279,6 +279,23 @@ def test_classifiers_train_on_the_mix_and_are_tested_on_unseen_objects(finished_
     assert metrics["threshold_fpr1"] == source["threshold"]
     assert 1 < metrics["n_objects"] <= sets["real_test"].n_groups()
     assert "accuracy" in metrics["ci95"]
+
+
+def test_uncertainty_step_calibrates_on_validation_and_judges_every_test_set(finished_run):
+    from hits_stamps.predictive import load_predictive
+
+    out, summary, _ = finished_run
+    unc = summary["uncertainty"]
+    assert unc["validation"]["sets"][0] == "real_val" and set(unc["models"]) == {"seed-cnn", "seed-bnn"}
+    for name, rec in unc["models"].items():
+        assert rec["chosen"] == min(rec["validation_out_of_fold_nll"], key=rec["validation_out_of_fold_nll"].get)
+        assert {"simulated", "real"} <= set(rec["test"])
+        real = rec["test"]["real"]
+        assert real["raw"]["n"] == real["calibrated"]["n"] == summary["models"][name]["real"]["n"]
+        assert real["calibrated"]["ece"]["value"] is not None
+        pred = load_predictive(out / "models" / name)  # what `hits-stamps predict` applies
+        assert pred.calibrator.to_dict() == rec["calibration"]
+    assert "Calibrated on the validation objects" in (out / "report.html").read_text()
 
 
 def test_report_shows_the_generator_tuning(finished_run):

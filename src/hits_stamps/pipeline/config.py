@@ -74,6 +74,8 @@ class EvaluateConfig:
     mc_samples: int = 10  # Monte-Carlo forward passes per stamp for the Bayesian networks
     max_bayesian: int | None = 1000  # Bayesian networks: a stratified subset of this many stamps per test set
     max_real: int | None = None  # cap on real-pixel test stamps for every model (None: all of them)
+    uncertainty: bool = True  # the uncertainty step: calibration chosen on validation objects, judged per test set
+    uncertainty_resamples: int = 200  # bootstrap resamples (over objects) of the uncertainty step's intervals
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,8 @@ def _check_values(cfg: RunConfig) -> None:
             problems.append(f"model.{name}.lr must be a finite number > 0; got {m.lr}")
     if cfg.evaluate.mc_samples < 1:
         problems.append(f"evaluate.mc_samples must be >= 1; got {cfg.evaluate.mc_samples}")
+    if cfg.evaluate.uncertainty_resamples < 0:
+        problems.append(f"evaluate.uncertainty_resamples must be >= 0; got {cfg.evaluate.uncertainty_resamples}")
     for key in ("max_real", "max_bayesian"):
         v = getattr(cfg.evaluate, key)
         if v is not None and v < 10:

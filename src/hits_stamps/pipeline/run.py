@@ -258,6 +258,11 @@ def collect_summary(out: Path, config: RunConfig | None = None, steps: list[Step
             if mpath.exists():
                 models.setdefault(name, {})[test_set] = read_json(mpath)
 
+    uncertainty = {}
+    for name in config.models:
+        upath = out / "uncertainty" / f"{name}.json"
+        if upath.exists():
+            uncertainty[name] = read_json(upath)
     generation = _read_first(out / "generation", ("generation.json",)) or results.get("generate")
     augmentation = _read_first(out / "augmentation", ("augmentation.json",)) or results.get("augment")
     machine = machine_info(device or "cpu")
@@ -268,6 +273,7 @@ def collect_summary(out: Path, config: RunConfig | None = None, steps: list[Step
         "training": training,
         "data": {k: results[k] for k in ("simulate", "build-real", "user-data") if k in results},
         "calibration": results.get("calibrate"),
+        "uncertainty": {"validation": (results.get("uncertainty") or {}).get("validation"), "models": uncertainty},
         "generation": generation,
         "generator_tuning": results.get("tune-cvae"),
         "augmentation": augmentation,

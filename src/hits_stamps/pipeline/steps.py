@@ -495,6 +495,99 @@ def step_evaluate(ctx: RunContext, name: str) -> dict[str, Any]:
     return out
 
 
+#: Calibrations the uncertainty step compares on the validation objects (out of fold), in order of preference.
+CALIBRATIONS: tuple[str, ...] = ("none", "temperature", "platt")
+
+
+def _out_of_fold_nll(samples: np.ndarray, y: np.ndarray, groups: np.ndarray | None, kind: str, seed: int) -> float:
+    """Mean NLL of calibration `kind` fitted on one half of the validation objects, scored on the other (both ways)."""
+    from hits_stamps.predictive import make_calibrator
+
+    keys = groups if groups is not None else np.arange(len(y)).astype(str)
+    uniq = np.unique(keys)
+    half = set(np.random.default_rng(seed).permutation(uniq)[: uniq.size // 2].tolist())
+    fold = np.array([k in half for k in keys.tolist()])
+    total, n = 0.0, 0
+    for a in (fold, ~fold):
+        b = ~a
+        if a.sum() == 0 or b.sum() == 0 or len(np.unique(y[a])) < 2:
+            return float("inf")
+        cal = make_calibrator(kind).fit(samples[:, a], y[a])
+        p = cal.transform(samples[:, b]).mean(axis=0)
+        total += float(-np.log(np.clip(p[np.arange(b.sum()), y[b]], 1e-12, 1)).sum())
+        n += int(b.sum())
+    return total / n
+
+
+def step_uncertainty(ctx: RunContext) -> dict[str, Any]:
+    """Calibrate every classifier on the validation objects and judge its uncertainty on every test set.
+
+    For each classifier (softmax; the Bayesian networks' Monte-Carlo samples): the calibration
+    (none, temperature or Platt) with the lowest out-of-fold NLL on the validation objects (two
+    halves by object) is fitted on all of them and saved as the model's `predictive.json`, which
+    `hits-stamps predict` then applies. Every test set is scored raw and calibrated
+    (`evaluation.shift.evaluate_uncertainty`: ECE, NLL, Brier, AUROC of the uncertainty, error
+    after referral), written to `uncertainty/<model>.json`.
+    """
+    from hits_stamps.evaluation.shift import evaluate_uncertainty
+    from hits_stamps.predictive import PREDICTIVE_FILE, Predictive
+    from hits_stamps.training.modeldir import load_model, write_json
+
+    ev = ctx.config.evaluate
+    seed = ctx.config.seed
+    val = ctx.classifier_validation()
+    if len(np.unique(val.labels)) < 2:
+        return {"skipped": "the validation set has one class"}
+    out_dir = ctx.out / "uncertainty"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"validation": {"sets": list(ctx.validation_stems()), "n": len(val),
+                                             "objects": val.n_groups()}, "models": {}}
+    for name in ctx.config.models:
+        model = load_model(ctx.model_dir(name))
+        if model.spec.task == "generator":
+            continue
+        bayesian = model.spec.task == "bayesian-classifier"
+        pred = Predictive([model], "flipout" if bayesian else "softmax", mc_samples=ev.mc_samples, seed=seed)
+        v = _subset(val, ev.max_bayesian, seed) if bayesian else val
+        with ctx.status(f"calibrating {name} on the validation objects"):
+            raw_val = pred.raw_sample_proba(v)
+        nll = {kind: _out_of_fold_nll(raw_val, v.labels, v.groups, kind, seed) for kind in CALIBRATIONS}
+        chosen = min(CALIBRATIONS, key=lambda k: (nll[k], CALIBRATIONS.index(k)))
+        pred.fit_calibration(chosen, raw_val, v.labels)
+        pred.save(ctx.model_dir(name), members=["."], overwrite=True,
+                  note=f"calibration {chosen} chosen by out-of-fold NLL and fitted on the validation objects "
+                       f"({', '.join(ctx.validation_stems())}: {len(v)} stamps, {v.n_groups()} objects) of "
+                       f"hits-stamps run {ctx.out.name}")
+        rec: dict[str, Any] = {"method": pred.method, "calibration": pred.calibrator.to_dict(), "chosen": chosen,
+                               "validation_out_of_fold_nll": nll, "describe": pred.describe(), "test": {}}
+        for test_set, stem in TEST_SETS.items():
+            if not ctx.has(stem):
+                continue
+            stamps = _labelled(ctx.stamps(stem))
+            if stamps.shape[1:] != val.shape[1:] or len(stamps) == 0:
+                continue
+            if stem != "test":
+                stamps = _subset(stamps, ev.max_real, seed)
+            if bayesian:
+                stamps = _subset(stamps, ev.max_bayesian, seed)
+            with ctx.status(f"uncertainty of {name} on {test_set}"):
+                raw = pred.raw_sample_proba(stamps)
+            rec["test"][test_set] = {
+                "raw": evaluate_uncertainty(stamps.labels, raw, stamps.groups, n_resamples=ev.uncertainty_resamples,
+                                            seed=seed),
+                "calibrated": evaluate_uncertainty(stamps.labels, pred.calibrator.transform(raw), stamps.groups,
+                                                   n_resamples=ev.uncertainty_resamples, seed=seed),
+            }
+        write_json(out_dir / f"{name}.json", rec)
+        real = rec["test"].get("real", {})
+        if real:
+            ece = (real["raw"]["ece"]["value"], real["calibrated"]["ece"]["value"])
+            ctx.console.print(f"  {name}: {chosen} calibration; real-pixel test ECE {ece[0]:.4f} -> {ece[1]:.4f}"
+                              f" ({PREDICTIVE_FILE} written)", highlight=False)
+        result["models"][name] = {k: rec[k] for k in ("method", "chosen", "calibration", "describe")}
+    return result
+
+
 def _eval_device(ctx: RunContext) -> str:
     return "cuda" if ctx.device.startswith("cuda") else "cpu"
 
@@ -578,6 +671,9 @@ def plan(config: RunConfig) -> list[Step]:
         steps.append(Step(f"train-{name}", f"train {name}", lambda ctx, n=name: step_train(ctx, n)))
         if task != "generator":
             steps.append(Step(f"evaluate-{name}", f"evaluate {name}", lambda ctx, n=name: step_evaluate(ctx, n)))
+    if any(t != "generator" for t in tasks.values()) and config.evaluate.uncertainty:
+        steps.append(Step("uncertainty", "calibrate on the validation objects and judge every uncertainty",
+                          step_uncertainty))
     if "cvae" in tasks and config.generation.tune_with:
         steps.append(Step("tune-cvae", "tune the generator's pixel temperatures", step_tune))
     if "cvae" in tasks:
