@@ -28,6 +28,10 @@ def generate(
     snr_min: float | None = typer.Option(
         None, "--snr-min", help="Keep only stamps whose |SNR| peak (central 5x5) is at least this (drawn until N)."),
     snr_max: float | None = typer.Option(None, "--snr-max", help="Keep only stamps whose |SNR| peak is below this."),
+    consistent: bool | None = typer.Option(
+        None, "--consistent/--raw", help="consistent: keep the generated template and science (clipped to the "
+        "training range) and derive difference and SNR through the differencing module (the default when the "
+        "model directory has conditions.npz); raw: the four channels as the network draws them."),
     out: Path = typer.Option(..., "--out", "-o", help="Output stamp file (.npz or .h5)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
@@ -48,7 +52,7 @@ def generate(
     t0 = time.perf_counter()
     if snr_min is None and snr_max is None:
         stamps = generate_stamps(model, n, label, kind=kind, seed=seed, mode=mode, temperature=temperature,
-                                 latent=latent)
+                                 latent=latent, consistent=consistent)
     else:
         from hits_stamps.generation.sample import generate_in_snr_range
 
@@ -58,7 +62,7 @@ def generate(
         stamps = generate_in_snr_range(
             model, n, label, snr_min=0.0 if snr_min is None else snr_min,
             snr_max=float("inf") if snr_max is None else snr_max, kind=kind, seed=seed, progress=report,
-            mode=mode, temperature=temperature, latent=latent)
+            mode=mode, temperature=temperature, latent=latent, consistent=consistent)
     seconds = time.perf_counter() - t0
     write_stamps(stamps, out, overwrite=overwrite)
     h, w = stamps.size
@@ -66,6 +70,11 @@ def generate(
     console.print(f"wrote {out}: {len(stamps)} generated {stamps.meta['label']} stamps of {h}x{w}x{stamps.n_channels} "
                   f"in {seconds:.2f} s ({len(stamps) / max(seconds, 1e-9):.0f} stamps/s"
                   + (f", {drawn} drawn, acceptance {stamps.meta['acceptance']:.1%})" if drawn else ")"))
+    cons = stamps.meta.get("consistency", {})
+    if cons.get("derived"):
+        console.print(f"  difference and SNR derived through differencing; {cons['clipped_pixels']} template/science "
+                      f"pixels clipped to the training range in {cons['stamps_with_clipped_pixels']} stamps; "
+                      f"{cons['stamps_with_nan_mask']} stamps with no-data (NaN) masks")
 
 
 @app.command("tune-generator")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.generation.consistent import BANK_FILE, ConditionBank, derive_stamps, load_bank
 from hits_stamps.stamps import LABEL_NAMES, StampSet
 from hits_stamps.training.loop import TrainConfig
 from hits_stamps.training.modeldir import CONFIG, WEIGHTS, TrainedModel, load_model, save_weights, write_json
@@ -168,8 +169,17 @@ def generate(
     device: str = "cpu",
     temperature: float = 1.0,
     latent: str | None = None,
+    consistent: bool | None = None,
 ) -> StampSet:
     """n new stamps of class `label`: z ~ p_label(z), x ~ p(x | z, label).
+
+    `consistent` (None: when the model directory has a condition bank, `generation.consistent`):
+    keep the generated template and science (clipped to the training range, counted), and derive
+    the difference, noise and SNR through `hits_stamps.differencing.difference` with observing
+    conditions and no-data masks of training stamps of the same condition, so that
+    difference = science - PSF-matched template and SNR = difference / noise hold for every stamp
+    (`derive_stamps`; the columns record the conditions, `meta["consistency"]` the counts). False:
+    the four channels as the network draws them.
 
     `latent` chooses where the codes come from: "aggregate" draws z from the Gaussian mixture
     fitted after training to the codes of the training stamps of that class (ex-post density
@@ -219,6 +229,7 @@ def generate(
     name = LABEL_NAMES[y]
     meta = {"source": "generated", "generator": str(tm.path), "label": name, "seed": int(seed), "mode": mode,
             "temperature": float(temperature), "latent": latent}
+    bank = resolve_bank(tm, consistent)
     columns = {}
     if module.kinds:
         kinds = [module.kinds[i] for i in conds.tolist()]
@@ -228,7 +239,7 @@ def generate(
         columns["condition"] = conds.numpy().astype(np.int64)  # index into meta["condition_kinds"]
     else:
         ids = [f"gen_{name}_s{seed}_{i:07d}" for i in range(n)]
-    return StampSet(
+    out = StampSet(
         images=images,
         labels=np.full(n, y, dtype=np.int64),
         snr=peak_snr(images, channels),
@@ -238,6 +249,36 @@ def generate(
         columns=columns,
         meta=meta,
     )
+    if bank is None:
+        out.meta["consistency"] = {"derived": False}
+        return out
+    return derive_stamps(out, conds.numpy(), bank, seed=seed)
+
+
+def resolve_bank(tm: TrainedModel, consistent: bool | None) -> ConditionBank | None:
+    """The condition bank to derive generated stamps with (None: return them as drawn).
+
+    consistent None: the model directory's bank when it has one; True: it must have one."""
+    if consistent is False:
+        return None
+    bank = load_bank(tm.path)
+    if bank is None and consistent:
+        raise HitsStampsError(
+            f"{tm.path}: no {BANK_FILE} (observing conditions of the training stamps) to derive consistent "
+            "stamps with; refit it with hits_stamps.generation.sample.fit_bank(model_dir, train_stamps)")
+    return bank
+
+
+def fit_bank(model: str | os.PathLike | TrainedModel, stamps: StampSet) -> dict:
+    """Write the condition bank of a generator directory from its training stamps (for directories without one)."""
+    tm = load_generator(model)
+    tm.check_input(stamps)
+    from hits_stamps.generation.consistent import write_bank
+
+    info = write_bank(tm.path, stamps, conditions_of(tm, stamps).numpy())
+    if info["file"] is None:
+        raise HitsStampsError(f"{tm.path}: {info['reason']}")
+    return info
 
 
 def generate_in_snr_range(
@@ -312,7 +353,7 @@ def generate_in_snr_range(
 
 def generate_like(
     model: str | os.PathLike | TrainedModel, like: StampSet, ratio: float = 1.0, seed: int = 0, mode: str | None = None,
-    temperature: float = 1.0, latent: str | None = None,
+    temperature: float = 1.0, latent: str | None = None, consistent: bool | None = None,
 ) -> StampSet:
     """round(ratio x count) generated stamps for each class of `like` (class c drawn with seed 2 seed + c)."""
     tm = load_generator(model)
@@ -320,7 +361,8 @@ def generate_like(
     for lab in (0, 1):
         k = int(round(ratio * np.sum(like.labels == lab)))
         if k:
-            parts.append(generate(tm, k, lab, seed=2 * seed + lab, mode=mode, temperature=temperature, latent=latent))
+            parts.append(generate(tm, k, lab, seed=2 * seed + lab, mode=mode, temperature=temperature, latent=latent,
+                                  consistent=consistent))
     if not parts:
         raise HitsStampsError(f"nothing to generate: {len(like)} labelled stamps x ratio {ratio}")
     return StampSet.concat(parts)
