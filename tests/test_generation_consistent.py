@@ -129,3 +129,35 @@ def test_generate_derives_through_differencing_by_default(sim, tmp_path):
     (out / BANK_FILE).unlink()
     with pytest.raises(HitsStampsError, match="no conditions.npz"):
         generate(out, 2, "bogus", consistent=True)
+
+
+def test_the_judge_must_not_be_the_tuner_or_its_architecture(tmp_path):
+    import json
+    import shutil
+
+    from hits_stamps.datasets import make_synthetic_stamps
+    from hits_stamps.generation.judge import evaluate_generator
+    from hits_stamps.generation.tune import tune_temperatures
+
+    train, test = make_synthetic_stamps(120, seed=3), make_synthetic_stamps(60, seed=4)
+    tiny_cnn = {"widths": [4, 8], "hidden": 8}
+    gen = tmp_path / "cvae"
+    fit(TrainConfig(model="cvae", epochs=1, batch_size=32, model_kwargs={**TINY_CVAE, "condition": "class"}),
+        train, gen, progress=False)
+    tuner = fit(TrainConfig(model="rotinv-cnn", epochs=1, model_kwargs=tiny_cnn), train, tmp_path / "tuner",
+                progress=False)
+    twin = fit(TrainConfig(model="rotinv-cnn", epochs=1, seed=1, model_kwargs=tiny_cnn), train, tmp_path / "twin",
+               progress=False)
+    other = fit(TrainConfig(model="seed-cnn", epochs=1), train, tmp_path / "other", progress=False)
+    tune_temperatures(gen, tuner.path, temperatures=(0.5, 1.0), n_per_condition=5)
+    kw = dict(progress=False, train=train, max_per_class=10, make_figures=False, tstr=False)
+    with pytest.raises(HitsStampsError, match="chose the generator's settings"):
+        evaluate_generator(gen, test, tmp_path / "j1", classifier=tuner.path, **kw)
+    with pytest.raises(HitsStampsError, match="architecture that chose"):
+        evaluate_generator(gen, test, tmp_path / "j2", classifier=twin.path, **kw)
+    res = evaluate_generator(gen, test, tmp_path / "j3", classifier=other.path, **kw)
+    roles = json.loads((tmp_path / "j3" / "generation.json").read_text())["roles"]
+    assert roles == res["roles"] and roles["independent"] is True
+    assert roles["judge"]["model"] == "seed-cnn" and roles["tuners"][0]["model"] == "rotinv-cnn"
+    assert roles["tuners"][0]["path"] == str(tuner.path)
+    shutil.rmtree(tmp_path / "j3")

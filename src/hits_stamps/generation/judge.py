@@ -51,7 +51,7 @@ from hits_stamps.generation.sample import (
 from hits_stamps.io import read_stamps
 from hits_stamps.stamps import StampSet
 from hits_stamps.training.loop import TrainConfig, fit
-from hits_stamps.training.modeldir import TrainedModel, file_sha256, load_model, write_json
+from hits_stamps.training.modeldir import TrainedModel, file_sha256, load_model, read_config, write_json
 
 GENERATION_JSON = "generation.json"
 HITS_CHANNELS = ("template", "science", "difference", "snr")
@@ -215,6 +215,43 @@ def classifier_features(tm: TrainedModel, stamps: StampSet, batch_size: int = 10
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
 
 
+def settings_chosen_with(gen: TrainedModel) -> list[dict[str, str]]:
+    """The classifiers that chose a sampling setting of a generator (config.json "sampling"): path, model, setting."""
+    sampling = gen.config.get("sampling") or {}
+    path = sampling.get("tuned_with")
+    if not path:
+        return []
+    model = sampling.get("tuned_with_model")
+    if model is None:  # written before the architecture was recorded
+        try:
+            model = read_config(path, full=False)["model"]
+        except HitsStampsError:
+            model = "unknown"
+    return [{"path": str(path), "model": str(model), "setting": str(sampling.get("setting", "condition_temperature"))}]
+
+
+def check_independent_judge(gen: TrainedModel, judge: TrainedModel) -> dict[str, Any]:
+    """Refuse a judge that took part in choosing the generator's settings; return who did what.
+
+    A judge is independent when it is neither the directory nor the architecture of any classifier
+    that tuned the generator (`settings_chosen_with`): the same architecture trained again on the
+    same stamps shares most of its blind spots, so a setting tuned to please one would be judged by
+    its twin. Returns {"judge": {path, model}, "tuners": [...], "independent": True} for generation.json.
+    """
+    tuners = settings_chosen_with(gen)
+    jpath = Path(judge.path).resolve()
+    for t in tuners:
+        if Path(t["path"]).resolve() == jpath:
+            raise HitsStampsError(f"{judge.path}: this classifier chose the generator's settings ({t['setting']}); "
+                                  "the judge must be another classifier, of another architecture")
+        if t["model"] == judge.name:
+            raise HitsStampsError(f"{judge.path}: the judge is a {judge.name}, the architecture that chose the "
+                                  f"generator's settings ({t['path']}); judge with another architecture")
+    return {"judge": {"path": str(judge.path), "model": judge.name}, "tuners": tuners, "independent": True,
+            "rule": "settings chosen with the tuner(s) on generated stamps; the judge took no part in any choice "
+                    "and is of another architecture"}
+
+
 def _as_stamps(data: StampSet | str | os.PathLike, what: str) -> StampSet:
     stamps = data if isinstance(data, StampSet) else read_stamps(data)
     keep = stamps.labels >= 0
@@ -319,6 +356,7 @@ def evaluate_generator(
         judge = fit(judge_cfg, reference, out / "judge_classifier", overwrite=True, progress=progress)
         trained_here = True
     judge.check_input(test)
+    result["roles"] = check_independent_judge(gen, judge)
     trtr, trtr_per_class, pred = _accuracy(judge, test)
     result["judge"] = {"path": str(judge.path), "model": judge.name, "trained_here": trained_here,
                        "test_accuracy": trtr, "test_recall_per_class": trtr_per_class}
@@ -343,6 +381,7 @@ def evaluate_generator(
         gen_seconds += time.perf_counter() - t0
         n_gen += len(idx)
     result["n_generated"] = n_gen
+    result["consistency"] = {name: _consistency_summary(generated[name]) for name, _ in CLASSES}
     result["test_negative_elbo"] = negative_elbo(gen, StampSet.concat([real_test[n] for n, _ in CLASSES]), seed)
     result["generation_stamps_per_s"] = n_gen / gen_seconds if gen_seconds > 0 else None
 
@@ -424,6 +463,22 @@ def evaluate_generator(
     result["seconds"] = time.perf_counter() - t_start
     write_json(out / GENERATION_JSON, result)
     return result
+
+
+def _consistency_summary(stamps: StampSet) -> dict[str, Any]:
+    """How generated stamps were made consistent (`meta["consistency"]`) and, when derived, the recomputed check."""
+    from hits_stamps.generation.consistent import check_consistency
+
+    info = dict(stamps.meta.get("consistency", {"derived": False}))
+    if info.get("derived"):
+        info["check"] = check_consistency(stamps)
+    if set(HITS_CHANNELS) <= set(stamps.channels):
+        sci = stamps.images[..., stamps.channels.index("science")]
+        dif = stamps.images[..., stamps.channels.index("difference")]
+        info["max_abs_science"] = float(np.nanmax(np.abs(sci), initial=0.0))
+        info["max_abs_difference"] = float(np.nanmax(np.abs(dif), initial=0.0))
+        info["stamps_with_nan"] = int(np.sum(~np.isfinite(stamps.images).all(axis=(1, 2, 3))))
+    return info
 
 
 def _model_units_flat(gen: TrainedModel):

@@ -99,7 +99,8 @@ def tune_temperatures(
         save_weights(module, Path(tm.path) / WEIGHTS)
         config = read_json(Path(tm.path) / CONFIG)
         config["sampling"] = {"condition_temperature": {n: rows[n]["chosen"] for n in names},
-                              "tuned_with": result["classifier"], "temperatures": temps,
+                              "tuned_with": result["classifier"], "tuned_with_model": judge.name,
+                              "temperatures": temps,
                               "n_per_condition": int(n_per_condition), "seed": int(seed)}
         write_json(Path(tm.path) / CONFIG, config)
         tm.config = config
