@@ -40,6 +40,7 @@ from hits_stamps.generation.sample import (
     generate,
     generate_like,
     interpolate,
+    is_diffusion,
     load_generator,
     peak_snr,
     quiet_inputs,
@@ -336,9 +337,11 @@ def evaluate_generator(
         raise HitsStampsError("the judge's training stamps include generated ones (kind 'generated'); "
                               "the judge must be trained on real or simulated stamps only")
     rng = np.random.default_rng(seed)
-    latent = resolve_latent(gen, latent)
-    mode = resolve_mode(gen, mode)
-    result: dict[str, Any] = {"generator": str(gen.path), "seed": int(seed), "mode": mode, "temperature": temperature,
+    if not is_diffusion(gen):  # a diffusion model has neither (generate records "ddim" and "noise")
+        latent = resolve_latent(gen, latent)
+        mode = resolve_mode(gen, mode)
+    result: dict[str, Any] = {"generator": str(gen.path), "generator_model": gen.name, "seed": int(seed),
+                              "mode": mode, "temperature": temperature,
                               "latent": latent,
                               "reference_train": ref_source, "notes": []}
 
@@ -382,7 +385,8 @@ def evaluate_generator(
         n_gen += len(idx)
     result["n_generated"] = n_gen
     result["consistency"] = {name: _consistency_summary(generated[name]) for name, _ in CLASSES}
-    result["test_negative_elbo"] = negative_elbo(gen, StampSet.concat([real_test[n] for n, _ in CLASSES]), seed)
+    result["test_negative_elbo"] = (None if is_diffusion(gen) else
+                                    negative_elbo(gen, StampSet.concat([real_test[n] for n, _ in CLASSES]), seed))
     result["generation_stamps_per_s"] = n_gen / gen_seconds if gen_seconds > 0 else None
 
     # agreement and Fréchet distances
@@ -531,6 +535,8 @@ def _figures(gen: TrainedModel, generated: dict[str, StampSet], real: dict[str, 
             real[name], generated[name], out / f"gen_grid_{name}.png", ("real stamps", "generated"),
             f"class {name}: real test stamps (left) and generated stamps (right)",
         ))
+    if is_diffusion(gen):  # no encoder: no reconstructions or latent interpolation
+        return paths
     test = StampSet.concat([real[n][:3] for n, _ in CLASSES])
     recon = reconstruct(gen, test, seed=seed)
     paths["reconstructions"] = str(figures.plot_side_by_side(

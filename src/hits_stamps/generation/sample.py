@@ -170,8 +170,14 @@ def generate(
     temperature: float = 1.0,
     latent: str | None = None,
     consistent: bool | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
 ) -> StampSet:
-    """n new stamps of class `label`: z ~ p_label(z), x ~ p(x | z, label).
+    """n new stamps of class `label`: z ~ p_label(z), x ~ p(x | z, label) (cvae), or DDIM from noise (diffusion).
+
+    For a `diffusion` model, `steps` (DDIM steps) and `guidance` (classifier-free guidance weight w)
+    default to the model's (`sampling_steps`, the `guidance` buffer that `tune_guidance` sets);
+    `mode`, `latent` and `temperature` do not apply (meta records mode "ddim", latent "noise").
 
     `consistent` (None: when the model directory has a condition bank, `generation.consistent`):
     keep the generated template and science (clipped to the training range, counted), and derive
@@ -201,8 +207,17 @@ def generate(
     `meta["condition_kinds"]`; counts in `meta["kinds"]`); the `kind` field stays "generated".
     """
     tm = load_generator(model, device=device)
-    mode = resolve_mode(tm, mode)
-    latent = resolve_latent(tm, latent)
+    diffusion = is_diffusion(tm)
+    if diffusion:  # no latent mixture or pixel modes: DDIM from noise
+        if mode not in (None, "ddim") or latent not in (None, "noise"):
+            raise HitsStampsError(f"{tm.path}: a diffusion model samples with DDIM from noise; mode and latent do "
+                                  f"not apply (got mode={mode!r}, latent={latent!r})")
+        mode, latent = "ddim", "noise"
+        if temperature != 1.0:
+            raise HitsStampsError(f"{tm.path}: a diffusion model has no pixel temperature (got {temperature})")
+    else:
+        mode = resolve_mode(tm, mode)
+        latent = resolve_latent(tm, latent)
     y = label_value(label)
     if not 0.0 <= temperature <= 1.0:
         raise HitsStampsError(f"temperature must be in [0, 1]; got {temperature}")
@@ -214,21 +229,32 @@ def generate(
         conds = module.draw_conditions(y, n, kind, gen)  # (n,): the class, or kinds of the class
     except ValueError as exc:
         raise HitsStampsError(f"{tm.path}: {exc}") from exc
-    z_all = module.sample_latent(conds, latent, gen)  # (n, d): fixed by seed alone
     chunks = []
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(int(seed) + 1)
-        for start in range(0, n, batch_size):
-            z = z_all[start : start + batch_size].to(device)
-            c = conds[start : start + batch_size].to(device)
-            chunks.append(_to_stamps_layout(module.sample(c, mode=mode, z=z, temperature=temperature)))
+    if diffusion:
+        try:
+            for start in range(0, n, batch_size):  # the noise of every batch comes from `gen`, in order
+                c = conds[start : start + batch_size].to(device)
+                chunks.append(_to_stamps_layout(module.sample(c, generator=gen, steps=steps, guidance=guidance)))
+        except ValueError as exc:
+            raise HitsStampsError(f"{tm.path}: {exc}") from exc
+    else:
+        z_all = module.sample_latent(conds, latent, gen)  # (n, d): fixed by seed alone
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(int(seed) + 1)
+            for start in range(0, n, batch_size):
+                z = z_all[start : start + batch_size].to(device)
+                c = conds[start : start + batch_size].to(device)
+                chunks.append(_to_stamps_layout(module.sample(c, mode=mode, z=z, temperature=temperature)))
     h, w = tm.config["input"]["size"]
     channels = _channels(tm)
     images = np.concatenate(chunks) if chunks else np.zeros((0, h, w, len(channels)), np.float32)
     name = LABEL_NAMES[y]
     meta = {"source": "generated", "generator": str(tm.path), "label": name, "seed": int(seed), "mode": mode,
             "temperature": float(temperature), "latent": latent}
+    if diffusion:
+        meta.update({"steps": int(steps or module.sampling_steps),
+                     "guidance": float(module.guidance if guidance is None else guidance)})
     bank = resolve_bank(tm, consistent)
     columns = {}
     if module.kinds:
@@ -253,6 +279,11 @@ def generate(
         out.meta["consistency"] = {"derived": False}
         return out
     return derive_stamps(out, conds.numpy(), bank, seed=seed)
+
+
+def is_diffusion(tm: TrainedModel) -> bool:
+    """True for a diffusion generator (sampled with DDIM), False for the cvae."""
+    return bool(getattr(tm.module, "is_diffusion", False))
 
 
 def resolve_bank(tm: TrainedModel, consistent: bool | None) -> ConditionBank | None:
