@@ -95,7 +95,8 @@ def test_cli_trains_generates_and_tunes_the_diffusion_model(diff_dir, sim, tmp_p
     data = tmp_path / "sim.npz"
     write_stamps(sim[:64], data)
     args = ["train", "--model", "diffusion", "--data", str(data), "--out", str(tmp_path / "d"), "--epochs", "1",
-            "--no-progress", "--model-arg", "condition=class"] + [f"--model-arg={k}={json.dumps(v)}" for k, v in TINY.items()]
+            "--no-progress", "--model-arg", "condition=class"]
+    args += [f"--model-arg={k}={json.dumps(v)}" for k, v in TINY.items()]
     assert main(args) == 0 and (tmp_path / "d" / "conditions.npz").exists()
     assert main(["generate", str(diff_dir), "--n", "5", "--label", "real", "--steps", "2", "--out",
                  str(tmp_path / "g.npz")]) == 0

@@ -78,7 +78,7 @@ def test_every_derived_stamp_satisfies_the_differencing_identities(sim, bank):
 
 
 def test_derivation_of_real_stamps_reproduces_their_difference(sim, bank):
-    """The stamps the bank came from, passed as if generated: the derived difference is theirs (21x21 cut edges aside)."""
+    """The bank's own stamps, passed as if generated: the derived difference is theirs (21x21 cut edges aside)."""
     cond, _ = _kind_index(sim)
     part = sim[:120]
     out = derive_stamps(part, cond[:120], bank, seed=0, n_candidates=8)

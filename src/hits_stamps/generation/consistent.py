@@ -158,7 +158,7 @@ def fit_condition_bank(stamps: StampSet, condition: np.ndarray, camera: Camera =
         v = v[np.isfinite(v)]
         return (float(v.min()), float(v.max())) if v.size else (-np.inf, np.inf)
 
-    lo, hi = zip(*(finite_range(c) for c in (0, 1)))
+    lo, hi = zip(*(finite_range(c) for c in (0, 1)), strict=True)
     return ConditionBank(
         condition=condition[idx], fwhm_template=fw_t[idx], fwhm_science=fw_s[idx], flux_scale=k,
         mask_index=mask_index, masks=nan_ts[has], lo=np.array(lo), hi=np.array(hi),

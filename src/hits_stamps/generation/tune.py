@@ -99,7 +99,8 @@ def tune_temperatures(
     if save:
         save_weights(module, Path(tm.path) / WEIGHTS)
         config = read_json(Path(tm.path) / CONFIG)
-        config["sampling"] = {"setting": "condition_temperature", "condition_temperature": {n: rows[n]["chosen"] for n in names},
+        config["sampling"] = {"setting": "condition_temperature",
+                              "condition_temperature": {n: rows[n]["chosen"] for n in names},
                               "tuned_with": result["classifier"], "tuned_with_model": judge.name,
                               "temperatures": temps,
                               "n_per_condition": int(n_per_condition), "seed": int(seed)}

@@ -58,7 +58,7 @@ def _groups(ch: int) -> int:
 
 
 class ResBlock(nn.Module):
-    """GN-SiLU-conv3x3, + embedding projection, GN-SiLU-conv3x3, plus a (1x1) skip: (B, cin, H, W) -> (B, cout, H, W)."""
+    """GN-SiLU-conv3x3, + embedding, GN-SiLU-conv3x3, plus a (1x1) skip: (B, cin, H, W) -> (B, cout, H, W)."""
 
     def __init__(self, cin: int, cout: int, emb_dim: int):
         super().__init__()
@@ -88,7 +88,7 @@ class ConditionalDiffusion(nn.Module):
         in_channels: int = 4,
         size: tuple[int, int] = (21, 21),
         base_channels: int = 16,  # width of the first level
-        channel_mults: tuple[int, ...] | list = (1, 2, 2),  # width factor per level; each level after the first halves H, W
+        channel_mults: tuple[int, ...] | list = (1, 2, 2),  # width factor per level; each later level halves H, W
         blocks_per_level: int = 1,  # residual blocks per level on the way down (and up)
         emb_dim: int = 128,  # width of the time + condition embedding
         timesteps: int = 1000,  # T of the forward process
