@@ -121,6 +121,9 @@ def test_generate_derives_through_differencing_by_default(sim, tmp_path):
     assert g.meta["consistency"]["derived"] is True
     check = check_consistency(g)
     assert check["max_rel_err_difference"] < 1e-5 and check["max_rel_err_snr"] < 1e-5
+    one = generate(out, 40, "bogus", seed=3, candidates=1)  # a random condition of the kind per stamp
+    assert one.meta["consistency"]["n_candidates"] == 1 and check_consistency(one)["max_rel_err_difference"] < 1e-5
+    assert not np.array_equal(one.columns["bank_row"], g.columns["bank_row"])
     raw = generate(out, 40, "bogus", seed=3, consistent=False)
     assert raw.meta["consistency"] == {"derived": False}
     b = load_bank(out)

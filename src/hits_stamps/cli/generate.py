@@ -83,7 +83,7 @@ def generate(
 
 @app.command("tune-generator")
 def tune_generator(
-    model_dir: Path = typer.Argument(..., help="A trained generator directory (hits-stamps train --model cvae)."),
+    model_dir: Path = typer.Argument(..., help="A trained generator directory (cvae or diffusion)."),
     classifier: Path = typer.Option(
         ..., "--classifier", help="A classifier trained on the same real stamps, NOT the one that will judge the "
         "generator (e.g. deephits when rotinv-cnn judges)."),

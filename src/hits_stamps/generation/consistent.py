@@ -46,6 +46,7 @@ from hits_stamps.stamps import StampSet
 HITS_CHANNELS = ("template", "science", "difference", "snr")
 BANK_FILE = "conditions.npz"  # in a generator's model directory, written by the training loop
 FLUX_SCALE_RANGE = (0.1, 10.0)  # a fitted k outside this is not trusted; clamped and counted
+DEFAULT_CANDIDATES = 16  # training conditions tried per generated stamp (config.json derivation.candidates overrides)
 COLUMNS = ("fwhm_template", "fwhm", "sky_template", "sky", "flux_scale")  # the conditions of `difference` per stamp
 
 
@@ -196,7 +197,7 @@ def derive_stamps(
     conditions: np.ndarray,
     bank: ConditionBank,
     seed: int = 0,
-    n_candidates: int = 16,
+    n_candidates: int = DEFAULT_CANDIDATES,
     camera: Camera = DECAM,
     batch: int = 512,
 ) -> StampSet:

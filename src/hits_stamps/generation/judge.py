@@ -218,17 +218,20 @@ def classifier_features(tm: TrainedModel, stamps: StampSet, batch_size: int = 10
 
 def settings_chosen_with(gen: TrainedModel) -> list[dict[str, str]]:
     """The classifiers that chose a sampling setting of a generator (config.json "sampling"): path, model, setting."""
-    sampling = gen.config.get("sampling") or {}
-    path = sampling.get("tuned_with")
-    if not path:
-        return []
-    model = sampling.get("tuned_with_model")
-    if model is None:  # written before the architecture was recorded
-        try:
-            model = read_config(path, full=False)["model"]
-        except HitsStampsError:
-            model = "unknown"
-    return [{"path": str(path), "model": str(model), "setting": str(sampling.get("setting", "condition_temperature"))}]
+    out = []
+    for key, default in (("sampling", "condition_temperature"), ("derivation", "candidates")):
+        part = gen.config.get(key) or {}
+        path = part.get("tuned_with")
+        if not path:
+            continue
+        model = part.get("tuned_with_model")
+        if model is None:  # written before the architecture was recorded
+            try:
+                model = read_config(path, full=False)["model"]
+            except HitsStampsError:
+                model = "unknown"
+        out.append({"path": str(path), "model": str(model), "setting": str(part.get("setting", default))})
+    return out
 
 
 def check_independent_judge(gen: TrainedModel, judge: TrainedModel) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from hits_stamps.errors import HitsStampsError
-from hits_stamps.generation.consistent import BANK_FILE, ConditionBank, derive_stamps, load_bank
+from hits_stamps.generation.consistent import BANK_FILE, DEFAULT_CANDIDATES, ConditionBank, derive_stamps, load_bank
 from hits_stamps.stamps import LABEL_NAMES, StampSet
 from hits_stamps.training.loop import TrainConfig
 from hits_stamps.training.modeldir import CONFIG, WEIGHTS, TrainedModel, load_model, save_weights, write_json
@@ -172,12 +172,15 @@ def generate(
     consistent: bool | None = None,
     steps: int | None = None,
     guidance: float | None = None,
+    candidates: int | None = None,
 ) -> StampSet:
     """n new stamps of class `label`: z ~ p_label(z), x ~ p(x | z, label) (cvae), or DDIM from noise (diffusion).
 
     For a `diffusion` model, `steps` (DDIM steps) and `guidance` (classifier-free guidance weight w)
     default to the model's (`sampling_steps`, the `guidance` buffer that `tune_guidance` sets);
     `mode`, `latent` and `temperature` do not apply (meta records mode "ddim", latent "noise").
+    `candidates`: training conditions tried per stamp by the derivation (None: config.json
+    `derivation.candidates`, else 16; 1 draws a condition of the stamp's kind at random).
 
     `consistent` (None: when the model directory has a condition bank, `generation.consistent`):
     keep the generated template and science (clipped to the training range, counted), and derive
@@ -278,7 +281,9 @@ def generate(
     if bank is None:
         out.meta["consistency"] = {"derived": False}
         return out
-    return derive_stamps(out, conds.numpy(), bank, seed=seed)
+    if candidates is None:
+        candidates = int((tm.config.get("derivation") or {}).get("candidates", DEFAULT_CANDIDATES))
+    return derive_stamps(out, conds.numpy(), bank, seed=seed, n_candidates=candidates)
 
 
 def is_diffusion(tm: TrainedModel) -> bool:
