@@ -157,15 +157,14 @@ def main() -> None:
           "one candidate", v["cvae_consistent_c1"]["worst_agreement"], flush=True)
     report["cvae_candidates"] = choose_candidates(cvae, v["cvae_consistent"], v["cvae_consistent_c1"], tuner,
                                                   args.n_val)
-    if report["cvae_candidates"] == 1:
-        v["cvae_consistent"] = v["cvae_consistent_c1"]
     untuned = out / "cvae_untuned"
     if untuned.exists():
         shutil.rmtree(untuned)
     shutil.copytree(cvae, untuned)
     report["cvae_tuning"] = tune_temperatures(cvae, tuner, n_per_condition=args.n_tune, seed=args.seed)
     v["cvae_tuned"] = score(cvae, val, tuner, args.n_val, args.seed)
-    keep_tuned = v["cvae_tuned"]["worst_agreement"] >= v["cvae_consistent"]["worst_agreement"]
+    before = v["cvae_consistent_c1" if report["cvae_candidates"] == 1 else "cvae_consistent"]
+    keep_tuned = v["cvae_tuned"]["worst_agreement"] >= before["worst_agreement"]
     cvae_final = cvae if keep_tuned else untuned
     report["cvae_choice"] = {"dir": str(cvae_final), "temperatures_tuned": keep_tuned, "consistent": True}
     print("cvae tuned", v["cvae_tuned"]["worst_agreement"], "->", cvae_final, flush=True)
