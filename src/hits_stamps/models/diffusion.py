@@ -7,8 +7,8 @@ diffusion time enter every residual block through one embedding.
 Data. Stamps go through the cvae's invertible `ChannelTransform` (asinh of the centred channel,
 science modelled as science - template), then each channel is divided by its standard deviation
 over the training stamps (`t_std`), so the model works on x0 with unit variance per channel;
-`t_max` (the largest |x0| seen in training, per channel) bounds the predicted x0 while sampling,
-which keeps generated pixels inside the range of the data.
+`t_min`, `t_max` (the smallest and largest x0 seen in training, per channel) bound the predicted
+x0 while sampling, which keeps generated pixels inside the range of the data.
 
 Forward process (Ho et al. 2020) with the cosine schedule of Nichol & Dhariwal (2021):
 abar(t) = f(t) / f(0), f(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2), s = 0.008, betas clipped at
@@ -20,7 +20,10 @@ the condition is replaced by the null condition (index K), which trains the unco
 used by classifier-free guidance (Ho & Salimans 2022). In eval mode (validation loss) t, eps and
 the dropped conditions come from a fixed seed, so validation losses of two models compare.
 
-Sampling (`sample`): DDIM (Song et al. 2021), eta = 0, on `steps` evenly spaced times; the noise
+Sampling (`sample`): DDIM (Song et al. 2021), eta = 0, on `steps` evenly spaced times from
+`start_time` (the last t with abar_t >= `start_alpha_bar`, 0.015: t = 920 of 1000) down to 0; at
+t = T - 1 abar is 2e-9, and the x0 predicted there, divided by sqrt(abar), lands every pixel on its
+bound (measured: the science median of generated real stamps doubled); the noise
 prediction is eps = (1 + w) eps_theta(x, t, c) - w eps_theta(x, t, null) with guidance weight w
 (`guidance` buffer, set by `generation.tune.tune_guidance` with a classifier that is not the judge).
 """
@@ -95,6 +98,7 @@ class ConditionalDiffusion(nn.Module):
         p_uncond: float = 0.1,  # probability of training on the null condition (classifier-free guidance)
         sampling_steps: int = 10,  # DDIM steps used by `sample` unless told otherwise
         guidance: float = 1.0,  # default guidance weight w (a buffer: tune_guidance may change it)
+        start_alpha_bar: float = 0.015,  # DDIM starts at the last time t with abar_t >= this (1e-9 at T - 1)
         condition: str = "class",  # "class" or "kind" ("auto" is resolved by the training loop)
         kinds: list[str] | tuple[str, ...] | None = None,  # with condition "kind": the kinds, sorted
         kind_labels: list[int] | tuple[int, ...] | None = None,  # each kind's class
@@ -126,10 +130,15 @@ class ConditionalDiffusion(nn.Module):
         self.register_buffer("condition_weight", torch.ones(self.n_classes))  # (K,) training frequencies
         self.transform = ChannelTransform(in_channels, input_transform, asinh_softening, subtract_channels)
         self.register_buffer("t_std", torch.ones(in_channels))  # (C,) std of transformed training stamps
-        self.register_buffer("t_max", torch.full((in_channels,), 10.0))  # (C,) largest |x0| in training
+        self.register_buffer("t_min", torch.full((in_channels,), -10.0))  # (C,) smallest x0 in training
+        self.register_buffer("t_max", torch.full((in_channels,), 10.0))  # (C,) largest x0 in training
         self.register_buffer("alpha_bar", cosine_alpha_bar(timesteps).float())  # (T,)
         self.register_buffer("guidance", torch.tensor(float(guidance)))
         self.timesteps, self.p_uncond, self.sampling_steps = int(timesteps), float(p_uncond), int(sampling_steps)
+        if not 0.0 < start_alpha_bar < 1.0:
+            raise ValueError(f"start_alpha_bar must be in (0, 1); got {start_alpha_bar}")
+        ok = torch.nonzero(self.alpha_bar >= start_alpha_bar).flatten()
+        self.start_time = int(ok.max()) if ok.numel() else self.timesteps - 1
         self.emb_dim = emb_dim
         self.cond_emb = nn.Embedding(self.n_classes + 1, emb_dim)
         self.time_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -160,11 +169,12 @@ class ConditionalDiffusion(nn.Module):
     # ------------------------------------------------------------------ units
     @torch.no_grad()
     def fit_input_stats(self, x: torch.Tensor) -> ConditionalDiffusion:
-        """Fit the transform, `t_std` and `t_max` on training stamps x (N, C, H, W) in data units; returns self."""
+        """Fit the transform, `t_std`, `t_min`, `t_max` on training stamps x (N, C, H, W), data units; returns self."""
         self.transform.fit(x)
         t = self.transform(x.to(torch.float64).to(self.t_std.device))
         self.t_std.copy_(t.std(dim=(0, 2, 3)).clamp(min=1e-6).float())
-        self.t_max.copy_((t.abs().amax(dim=(0, 2, 3)) / self.t_std.double()).float())
+        self.t_min.copy_((t.amin(dim=(0, 2, 3)) / self.t_std.double()).float())
+        self.t_max.copy_((t.amax(dim=(0, 2, 3)) / self.t_std.double()).float())
         return self
 
     def to_model_units(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,6 +189,12 @@ class ConditionalDiffusion(nn.Module):
         """Store the conditions' training frequencies (`condition_weight`), what `draw_conditions` draws with."""
         counts = torch.bincount(y.long().cpu(), minlength=self.n_classes)[: self.n_classes]
         self.condition_weight.copy_(counts.float())
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Weights written before `t_min` existed load with t_min = -t_max (the symmetric bound they sampled with)."""
+        if "t_min" not in state_dict and "t_max" in state_dict:
+            state_dict = {**state_dict, "t_min": -state_dict["t_max"]}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ network
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -215,9 +231,9 @@ class ConditionalDiffusion(nn.Module):
         b = len(c)
         h, wd = self.sizes[0]
         x = torch.randn((b, self.t_std.numel(), h, wd), generator=generator).to(dev)
-        times = torch.linspace(self.timesteps - 1, 0, steps).round().long().tolist()
+        times = torch.linspace(self.start_time, 0, steps).round().long().tolist()
         null = torch.full_like(c, self.n_classes)
-        bound = self.t_max.view(1, -1, 1, 1)
+        lo, hi = self.t_min.view(1, -1, 1, 1), self.t_max.view(1, -1, 1, 1)
         for k, t in enumerate(times):
             tt = torch.full((b,), t, dtype=torch.long, device=dev)
             if w == 0:
@@ -226,7 +242,7 @@ class ConditionalDiffusion(nn.Module):
                 e = self(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([c, null]))
                 eps = (1 + w) * e[:b] - w * e[b:]
             ab = self.alpha_bar[t]
-            x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-bound, bound)
+            x0 = torch.minimum(torch.maximum((x - (1 - ab).sqrt() * eps) / ab.sqrt(), lo), hi)
             eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # consistent with the clipped x0
             ab_prev = self.alpha_bar[times[k + 1]] if k + 1 < len(times) else torch.tensor(1.0, device=dev)
             x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
