@@ -129,6 +129,11 @@ def test_generate_derives_through_differencing_by_default(sim, tmp_path):
     b = load_bank(out)
     fin = np.isfinite(g.images[..., :2])  # template and science are the network's, clipped to the training range
     np.testing.assert_array_equal(np.clip(raw.images[..., :2], b.lo, b.hi)[fin], g.images[..., :2][fin])
+    from hits_stamps.generation.sample import generate_in_snr_range
+
+    faint = generate_in_snr_range(out, 15, "real", snr_min=0.0, snr_max=1e9, seed=1)
+    assert faint.meta["consistency"]["clipped_pixels"] == int(faint.columns["clipped_pixels"].sum())
+    assert check_consistency(faint)["max_rel_err_difference"] < 1e-5
     (out / BANK_FILE).unlink()
     with pytest.raises(HitsStampsError, match="no conditions.npz"):
         generate(out, 2, "bogus", consistent=True)

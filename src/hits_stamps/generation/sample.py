@@ -383,6 +383,14 @@ def generate_in_snr_range(
     if "condition" in out.columns:
         kinds = [meta["condition_kinds"][i] for i in out.columns["condition"].tolist()]
         meta["kinds"] = {k: kinds.count(k) for k in sorted(set(kinds))}
+    if meta.get("consistency", {}).get("derived"):  # counts of the kept stamps, not of the first round
+        clipped = out.columns["clipped_pixels"]
+        meta["consistency"] = {
+            **{k: v for k, v in meta["consistency"].items() if k != "outside_range"},
+            "clipped_pixels": int(clipped.sum()), "stamps_with_clipped_pixels": int(np.sum(clipped > 0)),
+            "nonfinite_generated_pixels": int(out.columns["nonfinite_generated_pixels"].sum()),
+            "stamps_with_nan_mask": int(np.sum(~np.isfinite(out.images[..., :2]).all(axis=(1, 2, 3)))),
+        }
     out.meta = meta
     return out
 
