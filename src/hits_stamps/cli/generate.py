@@ -12,7 +12,8 @@ from hits_stamps.cli._app import app, console
 
 @app.command()
 def generate(
-    model_dir: Path = typer.Argument(..., help="A trained generator directory (hits-stamps train --model cvae)."),
+    model_dir: Path = typer.Argument(..., help="A trained generator directory (hits-stamps train --model cvae or "
+                                     "--model diffusion)."),
     n: int = typer.Option(..., "--n", help="Number of stamps to generate."),
     label: str = typer.Option(..., "--label", help="Class of the new stamps: real or bogus."),
     kind: str | None = typer.Option(None, "--kind", help="Stamp kind (only for generators conditioned on kind)."),
@@ -25,9 +26,16 @@ def generate(
     latent: str | None = typer.Option(
         None, "--latent", help="aggregate: codes from the fitted per-class latent mixture; prior: N(0, I). "
         "Default: aggregate when the model has the mixture."),
+    steps: int | None = typer.Option(None, "--steps", help="Diffusion models: DDIM steps (default: the model's)."),
+    guidance: float | None = typer.Option(
+        None, "--guidance", help="Diffusion models: classifier-free guidance weight (default: the model's, as tuned)."),
     snr_min: float | None = typer.Option(
         None, "--snr-min", help="Keep only stamps whose |SNR| peak (central 5x5) is at least this (drawn until N)."),
     snr_max: float | None = typer.Option(None, "--snr-max", help="Keep only stamps whose |SNR| peak is below this."),
+    consistent: bool | None = typer.Option(
+        None, "--consistent/--raw", help="consistent: keep the generated template and science (clipped to the "
+        "training range) and derive difference and SNR through the differencing module (the default when the "
+        "model directory has conditions.npz); raw: the four channels as the network draws them."),
     out: Path = typer.Option(..., "--out", "-o", help="Output stamp file (.npz or .h5)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
@@ -48,7 +56,7 @@ def generate(
     t0 = time.perf_counter()
     if snr_min is None and snr_max is None:
         stamps = generate_stamps(model, n, label, kind=kind, seed=seed, mode=mode, temperature=temperature,
-                                 latent=latent)
+                                 latent=latent, consistent=consistent, steps=steps, guidance=guidance)
     else:
         from hits_stamps.generation.sample import generate_in_snr_range
 
@@ -58,7 +66,7 @@ def generate(
         stamps = generate_in_snr_range(
             model, n, label, snr_min=0.0 if snr_min is None else snr_min,
             snr_max=float("inf") if snr_max is None else snr_max, kind=kind, seed=seed, progress=report,
-            mode=mode, temperature=temperature, latent=latent)
+            mode=mode, temperature=temperature, latent=latent, consistent=consistent, steps=steps, guidance=guidance)
     seconds = time.perf_counter() - t0
     write_stamps(stamps, out, overwrite=overwrite)
     h, w = stamps.size
@@ -66,23 +74,50 @@ def generate(
     console.print(f"wrote {out}: {len(stamps)} generated {stamps.meta['label']} stamps of {h}x{w}x{stamps.n_channels} "
                   f"in {seconds:.2f} s ({len(stamps) / max(seconds, 1e-9):.0f} stamps/s"
                   + (f", {drawn} drawn, acceptance {stamps.meta['acceptance']:.1%})" if drawn else ")"))
+    cons = stamps.meta.get("consistency", {})
+    if cons.get("derived"):
+        console.print(f"  difference and SNR derived through differencing; {cons['clipped_pixels']} template/science "
+                      f"pixels clipped to the training range in {cons['stamps_with_clipped_pixels']} stamps; "
+                      f"{cons['stamps_with_nan_mask']} stamps with no-data (NaN) masks")
 
 
 @app.command("tune-generator")
 def tune_generator(
-    model_dir: Path = typer.Argument(..., help="A trained generator directory (hits-stamps train --model cvae)."),
+    model_dir: Path = typer.Argument(..., help="A trained generator directory (cvae or diffusion)."),
     classifier: Path = typer.Option(
         ..., "--classifier", help="A classifier trained on the same real stamps, NOT the one that will judge the "
         "generator (e.g. deephits when rotinv-cnn judges)."),
     temperatures: str = typer.Option("0.25,0.5,0.75,1", "--temperatures", help="Comma-separated values in (0, 1]."),
-    n_per_condition: int = typer.Option(300, "--n", help="Stamps generated per condition and temperature."),
+    guidance: str = typer.Option("0,0.5,1,2,3", "--guidance", help="Diffusion models: comma-separated guidance "
+                                 "weights (>= 0) to choose from."),
+    n_per_condition: int = typer.Option(300, "--n", help="Stamps generated per condition (diffusion: per class) and "
+                                        "setting."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated stamps."),
 ) -> None:
-    """Choose each condition's pixel temperature with a selection classifier and store it in the model directory."""
+    """Choose sampling settings with a selection classifier (cvae: each condition's pixel temperature; diffusion:
+    the guidance weight) and store them in the model directory."""
     from rich.table import Table
 
     from hits_stamps.errors import HitsStampsError
-    from hits_stamps.generation.tune import tune_temperatures
+    from hits_stamps.generation.sample import is_diffusion, load_generator
+    from hits_stamps.generation.tune import tune_guidance, tune_temperatures
+
+    if is_diffusion(load_generator(model_dir)):
+        try:
+            ws = tuple(float(w) for w in guidance.split(","))
+        except ValueError as exc:
+            raise HitsStampsError(f"--guidance must be comma-separated numbers; got {guidance!r}") from exc
+        result = tune_guidance(model_dir, classifier, guidances=ws, n_per_class=n_per_condition, seed=seed,
+                               progress=True)
+        table = Table(title=f"agreement of {Path(result['classifier']).name} with the generated stamps")
+        for col in ("guidance", "real", "bogus"):
+            table.add_column(col, justify="right")
+        for w, row in result["agreement"].items():
+            table.add_row(f"{w:g}" + (" (chosen)" if w == result["chosen"] else ""), f"{row['real']:.3f}",
+                          f"{row['bogus']:.3f}")
+        console.print(table)
+        console.print(f"wrote guidance {result['chosen']:g} into {model_dir} (config.json: sampling)")
+        return
 
     try:
         temps = tuple(float(t) for t in temperatures.split(","))

@@ -40,6 +40,7 @@ from hits_stamps.generation.sample import (
     generate,
     generate_like,
     interpolate,
+    is_diffusion,
     load_generator,
     peak_snr,
     quiet_inputs,
@@ -51,7 +52,7 @@ from hits_stamps.generation.sample import (
 from hits_stamps.io import read_stamps
 from hits_stamps.stamps import StampSet
 from hits_stamps.training.loop import TrainConfig, fit
-from hits_stamps.training.modeldir import TrainedModel, file_sha256, load_model, write_json
+from hits_stamps.training.modeldir import TrainedModel, file_sha256, load_model, read_config, write_json
 
 GENERATION_JSON = "generation.json"
 HITS_CHANNELS = ("template", "science", "difference", "snr")
@@ -215,6 +216,46 @@ def classifier_features(tm: TrainedModel, stamps: StampSet, batch_size: int = 10
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
 
 
+def settings_chosen_with(gen: TrainedModel) -> list[dict[str, str]]:
+    """The classifiers that chose a sampling setting of a generator (config.json "sampling"): path, model, setting."""
+    out = []
+    for key, default in (("sampling", "condition_temperature"), ("derivation", "candidates")):
+        part = gen.config.get(key) or {}
+        path = part.get("tuned_with")
+        if not path:
+            continue
+        model = part.get("tuned_with_model")
+        if model is None:  # written before the architecture was recorded
+            try:
+                model = read_config(path, full=False)["model"]
+            except HitsStampsError:
+                model = "unknown"
+        out.append({"path": str(path), "model": str(model), "setting": str(part.get("setting", default))})
+    return out
+
+
+def check_independent_judge(gen: TrainedModel, judge: TrainedModel) -> dict[str, Any]:
+    """Refuse a judge that took part in choosing the generator's settings; return who did what.
+
+    A judge is independent when it is neither the directory nor the architecture of any classifier
+    that tuned the generator (`settings_chosen_with`): the same architecture trained again on the
+    same stamps shares most of its blind spots, so a setting tuned to please one would be judged by
+    its twin. Returns {"judge": {path, model}, "tuners": [...], "independent": True} for generation.json.
+    """
+    tuners = settings_chosen_with(gen)
+    jpath = Path(judge.path).resolve()
+    for t in tuners:
+        if Path(t["path"]).resolve() == jpath:
+            raise HitsStampsError(f"{judge.path}: this classifier chose the generator's settings ({t['setting']}); "
+                                  "the judge must be another classifier, of another architecture")
+        if t["model"] == judge.name:
+            raise HitsStampsError(f"{judge.path}: the judge is a {judge.name}, the architecture that chose the "
+                                  f"generator's settings ({t['path']}); judge with another architecture")
+    return {"judge": {"path": str(judge.path), "model": judge.name}, "tuners": tuners, "independent": True,
+            "rule": "settings chosen with the tuner(s) on generated stamps; the judge took no part in any choice "
+                    "and is of another architecture"}
+
+
 def _as_stamps(data: StampSet | str | os.PathLike, what: str) -> StampSet:
     stamps = data if isinstance(data, StampSet) else read_stamps(data)
     keep = stamps.labels >= 0
@@ -299,9 +340,11 @@ def evaluate_generator(
         raise HitsStampsError("the judge's training stamps include generated ones (kind 'generated'); "
                               "the judge must be trained on real or simulated stamps only")
     rng = np.random.default_rng(seed)
-    latent = resolve_latent(gen, latent)
-    mode = resolve_mode(gen, mode)
-    result: dict[str, Any] = {"generator": str(gen.path), "seed": int(seed), "mode": mode, "temperature": temperature,
+    if not is_diffusion(gen):  # a diffusion model has neither (generate records "ddim" and "noise")
+        latent = resolve_latent(gen, latent)
+        mode = resolve_mode(gen, mode)
+    result: dict[str, Any] = {"generator": str(gen.path), "generator_model": gen.name, "seed": int(seed),
+                              "mode": mode, "temperature": temperature,
                               "latent": latent,
                               "reference_train": ref_source, "notes": []}
 
@@ -319,6 +362,7 @@ def evaluate_generator(
         judge = fit(judge_cfg, reference, out / "judge_classifier", overwrite=True, progress=progress)
         trained_here = True
     judge.check_input(test)
+    result["roles"] = check_independent_judge(gen, judge)
     trtr, trtr_per_class, pred = _accuracy(judge, test)
     result["judge"] = {"path": str(judge.path), "model": judge.name, "trained_here": trained_here,
                        "test_accuracy": trtr, "test_recall_per_class": trtr_per_class}
@@ -343,7 +387,9 @@ def evaluate_generator(
         gen_seconds += time.perf_counter() - t0
         n_gen += len(idx)
     result["n_generated"] = n_gen
-    result["test_negative_elbo"] = negative_elbo(gen, StampSet.concat([real_test[n] for n, _ in CLASSES]), seed)
+    result["consistency"] = {name: _consistency_summary(generated[name]) for name, _ in CLASSES}
+    result["test_negative_elbo"] = (None if is_diffusion(gen) else
+                                    negative_elbo(gen, StampSet.concat([real_test[n] for n, _ in CLASSES]), seed))
     result["generation_stamps_per_s"] = n_gen / gen_seconds if gen_seconds > 0 else None
 
     # agreement and Fréchet distances
@@ -426,6 +472,22 @@ def evaluate_generator(
     return result
 
 
+def _consistency_summary(stamps: StampSet) -> dict[str, Any]:
+    """How generated stamps were made consistent (`meta["consistency"]`) and, when derived, the recomputed check."""
+    from hits_stamps.generation.consistent import check_consistency
+
+    info = dict(stamps.meta.get("consistency", {"derived": False}))
+    if info.get("derived"):
+        info["check"] = check_consistency(stamps)
+    if set(HITS_CHANNELS) <= set(stamps.channels):
+        sci = stamps.images[..., stamps.channels.index("science")]
+        dif = stamps.images[..., stamps.channels.index("difference")]
+        info["max_abs_science"] = float(np.nanmax(np.abs(sci), initial=0.0))
+        info["max_abs_difference"] = float(np.nanmax(np.abs(dif), initial=0.0))
+        info["stamps_with_nan"] = int(np.sum(~np.isfinite(stamps.images).all(axis=(1, 2, 3))))
+    return info
+
+
 def _model_units_flat(gen: TrainedModel):
     module = gen.module
 
@@ -476,6 +538,8 @@ def _figures(gen: TrainedModel, generated: dict[str, StampSet], real: dict[str, 
             real[name], generated[name], out / f"gen_grid_{name}.png", ("real stamps", "generated"),
             f"class {name}: real test stamps (left) and generated stamps (right)",
         ))
+    if is_diffusion(gen):  # no encoder: no reconstructions or latent interpolation
+        return paths
     test = StampSet.concat([real[n][:3] for n, _ in CLASSES])
     recon = reconstruct(gen, test, seed=seed)
     paths["reconstructions"] = str(figures.plot_side_by_side(

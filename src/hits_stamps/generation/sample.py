@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.generation.consistent import BANK_FILE, DEFAULT_CANDIDATES, ConditionBank, derive_stamps, load_bank
 from hits_stamps.stamps import LABEL_NAMES, StampSet
 from hits_stamps.training.loop import TrainConfig
 from hits_stamps.training.modeldir import CONFIG, WEIGHTS, TrainedModel, load_model, save_weights, write_json
@@ -168,8 +169,26 @@ def generate(
     device: str = "cpu",
     temperature: float = 1.0,
     latent: str | None = None,
+    consistent: bool | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    candidates: int | None = None,
 ) -> StampSet:
-    """n new stamps of class `label`: z ~ p_label(z), x ~ p(x | z, label).
+    """n new stamps of class `label`: z ~ p_label(z), x ~ p(x | z, label) (cvae), or DDIM from noise (diffusion).
+
+    For a `diffusion` model, `steps` (DDIM steps) and `guidance` (classifier-free guidance weight w)
+    default to the model's (`sampling_steps`, the `guidance` buffer that `tune_guidance` sets);
+    `mode`, `latent` and `temperature` do not apply (meta records mode "ddim", latent "noise").
+    `candidates`: training conditions tried per stamp by the derivation (None: config.json
+    `derivation.candidates`, else 16; 1 draws a condition of the stamp's kind at random).
+
+    `consistent` (None: when the model directory has a condition bank, `generation.consistent`):
+    keep the generated template and science (clipped to the training range, counted), and derive
+    the difference, noise and SNR through `hits_stamps.differencing.difference` with observing
+    conditions and no-data masks of training stamps of the same condition, so that
+    difference = science - PSF-matched template and SNR = difference / noise hold for every stamp
+    (`derive_stamps`; the columns record the conditions, `meta["consistency"]` the counts). False:
+    the four channels as the network draws them.
 
     `latent` chooses where the codes come from: "aggregate" draws z from the Gaussian mixture
     fitted after training to the codes of the training stamps of that class (ex-post density
@@ -191,8 +210,17 @@ def generate(
     `meta["condition_kinds"]`; counts in `meta["kinds"]`); the `kind` field stays "generated".
     """
     tm = load_generator(model, device=device)
-    mode = resolve_mode(tm, mode)
-    latent = resolve_latent(tm, latent)
+    diffusion = is_diffusion(tm)
+    if diffusion:  # no latent mixture or pixel modes: DDIM from noise
+        if mode not in (None, "ddim") or latent not in (None, "noise"):
+            raise HitsStampsError(f"{tm.path}: a diffusion model samples with DDIM from noise; mode and latent do "
+                                  f"not apply (got mode={mode!r}, latent={latent!r})")
+        mode, latent = "ddim", "noise"
+        if temperature != 1.0:
+            raise HitsStampsError(f"{tm.path}: a diffusion model has no pixel temperature (got {temperature})")
+    else:
+        mode = resolve_mode(tm, mode)
+        latent = resolve_latent(tm, latent)
     y = label_value(label)
     if not 0.0 <= temperature <= 1.0:
         raise HitsStampsError(f"temperature must be in [0, 1]; got {temperature}")
@@ -204,21 +232,33 @@ def generate(
         conds = module.draw_conditions(y, n, kind, gen)  # (n,): the class, or kinds of the class
     except ValueError as exc:
         raise HitsStampsError(f"{tm.path}: {exc}") from exc
-    z_all = module.sample_latent(conds, latent, gen)  # (n, d): fixed by seed alone
     chunks = []
     devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(int(seed) + 1)
-        for start in range(0, n, batch_size):
-            z = z_all[start : start + batch_size].to(device)
-            c = conds[start : start + batch_size].to(device)
-            chunks.append(_to_stamps_layout(module.sample(c, mode=mode, z=z, temperature=temperature)))
+    if diffusion:
+        try:
+            for start in range(0, n, batch_size):  # the noise of every batch comes from `gen`, in order
+                c = conds[start : start + batch_size].to(device)
+                chunks.append(_to_stamps_layout(module.sample(c, generator=gen, steps=steps, guidance=guidance)))
+        except ValueError as exc:
+            raise HitsStampsError(f"{tm.path}: {exc}") from exc
+    else:
+        z_all = module.sample_latent(conds, latent, gen)  # (n, d): fixed by seed alone
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(int(seed) + 1)
+            for start in range(0, n, batch_size):
+                z = z_all[start : start + batch_size].to(device)
+                c = conds[start : start + batch_size].to(device)
+                chunks.append(_to_stamps_layout(module.sample(c, mode=mode, z=z, temperature=temperature)))
     h, w = tm.config["input"]["size"]
     channels = _channels(tm)
     images = np.concatenate(chunks) if chunks else np.zeros((0, h, w, len(channels)), np.float32)
     name = LABEL_NAMES[y]
     meta = {"source": "generated", "generator": str(tm.path), "label": name, "seed": int(seed), "mode": mode,
             "temperature": float(temperature), "latent": latent}
+    if diffusion:
+        meta.update({"steps": int(steps or module.sampling_steps),
+                     "guidance": float(module.guidance if guidance is None else guidance)})
+    bank = resolve_bank(tm, consistent)
     columns = {}
     if module.kinds:
         kinds = [module.kinds[i] for i in conds.tolist()]
@@ -228,7 +268,7 @@ def generate(
         columns["condition"] = conds.numpy().astype(np.int64)  # index into meta["condition_kinds"]
     else:
         ids = [f"gen_{name}_s{seed}_{i:07d}" for i in range(n)]
-    return StampSet(
+    out = StampSet(
         images=images,
         labels=np.full(n, y, dtype=np.int64),
         snr=peak_snr(images, channels),
@@ -238,6 +278,43 @@ def generate(
         columns=columns,
         meta=meta,
     )
+    if bank is None:
+        out.meta["consistency"] = {"derived": False}
+        return out
+    if candidates is None:
+        candidates = int((tm.config.get("derivation") or {}).get("candidates", DEFAULT_CANDIDATES))
+    return derive_stamps(out, conds.numpy(), bank, seed=seed, n_candidates=candidates)
+
+
+def is_diffusion(tm: TrainedModel) -> bool:
+    """True for a diffusion generator (sampled with DDIM), False for the cvae."""
+    return bool(getattr(tm.module, "is_diffusion", False))
+
+
+def resolve_bank(tm: TrainedModel, consistent: bool | None) -> ConditionBank | None:
+    """The condition bank to derive generated stamps with (None: return them as drawn).
+
+    consistent None: the model directory's bank when it has one; True: it must have one."""
+    if consistent is False:
+        return None
+    bank = load_bank(tm.path)
+    if bank is None and consistent:
+        raise HitsStampsError(
+            f"{tm.path}: no {BANK_FILE} (observing conditions of the training stamps) to derive consistent "
+            "stamps with; refit it with hits_stamps.generation.sample.fit_bank(model_dir, train_stamps)")
+    return bank
+
+
+def fit_bank(model: str | os.PathLike | TrainedModel, stamps: StampSet) -> dict:
+    """Write the condition bank of a generator directory from its training stamps (for directories without one)."""
+    tm = load_generator(model)
+    tm.check_input(stamps)
+    from hits_stamps.generation.consistent import write_bank
+
+    info = write_bank(tm.path, stamps, conditions_of(tm, stamps).numpy())
+    if info["file"] is None:
+        raise HitsStampsError(f"{tm.path}: {info['reason']}")
+    return info
 
 
 def generate_in_snr_range(
@@ -306,13 +383,21 @@ def generate_in_snr_range(
     if "condition" in out.columns:
         kinds = [meta["condition_kinds"][i] for i in out.columns["condition"].tolist()]
         meta["kinds"] = {k: kinds.count(k) for k in sorted(set(kinds))}
+    if meta.get("consistency", {}).get("derived"):  # counts of the kept stamps, not of the first round
+        clipped = out.columns["clipped_pixels"]
+        meta["consistency"] = {
+            **{k: v for k, v in meta["consistency"].items() if k != "outside_range"},
+            "clipped_pixels": int(clipped.sum()), "stamps_with_clipped_pixels": int(np.sum(clipped > 0)),
+            "nonfinite_generated_pixels": int(out.columns["nonfinite_generated_pixels"].sum()),
+            "stamps_with_nan_mask": int(np.sum(~np.isfinite(out.images[..., :2]).all(axis=(1, 2, 3)))),
+        }
     out.meta = meta
     return out
 
 
 def generate_like(
     model: str | os.PathLike | TrainedModel, like: StampSet, ratio: float = 1.0, seed: int = 0, mode: str | None = None,
-    temperature: float = 1.0, latent: str | None = None,
+    temperature: float = 1.0, latent: str | None = None, consistent: bool | None = None,
 ) -> StampSet:
     """round(ratio x count) generated stamps for each class of `like` (class c drawn with seed 2 seed + c)."""
     tm = load_generator(model)
@@ -320,7 +405,8 @@ def generate_like(
     for lab in (0, 1):
         k = int(round(ratio * np.sum(like.labels == lab)))
         if k:
-            parts.append(generate(tm, k, lab, seed=2 * seed + lab, mode=mode, temperature=temperature, latent=latent))
+            parts.append(generate(tm, k, lab, seed=2 * seed + lab, mode=mode, temperature=temperature, latent=latent,
+                                  consistent=consistent))
     if not parts:
         raise HitsStampsError(f"nothing to generate: {len(like)} labelled stamps x ratio {ratio}")
     return StampSet.concat(parts)

@@ -1,4 +1,5 @@
-"""Per-condition pixel temperature of a trained cvae, chosen with a selection classifier.
+"""Sampling settings chosen with a selection classifier: a cvae's per-condition pixel temperature
+(`tune_temperatures`) and a diffusion model's guidance weight (`tune_guidance`).
 
 The residual noise model of a cvae (`ConditionalVAE.fit_residuals`) is fitted to everything the
 decoder location misses: pixel noise, and also the part of a bright source's shape the decoder
@@ -98,9 +99,81 @@ def tune_temperatures(
     if save:
         save_weights(module, Path(tm.path) / WEIGHTS)
         config = read_json(Path(tm.path) / CONFIG)
-        config["sampling"] = {"condition_temperature": {n: rows[n]["chosen"] for n in names},
-                              "tuned_with": result["classifier"], "temperatures": temps,
+        config["sampling"] = {"setting": "condition_temperature",
+                              "condition_temperature": {n: rows[n]["chosen"] for n in names},
+                              "tuned_with": result["classifier"], "tuned_with_model": judge.name,
+                              "temperatures": temps,
                               "n_per_condition": int(n_per_condition), "seed": int(seed)}
+        write_json(Path(tm.path) / CONFIG, config)
+        tm.config = config
+    return result
+
+
+DEFAULT_GUIDANCES = (0.0, 0.5, 1.0, 2.0, 3.0)
+
+
+def _choose_guidance(worst: dict[float, float], n: int) -> float:
+    """The smallest guidance whose worst-class agreement is within one binomial standard error of the best one.
+
+    Ties go to the smaller weight: guidance trades diversity for agreement, so it is raised only
+    when that clearly helps.
+    """
+    best = max(worst.values())
+    se = max(math.sqrt(best * (1 - best) / n), 1.0 / n)
+    return min(w for w, a in worst.items() if a >= best - se)
+
+
+def tune_guidance(
+    model: str | os.PathLike | TrainedModel,
+    classifier: str | os.PathLike | TrainedModel,
+    guidances: tuple[float, ...] = DEFAULT_GUIDANCES,
+    n_per_class: int = 300,
+    seed: int = 0,
+    steps: int | None = None,
+    save: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Choose a diffusion model's classifier-free guidance weight w with a selection classifier.
+
+    For each w, `n_per_class` stamps of each class are generated (the same seed at every w, so the
+    same starting noise) and labelled by `classifier`; the agreement of class c is the fraction
+    labelled c, and w is chosen by its worst class (`_choose_guidance`). The classifier must not
+    be the one that judges the generator afterwards (`judge.check_independent_judge` refuses it and
+    its architecture). With `save`, the `guidance` buffer is rewritten in the weights and config.json
+    records {"sampling": {"guidance", "tuned_with", "tuned_with_model", "setting": "guidance", ...}}.
+    """
+    ws = sorted({float(w) for w in guidances})
+    if not ws or any(not (math.isfinite(w) and w >= 0) for w in ws):
+        raise HitsStampsError(f"guidance weights must be finite and >= 0; got {list(guidances)}")
+    if n_per_class < 1:
+        raise HitsStampsError(f"n_per_class must be >= 1; got {n_per_class}")
+    tm = load_generator(model)
+    if not getattr(tm.module, "is_diffusion", False):
+        raise HitsStampsError(f"{tm.path}: guidance applies to diffusion models; {tm.name} has none "
+                              "(tune a cvae's temperatures with tune_temperatures)")
+    judge = classifier if isinstance(classifier, TrainedModel) else load_model(classifier)
+    if judge.spec.task == "generator":
+        raise HitsStampsError(f"{judge.path}: the selection model must be a classifier, not a generator")
+    agreement: dict[float, dict[str, float]] = {}
+    for w in ws:
+        agreement[w] = {}
+        for label in (1, 0):
+            gen = generate(tm, n_per_class, label, seed=seed + label, guidance=w, steps=steps)
+            agreement[w][LABEL_NAMES[label]] = float(np.mean(judge.predict(gen) == label))
+        if progress:
+            print(f"w={w:g}: " + ", ".join(f"{k} {a:.3f}" for k, a in agreement[w].items()), flush=True)
+    worst = {w: min(a.values()) for w, a in agreement.items()}
+    chosen = _choose_guidance(worst, n_per_class)
+    result = {"agreement": agreement, "chosen": chosen, "guidances": ws, "n_per_class": int(n_per_class),
+              "seed": int(seed), "steps": int(steps or tm.module.sampling_steps), "classifier": str(judge.path),
+              "classifier_model": judge.name}
+    if save:
+        tm.module.guidance.fill_(chosen)
+        save_weights(tm.module, Path(tm.path) / WEIGHTS)
+        config = read_json(Path(tm.path) / CONFIG)
+        config["sampling"] = {"setting": "guidance", "guidance": chosen, "tuned_with": str(judge.path),
+                              "tuned_with_model": judge.name, "guidances": ws, "n_per_class": int(n_per_class),
+                              "seed": int(seed), "steps": result["steps"]}
         write_json(Path(tm.path) / CONFIG, config)
         tm.config = config
     return result

@@ -30,6 +30,7 @@ BUILTIN_MODULES = (
     "hits_stamps.models.cnn",
     "hits_stamps.models.bayesian",
     "hits_stamps.models.cvae",
+    "hits_stamps.models.diffusion",
 )
 
 

@@ -397,6 +397,10 @@ def _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch)
         config["restored_best_epoch"] = best["epoch"] + 1
     if hasattr(model, "post_fit"):  # models that fit more on the trained network (cvae: sampling models)
         model.post_fit(x_train, y_train)
+    if spec.task == "generator":  # observing conditions and masks that generated stamps are derived with
+        from hits_stamps.generation.consistent import write_bank
+
+        config["generation_conditions"] = write_bank(work, train, y_train.numpy())
     modeldir.save_weights(model, work / modeldir.WEIGHTS)
     config["epochs_completed"] = len(history)
     modeldir.write_json(work / modeldir.CONFIG, config)
