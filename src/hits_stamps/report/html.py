@@ -750,6 +750,10 @@ def _generation_section(out: Path, summary: dict[str, Any]) -> str:
         "features, beside the floor between two disjoint halves of the real test stamps; TSTR/TRTR is the test "
         f"accuracy of a classifier with the judge's recipe trained on {fmt(n_ref)} generated stamps over that of "
         "the judge trained on real ones, both on the simulated test set.</p>"
+        '<p class="small muted">The conditional diffusion model (<code>hits-stamps train --model diffusion</code>) '
+        "is not part of the main job: on 2 CPU cores it trains about as long as this whole run and samples about "
+        "ten times slower than the cvae; it is compared with the cvae by the same judge in "
+        "docs/benchmarks/generation.md.</p>"
     )
     parts.extend(_tuning_part(summary.get("generator_tuning")))
     rows = [(esc(label).replace("  ", "&nbsp;&nbsp;&nbsp;"), fmt(gen.get(key))) for key, label in JUDGE_KEYS
