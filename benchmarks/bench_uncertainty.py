@@ -41,7 +41,13 @@ import numpy as np  # noqa: E402
 
 from hits_stamps.differencing import VARIED  # noqa: E402
 from hits_stamps.evaluation.shift import evaluate_uncertainty  # noqa: E402
-from hits_stamps.predictive import CALIBRATIONS, Predictive, make_calibrator  # noqa: E402
+from hits_stamps.predictive import (  # noqa: E402
+    CALIBRATIONS,
+    Predictive,
+    make_calibrator,
+    object_folds,
+    out_of_fold,
+)
 from hits_stamps.realdata import build_real, default_sequences_path, packaged_sample_path  # noqa: E402
 from hits_stamps.realsets import RealSetsConfig, build_real_sets, default_variables_path  # noqa: E402
 from hits_stamps.stamps import StampSet, check_disjoint_groups  # noqa: E402
@@ -98,24 +104,6 @@ def train_models(args, sets) -> tuple[list, object, int]:
                        overwrite=True, progress=False))
         print(f"trained {path.name} ({name}, seed {seed}) in {time.perf_counter() - t0:.0f} s", flush=True)
     return out[:-1], out[-1], len(train)
-
-
-def object_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """(N,) fold index of each stamp: the objects are shuffled (seeded) and dealt into k folds."""
-    uniq, inv = np.unique(groups, return_inverse=True)
-    k = max(2, min(k, uniq.size))
-    fold_of_object = np.random.default_rng(seed).permutation(uniq.size) % k
-    return fold_of_object[inv.reshape(-1)]
-
-
-def out_of_fold(kind: str, samples: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Calibrated samples of every validation stamp, each fold calibrated on the other folds only."""
-    out = np.empty_like(samples, dtype=np.float64)
-    for f in np.unique(folds):
-        test = folds == f
-        cal = make_calibrator(kind).fit(samples[:, ~test], y[~test])
-        out[:, test] = cal.transform(samples[:, test])
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

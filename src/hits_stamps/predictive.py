@@ -468,6 +468,24 @@ def has_predictive(path: str | os.PathLike) -> bool:
     return (Path(path) / PREDICTIVE_FILE).is_file()
 
 
+def object_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """(N,) fold index of each stamp: the objects are shuffled (seeded) and dealt into k folds."""
+    uniq, inv = np.unique(groups, return_inverse=True)
+    k = max(2, min(k, uniq.size))
+    fold_of_object = np.random.default_rng(seed).permutation(uniq.size) % k
+    return fold_of_object[inv.reshape(-1)]
+
+
+def out_of_fold(kind: str, samples: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Calibrated samples (S, N, K) of every validation stamp, each fold calibrated on the other folds only."""
+    out = np.empty_like(samples, dtype=np.float64)
+    for f in np.unique(folds):
+        test = folds == f
+        cal = make_calibrator(kind).fit(samples[:, ~test], y[~test])
+        out[:, test] = cal.transform(samples[:, test])
+    return out
+
+
 __all__ = [
     "CALIBRATIONS",
     "METHODS",
@@ -483,4 +501,6 @@ __all__ = [
     "has_predictive",
     "load_predictive",
     "make_calibrator",
+    "object_folds",
+    "out_of_fold",
 ]

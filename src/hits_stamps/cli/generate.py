@@ -98,16 +98,12 @@ def tune_generator(
     the guidance weight) and store them in the model directory."""
     from rich.table import Table
 
-    from hits_stamps.errors import HitsStampsError
     from hits_stamps.generation.sample import is_diffusion, load_generator
     from hits_stamps.generation.tune import tune_guidance, tune_temperatures
 
     if is_diffusion(load_generator(model_dir)):
-        try:
-            ws = tuple(float(w) for w in guidance.split(","))
-        except ValueError as exc:
-            raise HitsStampsError(f"--guidance must be comma-separated numbers; got {guidance!r}") from exc
-        result = tune_guidance(model_dir, classifier, guidances=ws, n_per_class=n_per_condition, seed=seed,
+        result = tune_guidance(model_dir, classifier, guidances=_numbers(guidance, "--guidance"),
+                               n_per_class=n_per_condition, seed=seed,
                                progress=True)
         table = Table(title=f"agreement of {Path(result['classifier']).name} with the generated stamps")
         for col in ("guidance", "real", "bogus"):
@@ -119,11 +115,8 @@ def tune_generator(
         console.print(f"wrote guidance {result['chosen']:g} into {model_dir} (config.json: sampling)")
         return
 
-    try:
-        temps = tuple(float(t) for t in temperatures.split(","))
-    except ValueError as exc:
-        raise HitsStampsError(f"--temperatures must be comma-separated numbers; got {temperatures!r}") from exc
-    result = tune_temperatures(model_dir, classifier, temperatures=temps, n_per_condition=n_per_condition, seed=seed,
+    result = tune_temperatures(model_dir, classifier, temperatures=_numbers(temperatures, "--temperatures"),
+                               n_per_condition=n_per_condition, seed=seed,
                                progress=True)
     table = Table(title=f"agreement of {Path(result['classifier']).name} with the generated stamps")
     table.add_column("condition")
@@ -135,3 +128,13 @@ def tune_generator(
         table.add_row(name, row["label"], *(f"{a:.3f}" for a in row["agreement"].values()), f"{row['chosen']:g}")
     console.print(table)
     console.print(f"wrote the chosen temperatures into {model_dir} (config.json: sampling)")
+
+
+def _numbers(text: str, option: str) -> tuple[float, ...]:
+    """'0.5,1,2' -> (0.5, 1.0, 2.0); anything else is a one-line error naming the option."""
+    from hits_stamps.errors import HitsStampsError
+
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise HitsStampsError(f"{option} must be comma-separated numbers; got {text!r}") from exc

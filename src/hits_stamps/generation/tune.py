@@ -34,11 +34,16 @@ from hits_stamps.training.modeldir import CONFIG, WEIGHTS, TrainedModel, load_mo
 DEFAULT_TEMPERATURES = (0.25, 0.5, 0.75, 1.0)
 
 
-def _choose(agreement: dict[float, float], n: int) -> float:
-    """The largest temperature whose agreement is within one binomial standard error of the best one."""
+def _near_best(agreement: dict[float, float], n: int) -> list[float]:
+    """The settings whose agreement (over n stamps) is within one binomial standard error of the best one."""
     best = max(agreement.values())
     se = max(math.sqrt(best * (1 - best) / n), 1.0 / n)
-    return max(t for t, a in agreement.items() if a >= best - se)
+    return [k for k, a in agreement.items() if a >= best - se]
+
+
+def _choose(agreement: dict[float, float], n: int) -> float:
+    """The largest temperature whose agreement is within one binomial standard error of the best one."""
+    return max(_near_best(agreement, n))
 
 
 def tune_temperatures(
@@ -118,9 +123,7 @@ def _choose_guidance(worst: dict[float, float], n: int) -> float:
     Ties go to the smaller weight: guidance trades diversity for agreement, so it is raised only
     when that clearly helps.
     """
-    best = max(worst.values())
-    se = max(math.sqrt(best * (1 - best) / n), 1.0 / n)
-    return min(w for w, a in worst.items() if a >= best - se)
+    return min(_near_best(worst, n))
 
 
 def tune_guidance(

@@ -500,23 +500,14 @@ CALIBRATIONS: tuple[str, ...] = ("none", "temperature", "platt")
 
 
 def _out_of_fold_nll(samples: np.ndarray, y: np.ndarray, groups: np.ndarray | None, kind: str, seed: int) -> float:
-    """Mean NLL of calibration `kind` fitted on one half of the validation objects, scored on the other (both ways)."""
-    from hits_stamps.predictive import make_calibrator
+    """Mean NLL of calibration `kind` on the validation stamps, each half of the objects calibrated on the other."""
+    from hits_stamps.predictive import object_folds, out_of_fold
 
-    keys = groups if groups is not None else np.arange(len(y)).astype(str)
-    uniq = np.unique(keys)
-    half = set(np.random.default_rng(seed).permutation(uniq)[: uniq.size // 2].tolist())
-    fold = np.array([k in half for k in keys.tolist()])
-    total, n = 0.0, 0
-    for a in (fold, ~fold):
-        b = ~a
-        if a.sum() == 0 or b.sum() == 0 or len(np.unique(y[a])) < 2:
-            return float("inf")
-        cal = make_calibrator(kind).fit(samples[:, a], y[a])
-        p = cal.transform(samples[:, b]).mean(axis=0)
-        total += float(-np.log(np.clip(p[np.arange(b.sum()), y[b]], 1e-12, 1)).sum())
-        n += int(b.sum())
-    return total / n
+    folds = object_folds(groups if groups is not None else np.arange(len(y)), 2, seed)
+    if any(len(np.unique(y[folds != f])) < 2 for f in np.unique(folds)):
+        return float("inf")  # a half with one class cannot fit a calibration
+    p = out_of_fold(kind, samples, y, folds).mean(axis=0)
+    return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean())
 
 
 def step_uncertainty(ctx: RunContext) -> dict[str, Any]:
