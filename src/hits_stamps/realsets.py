@@ -3,13 +3,16 @@
 From the HiTS 2015 supernova + star sequences and, where present, the variable-star sequences:
 
 - the sequence objects are split into train / validation / test parts, stratified by class
-  (`split_objects`); the variable stars into validation / test only (their labels come from
-  Kron photometry, so they are kept for checking transfer, never for training);
+  (`split_objects`); the variable stars into validation / test parts by default, or into
+  train / validation / test parts when `variables_split` has three fractions (their labels come
+  from Kron photometry, independent of any difference image);
 - `inject`: injections and painted artefacts on the *training* objects' epochs, with the varied
   differencing (`hits_stamps.inject`);
 - `real_train`: the training objects' own real candidates (supernova epochs the survey detected,
   star residuals), differenced with the varied pipeline;
 - `real_val`, `real_test`: the validation and test objects' candidates, nominal differencing;
+- `variables_train` (three-part `variables_split` only): the training variable stars' candidates,
+  differenced with the varied pipeline;
 - `variables_val`, `variables_test`: the variable stars' candidates, nominal differencing.
 
 `check_disjoint_groups` is run over training, validation and test material before anything is
@@ -47,7 +50,8 @@ class RealSetsConfig:
     """How the real sequences are split and what is built from each part."""
 
     split: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train / val / test fractions of the sequence objects
-    variables_split: tuple[float, float] = (0.5, 0.5)  # val / test fractions of the variable stars
+    # val / test fractions of the variable stars, or train / val / test fractions (three numbers)
+    variables_split: tuple[float, ...] = (0.5, 0.5)
     split_seed: int = 0  # seeds both object splits
     n_inject: int = 12_000  # injected + painted stamps from the training objects
     inject_seed: int = 0  # seeds the injections and the varied differencing
@@ -60,8 +64,9 @@ class RealSetsConfig:
         if fr.shape != (3,) or not np.isfinite(fr).all() or (fr < 0).any() or fr[0] <= 0 or fr[2] <= 0:
             raise HitsStampsError(f"split must be three fractions with train and test > 0; got {list(self.split)}")
         vs = np.asarray(self.variables_split, dtype=float)
-        if vs.shape != (2,) or not np.isfinite(vs).all() or (vs < 0).any() or vs.sum() <= 0:
-            raise HitsStampsError(f"variables_split must be two fractions; got {list(self.variables_split)}")
+        if vs.shape not in ((2,), (3,)) or not np.isfinite(vs).all() or (vs < 0).any() or vs.sum() <= 0:
+            raise HitsStampsError(f"variables_split must be two fractions (val, test) or three (train, val, test); "
+                                  f"got {list(self.variables_split)}")
         if self.n_inject < 0:
             raise HitsStampsError(f"n_inject must be >= 0; got {self.n_inject}")
         if not 0 < self.object_fraction <= 1:
@@ -110,14 +115,20 @@ def build_real_sets(
             out[name] = _labelled(build_real(sequences, objects=objects, variety=var, seed=cfg.inject_seed + 1))
     if variables is not None:
         vseq = _some_objects(read_sequences(variables), cfg)
-        v_val, v_test = split_objects(vseq, cfg.variables_split, cfg.split_seed)
-        for name, objects in (("variables_val", v_val), ("variables_test", v_test)):
-            if objects.size:
+        vparts = split_objects(vseq, cfg.variables_split, cfg.split_seed)
+        names = ("variables_val", "variables_test") if len(vparts) == 2 else (
+            "variables_train", "variables_val", "variables_test")
+        for name, objects in zip(names, vparts, strict=True):
+            if not objects.size:
+                continue
+            if name == "variables_train":
+                out[name] = _labelled(build_real(variables, objects=objects, variety=variety, seed=cfg.inject_seed + 2))
+            else:
                 out[name] = _labelled(build_real(variables, objects=objects))
     out = {k: v for k, v in out.items() if len(v)}
-    train_side = StampSet.concat([out[k] for k in ("inject", "real_train") if k in out]) if (
-        "inject" in out or "real_train" in out) else None
-    groups = {k: v for k, v in out.items() if k not in ("inject", "real_train")}
+    train_keys = [k for k in ("inject", "real_train", "variables_train") if k in out]
+    train_side = StampSet.concat([out[k] for k in train_keys]) if train_keys else None
+    groups = {k: v for k, v in out.items() if k not in train_keys}
     if train_side is not None:
         groups["training"] = train_side
     check_disjoint_groups(groups)
