@@ -232,3 +232,45 @@ def test_plan_input_maps_channels_by_name():
         plan_input((9, 9, 3), ("ch0", "ch1", "ch2"), (9, 9), ("template", "science", "difference"))
     with pytest.raises(HitsStampsError, match=r"expected distinct channel names; found \['science'\]"):
         plan_input((9, 9, 2), ("sci", "science"), (9, 9), ("science",))
+
+
+CH = ("template", "science", "difference", "snr")
+
+
+def test_joint_keeps_the_flux_ratio_of_difference_to_star(images):
+    """A 4% and a 40% change of the same star look alike under minmax; `joint` tells them apart."""
+    yy, xx = np.mgrid[:21, :21]
+    star = 1000.0 * np.exp(-((yy - 10) ** 2 + (xx - 10) ** 2) / 8.0)
+    stamps = np.zeros((2, 21, 21, 4), np.float32)
+    for i, change in enumerate((0.04, 0.40)):
+        stamps[i, ..., 0] = 50 + star
+        stamps[i, ..., 1] = 50 + star * (1 + change)
+        stamps[i, ..., 2] = star * change
+        stamps[i, ..., 3] = star * change / 5.0
+    minmax = _pre(scaling="minmax").fit(stamps, CH).transform(stamps)
+    np.testing.assert_allclose(minmax[0], minmax[1], atol=1e-6)  # the ratio is gone
+    joint = _no_warnings(_pre(scaling="joint").fit(stamps, CH).transform, stamps)
+    # difference peak over the science peak above background: change / (1 + change)
+    assert joint[0, 2].max() == pytest.approx(0.04 / 1.04, rel=1e-4)
+    assert joint[1, 2].max() == pytest.approx(0.40 / 1.40, rel=1e-4)
+    assert joint[1, 1].max() == pytest.approx(1.0) and joint[1, 0].max() == pytest.approx(1 / 1.4, rel=1e-5)
+    np.testing.assert_allclose(joint[:, 3], minmax[:, 3])  # the SNR channel is scaled on its own
+    # in any unit
+    np.testing.assert_allclose(_pre(scaling="joint").fit(stamps, CH).transform(stamps * 7.3), joint, atol=1e-6)
+
+
+def test_joint_needs_named_channels_and_survives_missing_pixels(images):
+    with pytest.raises(HitsStampsError, match="scaling 'joint' needs channels named template, science, difference"):
+        _pre(scaling="joint").fit(images)
+    x = images.copy()
+    x[1, :, :, 0] = np.nan  # an all-NaN template
+    x[2, :, :, :3] = np.nan  # no image channel at all
+    x[3, 4, 4, 2] = np.inf
+    pre = _pre(scaling="joint").fit(images, CH)
+    with pytest.warns(UserWarning, match="non-finite pixels"):
+        out = pre.transform(x)
+    assert np.isfinite(out).all() and np.abs(out).max() <= 10
+    assert np.all(out[2, :3] == 0) and out[3, 2, 4, 4] == 0
+    assert out[1, 1].max() == pytest.approx(1.0)  # the science image alone sets the scale
+    assert Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict()))).transform(x, report=False).tobytes() == \
+        out.tobytes()

@@ -268,6 +268,22 @@ def test_onnx_preprocessing_in_graph_matches_python(policy, scaling):
         assert torch.isnan(probs[7]).all() and torch.isfinite(probs[:7]).all()
 
 
+def test_onnx_joint_scaling_in_graph_matches_python(tmp_path):
+    """`joint` scaling (shared flux scale over template, science, difference) inside the graph."""
+    model_dir = fit(TrainConfig(model="seed-cnn", epochs=1, steps_per_epoch=2, batch_size=32, seed=0,
+                                recipe_overrides={"scaling": "joint"}),
+                    make_synthetic_stamps(100, seed=1), tmp_path / "joint", progress=False).path
+    model = load_model(model_dir)
+    assert model.preprocessor.config.scaling == "joint"
+    raw = make_synthetic_stamps(200, seed=6).images.copy()
+    raw[np.random.default_rng(1).random(raw.shape) < 0.02] = np.nan
+    raw[3, ..., 0] = np.nan  # no template pixel: the science image sets the scale
+    raw[4, ..., :3] = np.nan  # no image channel at all
+    session = make_session(export_onnx(model_dir, tmp_path / "joint.onnx"))
+    got = session.run([ONNX_OUTPUT], {ONNX_INPUT: raw})[0]
+    np.testing.assert_allclose(got, model.predict_proba(raw), atol=1e-5, rtol=0)
+
+
 def test_onnx_backend_on_nan_stamps_equals_torch_backend(work, onnx_files, tmp_path):
     data = work["data"]
     images = data.images.copy()

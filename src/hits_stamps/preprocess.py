@@ -16,6 +16,13 @@ Scalings (each per stamp and per channel, so no statistics leak across stamps; x
 - `robust`: (x - median) / s with s = max(1.4826 * MAD, eps * m), clipped to +-`clip`
   (MAD = median |x - median|; 1.4826 * MAD estimates the standard deviation of Gaussian noise);
   an all-zero channel stays 0;
+- `joint`: the image channels (template, science, difference) keep their flux ratios: each loses
+  its own median (the background) and all three are divided by one number per stamp, the larger
+  of the template's and the science image's peak above background, clipped to +-`clip`; a stamp
+  whose peak is <= eps * m (m over the three channels) gives 0. Other channels (SNR) are scaled
+  `minmax`. Per-channel scalings erase how large a difference is compared with the star under it,
+  the quantity that separates a variable star's real change from a bright star's subtraction
+  residual; `joint` keeps it. It needs the channels named (`fit` with channel names);
 - `none`: pixels as they are (non-finite ones handled by the policy).
 `eps` is relative to the channel's magnitude, so data in any unit (ADU, e-, erg/s/cm^2) scale alike.
 
@@ -34,7 +41,10 @@ import numpy as np
 from hits_stamps.errors import HitsStampsError
 
 NAN_POLICIES = ("zero", "median", "error")
-SCALINGS = ("minmax", "robust", "none")
+SCALINGS = ("minmax", "robust", "joint", "none")
+#: `joint` scaling: the channels that share one scale, and those whose peak sets it
+JOINT_CHANNELS: tuple[str, ...] = ("template", "science", "difference")
+JOINT_PEAK_CHANNELS: tuple[str, ...] = ("template", "science")
 MAD_TO_STD = 1.4826  # 1 / Phi^-1(3/4): MAD of Gaussian noise times this is its standard deviation
 
 
@@ -89,6 +99,8 @@ class Preprocessor:
         if channels is not None and len(channels) != c:
             raise HitsStampsError(f"channels: expected {c} names to match the images; found {len(channels)}")
         self.channels_ = tuple(str(ch) for ch in channels) if channels else tuple(f"ch{i}" for i in range(c))
+        if self.config.scaling == "joint":
+            joint_indices(self.channels_)  # refuses channels without the names it needs
         flat = images.reshape(-1, c)
         finite = np.isfinite(flat)
         med, scl = [], []
@@ -119,7 +131,9 @@ class Preprocessor:
         nan = handle_nans(x, self.config.nan_policy, report=report, source=source,
                           channels=self.channels_)
         self.last_nan_count_ = int(nan.nan_count)
-        out = scale(nan.values, self.config.scaling, clip=self.config.clip, eps=self.config.eps, mask=nan.mask)
+        joint = joint_indices(self.channels_) if self.config.scaling == "joint" else None
+        out = scale(nan.values, self.config.scaling, clip=self.config.clip, eps=self.config.eps, mask=nan.mask,
+                    joint=joint)
         if nan.mask is not None:
             out = np.where(nan.mask, np.float32(0.0), out)  # `zero`: missing pixels are 0 in scaled units
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2))  # (N, C, H, W)
@@ -223,23 +237,40 @@ def _channel_stat(x: np.ndarray, mask: np.ndarray | None, fn, nanfn) -> np.ndarr
     return out
 
 
+def joint_indices(channels: tuple[str, ...] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(indices of JOINT_CHANNELS, indices of JOINT_PEAK_CHANNELS) in `channels`, or an error naming them."""
+    names = list(channels or ())
+    missing = [c for c in JOINT_CHANNELS if c not in names]
+    if missing:
+        raise HitsStampsError(f"scaling 'joint' needs channels named {', '.join(JOINT_CHANNELS)}; "
+                              f"found {', '.join(names) if names else 'no channel names'}")
+    return tuple(names.index(c) for c in JOINT_CHANNELS), tuple(names.index(c) for c in JOINT_PEAK_CHANNELS)
+
+
 def scale(
     images: np.ndarray,
     method: str,
     clip: float = 10.0,
     eps: float = 1e-6,
     mask: np.ndarray | None = None,
+    joint: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> np.ndarray:
-    """Per-stamp, per-channel scaling of (N, H, W, C) images; returns a new float32 array.
+    """Per-stamp scaling of (N, H, W, C) images; returns a new float32 array.
 
     `mask` (N, H, W, C), optional: True for pixels to leave out of the statistics (their output
-    values are meaningless; `Preprocessor` sets them to 0). See the module docstring for formulas.
+    values are meaningless; `Preprocessor` sets them to 0). `joint` (method `joint` only): the
+    channel indices that share a scale and those whose peak sets it (`joint_indices`). See the
+    module docstring for formulas.
     """
     x = np.asarray(images, dtype=np.float32)
     if method == "none":
         return x.copy()
     if method not in SCALINGS:
         raise HitsStampsError(f"scaling must be one of {SCALINGS}; got {method!r}")
+    if method == "joint":
+        if joint is None:
+            raise HitsStampsError("scaling 'joint' needs the indices of the channels that share a scale")
+        return _scale_joint(x, clip, eps, mask, *joint)
     with np.errstate(invalid="ignore"):
         mag = _channel_stat(np.abs(x), mask, np.max, np.nanmax)  # (N, 1, 1, C)
     floor = np.float32(eps) * mag
@@ -255,3 +286,30 @@ def scale(
     with np.errstate(invalid="ignore", divide="ignore"):
         z = np.where(s > 0, (x - med) / np.where(s > 0, s, 1), 0.0)
     return np.clip(z, -clip, clip).astype(np.float32)
+
+
+def _scale_joint(x: np.ndarray, clip: float, eps: float, mask: np.ndarray | None,
+                 shared: tuple[int, ...], peak_of: tuple[int, ...]) -> np.ndarray:
+    """`joint` scaling (module docstring): `shared` channels over one per-stamp peak, the rest minmax."""
+    shared_l, peak_l = list(shared), list(peak_of)
+    others = [c for c in range(x.shape[-1]) if c not in shared]
+    out = np.empty_like(x)
+    if others:
+        sub_mask = None if mask is None else mask[..., others]
+        out[..., others] = scale(x[..., others], "minmax", clip=clip, eps=eps, mask=sub_mask)
+    xs = x[..., shared_l]
+    ms = None if mask is None else mask[..., shared_l]
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-masked channels: NaN statistics, output 0
+        bg = _channel_stat(xs, ms, np.median, np.nanmedian)  # (N, 1, 1, k)
+        y = xs - bg
+        where_peak = [shared_l.index(c) for c in peak_l]
+        peak = np.nanmax(_channel_stat(y, ms, np.max, np.nanmax)[..., where_peak], axis=-1, keepdims=True)
+        mag = np.nanmax(_channel_stat(np.abs(xs), ms, np.max, np.nanmax), axis=-1, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    ok = peak > np.float32(eps) * np.where(np.isfinite(mag), mag, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(ok, y / np.where(ok, peak, 1.0), 0.0)
+    z = np.where(np.isfinite(z), z, 0.0)
+    out[..., shared_l] = np.clip(z, -clip, clip)
+    return out.astype(np.float32)

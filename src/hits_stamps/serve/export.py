@@ -12,7 +12,7 @@ Inside the graph (`StampPreprocess`, the torch twin of `hits_stamps.preprocess.P
 the model's NaN policy (`zero`: statistics from the finite pixels, missing pixels 0 after scaling;
 `median`: missing pixels replaced by the median of the finite pixels of their stamp and channel;
 `error`: a stamp with a non-finite pixel gets NaN probabilities, since a graph cannot raise), the
-per-stamp per-channel scaling (`minmax`, `robust` or `none`, formulas in `hits_stamps.preprocess`;
+per-stamp scaling (`minmax`, `robust`, `joint` or `none`, formulas in `hits_stamps.preprocess`;
 medians are the mean of the two middle values for an even count, as numpy's), and the layout
 change (B, H, W, C) -> (B, C, H, W). Matching channels by name and cropping / padding to the
 model's size (`hits_stamps.geometry`) happen before the graph; the metadata names the channels
@@ -49,7 +49,7 @@ from torch import nn
 from hits_stamps import __version__
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.io.atomic import atomic_path, check_writable
-from hits_stamps.preprocess import MAD_TO_STD, PreprocessConfig
+from hits_stamps.preprocess import MAD_TO_STD, PreprocessConfig, joint_indices
 from hits_stamps.training.modeldir import WEIGHTS, TrainedModel, file_sha256, load_model
 
 ONNX_INPUT = "input"
@@ -91,8 +91,9 @@ class StampPreprocess(nn.Module):
     `error` the caller turns stamps with bad pixels into NaN probabilities.
     """
 
-    def __init__(self, config: PreprocessConfig):
+    def __init__(self, config: PreprocessConfig, channels: tuple[str, ...] | None = None):
         super().__init__()
+        self.joint = joint_indices(channels) if config.scaling == "joint" else None
         self.nan_policy = config.nan_policy
         self.scaling = config.scaling
         self.clip = float(config.clip)
@@ -113,13 +114,12 @@ class StampPreprocess(nn.Module):
             valid = finite
         if self.scaling == "none":
             out = flat
+        elif self.scaling == "joint":
+            out = self._joint(flat, valid, zero)
         else:
             floor = self.eps * _masked_max(flat.abs(), valid)  # (B, C, 1); -inf when no valid pixel
             if self.scaling == "minmax":
-                lo = _masked_min(flat, valid)
-                span = _masked_max(flat, valid) - lo
-                ok = (span > floor) & torch.isfinite(span)
-                out = torch.where(ok, (flat - lo) / torch.where(ok & (span > 0), span, torch.ones_like(span)), zero)
+                out = self._minmax(flat, valid, zero)
             else:  # robust
                 med = _masked_median(flat, valid)
                 mad = _masked_median((flat - med).abs(), valid)
@@ -130,6 +130,34 @@ class StampPreprocess(nn.Module):
         if self.nan_policy != "median":
             out = torch.where(valid, out, zero)  # missing pixels are 0 in scaled units
         return out.reshape(x.shape), n_bad
+
+    def _minmax(self, flat: torch.Tensor, valid: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        floor = self.eps * _masked_max(flat.abs(), valid)
+        lo = _masked_min(flat, valid)
+        span = _masked_max(flat, valid) - lo
+        ok = (span > floor) & torch.isfinite(span)
+        return torch.where(ok, (flat - lo) / torch.where(ok & (span > 0), span, torch.ones_like(span)), zero)
+
+    def _joint(self, flat: torch.Tensor, valid: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        """`joint` scaling: the shared channels over one per-stamp peak above background, the rest minmax."""
+        shared, peak_of = self.joint
+        out = self._minmax(flat, valid, zero)
+        idx = list(shared)
+        fs, vs = flat[:, idx], valid[:, idx]
+        bg = _masked_median(fs, vs)  # (B, k, 1); NaN for a channel without a valid pixel
+        y = fs - torch.where(torch.isfinite(bg), bg, torch.zeros_like(bg))
+        ch_peak = _masked_max(y, vs)  # -inf without a valid pixel
+        pos = [idx.index(c) for c in peak_of]
+        peak = ch_peak[:, pos].amax(dim=1, keepdim=True)  # (B, 1, 1)
+        mag = _masked_max(fs.abs(), vs).amax(dim=1, keepdim=True)
+        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+        mag = torch.where(torch.isfinite(mag), mag, torch.zeros_like(mag))
+        ok = peak > self.eps * mag
+        z = torch.where(ok, y / torch.where(ok, peak, torch.ones_like(peak)), torch.zeros_like(y))
+        z = torch.where(torch.isfinite(z), z, torch.zeros_like(z))
+        scaled = torch.clamp(z, -self.clip, self.clip)
+        cols = [scaled[:, idx.index(c):idx.index(c) + 1] if c in idx else out[:, c:c + 1] for c in range(flat.shape[1])]
+        return torch.cat(cols, dim=1)
 
 
 class ProbabilityNetwork(nn.Module):
@@ -146,9 +174,9 @@ class ProbabilityNetwork(nn.Module):
 class ServingNetwork(nn.Module):
     """Raw stamps (B, H, W, C) -> (probabilities (B, K), non-finite pixels (B,)): preprocessing + network."""
 
-    def __init__(self, module: nn.Module, config: PreprocessConfig):
+    def __init__(self, module: nn.Module, config: PreprocessConfig, channels: tuple[str, ...] | None = None):
         super().__init__()
-        self.preprocess = StampPreprocess(config)
+        self.preprocess = StampPreprocess(config, channels)
         self.net = ProbabilityNetwork(module)
         self.refuse_nan = config.nan_policy == "error"
 
@@ -218,7 +246,7 @@ def _input_shape(model: TrainedModel) -> tuple[int, int, int]:
 
 
 def _serving(model: TrainedModel, net: ProbabilityNetwork) -> ServingNetwork:
-    serving = ServingNetwork(net.module, model.preprocessor.config)
+    serving = ServingNetwork(net.module, model.preprocessor.config, model.preprocessor.channels_)
     return serving.eval()
 
 
