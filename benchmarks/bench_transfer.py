@@ -9,7 +9,9 @@ once, for every recipe, with 95% intervals from a bootstrap over objects. `real_
 the same test objects differenced with the varied pipeline (another seed): a stand-in for stamps
 made by another differencing pipeline.
 
-    python benchmarks/bench_transfer.py --out benchmarks/results/transfer.json
+    python benchmarks/bench_transfer.py --out benchmarks/results/transfer.json --threads 1 \
+        --recipes sim+inj+real+var@joint,sim+inj+real@joint,sim+inj+real+var@minmax,sim+inj+real@minmax,\
+sim@minmax,inj+real@joint
     python benchmarks/bench_transfer.py --smoke --out /tmp/transfer_smoke.json   # seconds, packaged sample
     python benchmarks/bench_transfer.py --table benchmarks/results/transfer.json
 
@@ -46,6 +48,9 @@ RECIPES = {
     "inj+real": ("inject", "real_train"),
     "sim+inj": ("sim", "inject"),
     "sim+inj+real": ("sim", "inject", "real_train"),
+    "sim+inj+real+var": ("sim", "inject", "real_train", "variables_train"),
+    # the training variable stars four times over (ids made distinct): 2% of the stamps otherwise
+    "sim+inj+real+var4": ("sim", "inject", "real_train") + ("variables_train",) * 4,
 }
 VAL_SETS = ("real_val", "variables_val")
 TEST_SETS = ("real_test", "real_test_varied", "variables_test", "sim_test")
@@ -96,11 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-inject", type=int, default=12_000)
     ap.add_argument("--n-sim-test", type=int, default=5_000)
     ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--scalings", default="recipe",
+                    help="comma-separated preprocessing scalings, each recipe trained under each: 'recipe' (the "
+                         "model's own) or minmax, robust, joint (hits_stamps.preprocess); keys become recipe@scaling")
     ap.add_argument("--seed", type=int, default=0, help="training seed; the object split uses --split-seed")
     ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--variables-split", default="0.4,0.3,0.3",
+                    help="variable stars by object: train,val,test fractions (or val,test: none trains on them)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--smoke", action="store_true", help="tiny sets on the packaged sample, 1 epoch (a test runs it)")
+    ap.add_argument("--append", action="store_true",
+                    help="add the recipes to an existing --out file made with the same settings (same sets)")
     ap.add_argument("--table", type=Path, help="print the markdown tables of a results file and exit")
     args = ap.parse_args(argv)
     if args.table:
@@ -120,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     from hits_stamps.simulate import simulate_stamps
 
     t0 = time.perf_counter()
-    cfg = RealSetsConfig(split_seed=args.split_seed, n_inject=args.n_inject, inject_seed=args.seed)
+    vsplit = tuple(float(x) for x in args.variables_split.split(","))
+    cfg = RealSetsConfig(split_seed=args.split_seed, n_inject=args.n_inject, inject_seed=args.seed,
+                         variables_split=vsplit)
     sets = build_real_sets(sequences, variables, cfg)
     test_obj = sets["real_test"].meta["objects"]
     sets["real_test_varied"] = build_real(sequences, objects=test_obj, variety=VARIED, seed=args.seed + 101)
@@ -129,29 +143,51 @@ def main(argv: list[str] | None = None) -> int:
     sets["sim_test"] = simulate_stamps(args.n_sim_test, seed=args.seed + 2000)  # the simulated set must hold too
     data_seconds = time.perf_counter() - t0
     val = StampSet.concat([sets[k] for k in VAL_SETS if k in sets])
-    check_disjoint_groups({"train": StampSet.concat([_strip(sets["inject"]), _strip(sets["real_train"])]),
+    train_parts = [_strip(sets[k]) for k in ("inject", "real_train", "variables_train") if k in sets]
+    check_disjoint_groups({"train": StampSet.concat(train_parts),
                            "validation": val,
                            "test": StampSet.concat([_strip(sets[k]) for k in TEST_SETS if k in sets])})
     results: dict = {
         "command": "python benchmarks/bench_transfer.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "model": args.model, "epochs": args.epochs, "seed": args.seed, "split_seed": args.split_seed,
+        "model": args.model, "scalings": args.scalings.split(","), "epochs": args.epochs, "seed": args.seed,
+        "split_seed": args.split_seed,
+        "variables_split": list(vsplit),
         "sets": {k: {"n": len(v), "real": int((v.labels == 1).sum()), "objects": v.n_groups() if v.groups is not None
                      else None} for k, v in sets.items()},
         "data_seconds": data_seconds, "torch_threads": torch.get_num_threads(), "recipes": {},
     }
-    for name in args.recipes.split(","):
-        parts = RECIPES[name]
-        train = StampSet.concat([_strip(sets[p]) for p in parts])
+    if args.append and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        same = ("model", "epochs", "seed", "split_seed", "variables_split", "sets")
+        differ = [k for k in same if old.get(k) != results[k]]
+        if differ:
+            raise SystemExit(f"--append: {args.out} was made with other settings ({', '.join(differ)})")
+        results["recipes"] = old["recipes"]
+        results["command"] = old["command"] + "\n" + results["command"]
+    scalings = args.scalings.split(",")
+    # "recipe@scaling" names one pairing; a bare recipe is trained under each of --scalings
+    runs = [tuple(r.split("@", 1)) if "@" in r else (r, sc) for r in args.recipes.split(",")
+            for sc in (scalings if "@" not in r else scalings[:1])]
+    named = len(scalings) > 1 or any("@" in r for r in args.recipes.split(","))
+    for recipe, scaling in runs:
+        parts = RECIPES[recipe]
+        name = f"{recipe}@{scaling}" if named else recipe
+        if any(p not in sets for p in parts):
+            print(f"{name}: skipped, this run has no {[p for p in parts if p not in sets]}", flush=True)
+            continue
+        train = StampSet.concat([_copy(_strip(sets[p]), parts[:i].count(p)) for i, p in enumerate(parts)])
         t1 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            model = fit(TrainConfig(model=args.model, seed=args.seed, epochs=args.epochs), train, tmp,
-                        val=_strip(val), overwrite=True, progress=False)
+            overrides = {} if scaling == "recipe" else {"scaling": scaling}
+            model = fit(TrainConfig(model=args.model, seed=args.seed, epochs=args.epochs, recipe_overrides=overrides),
+                        train, tmp, val=_strip(val), overwrite=True, progress=False)
             train_seconds = time.perf_counter() - t1
             probs = {k: model.predict_proba(sets[k])[:, 1] for k in VAL_SETS + TEST_SETS if k in sets}
         yv = np.concatenate([sets[k].labels for k in VAL_SETS if k in sets])
         pv = np.concatenate([probs[k] for k in VAL_SETS if k in sets])
         thr = balanced_threshold(yv, pv)
-        rec = {"train": {"parts": list(parts), "n": len(train), "real": int((train.labels == 1).sum())},
+        rec = {"recipe": recipe, "scaling": model.preprocessor.config.scaling,
+               "train": {"parts": list(parts), "n": len(train), "real": int((train.labels == 1).sum())},
                "train_seconds": train_seconds, "threshold_from_validation": thr, "val": {}, "test": {}}
         for k in VAL_SETS + TEST_SETS:
             if k not in sets:
@@ -166,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         rec["val_criterion"] = [min(pooled["real_recall"]["value"], pooled["bogus_recall"]["value"]),
                                 pooled["roc_auc"]["value"]]
         results["recipes"][name] = rec
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({**results, "partial": True}, indent=1))  # a long run keeps what it has
         print(f"{name}: val worst recall {rec['val_criterion'][0]:.3f} auc {rec['val_criterion'][1]:.4f} "
               f"thr {thr:.3f} ({train_seconds:.0f} s)", flush=True)
     chosen = max(results["recipes"], key=lambda r: tuple(results["recipes"][r]["val_criterion"]))
@@ -175,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(results, indent=1))
     print(table(results))
     return 0
+
+
+def _copy(s: StampSet, k: int) -> StampSet:
+    """`s` itself for k = 0, else the same stamps with ids suffixed `#k` (a repeated part, distinct ids)."""
+    if k == 0:
+        return s
+    return StampSet(images=s.images, labels=s.labels, kind=s.kind, ids=np.char.add(s.ids.astype(str), f"#{k}"),
+                    groups=s.groups, snr=s.snr)
 
 
 def _strip(s: StampSet) -> StampSet:
@@ -188,8 +234,9 @@ def _fmt(m: dict, key: str) -> str:
 
 
 def table(res: dict) -> str:
+    chosen = res.get("chosen_on_validation", "none yet (partial run)")
     lines = [f"model {res['model']}, {res['epochs']} epochs, seed {res['seed']}, object split seed "
-             f"{res['split_seed']}; chosen on validation: **{res['chosen_on_validation']}**", ""]
+             f"{res['split_seed']}; chosen on validation: **{chosen}**", ""]
     lines.append("| recipe | train stamps | val worst recall | val ROC AUC | threshold |")
     lines.append("|---|---|---|---|---|")
     for name, r in res["recipes"].items():
