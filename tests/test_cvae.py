@@ -173,6 +173,13 @@ def test_config_has_the_recipe_defaults_and_refuses_unknown_or_removed_options()
                        ("kl_warmup_steps", 100), ("point_sources", 2)):
         with pytest.raises(ValueError, match=f"{key}=.* was removed.*hits-stamps train --model cvae"):
             CVAEConfig.from_kwargs({key: value})
+    # a new model refuses the options that older directories still load with
+    toy = make_synthetic_stamps(20, seed=0)
+    for key, value, message in (("latent_components", 10, "not a cvae option.*fit_sampling_models"),
+                                ("residual_units", "location", "unknown cvae option 'residual_units'"),
+                                ("decoder_scale", "pixel", "decoder_scale='pixel' was removed")):
+        with pytest.raises(ValueError, match=message):
+            spec.data_kwargs(toy, {"condition": "class", key: value})
     # options of older model directories that hold the behaviour that was kept load
     old = {"latent_dim": 16, "decoder_scale": "global", "latent_components": 100, "residual_units": "location",
            "kl_weight": 1.0, "point_sources": 0}

@@ -208,14 +208,14 @@ def generate(
 
     `latent` chooses where the codes come from: "aggregate" draws z from the Gaussian mixture
     fitted after training to the codes of the training stamps of that class (ex-post density
-    estimation, `ConditionalVAE.fit_latent`); "prior" draws z ~ N(0, I). None (the default) means
+    estimation, `generation.posthoc.fit_latent`); "prior" draws z ~ N(0, I). None (the default) means
     "aggregate" when the model has a fitted mixture, else "prior" (`default_latent`).
 
     Returns a StampSet (n, H, W, C) in training-file units with `labels` = label, `kind` = "generated",
     unique ids `gen_<label>_s<seed>_<i>`, and `snr` = the |SNR| peak in the central 5x5 pixels of the
     generated SNR channel (when the model has one). `mode="residual"` adds to the decoder location a
     draw of the class's fitted residual model (spatially and across channels correlated noise,
-    `ConditionalVAE.fit_residuals`); `mode="sample"` draws every pixel from the decoder distribution
+    `generation.posthoc.fit_residuals`); `mode="sample"` draws every pixel from the decoder distribution
     (independent per pixel); `mode="loc"` returns the location (noise-free). None (the default) means
     "residual" when the model has a residual model, else "sample" (`default_mode`). `temperature` in [0,
     1] scales the pixel deviations from the location (1: the model's own distribution). `kind` asks for
@@ -474,7 +474,7 @@ def posterior_means(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior means (N, d) of labelled stamps, and their conditions (N,) (`conditions_of`).
 
-    Encoded in batches of `batch_size` (1024: the batches of `ConditionalVAE.fit_latent`, so a mixture
+    Encoded in batches of `batch_size` (1024: the batches of `generation.posthoc.fit_latent`, so a mixture
     fitted to these codes is the one the training loop fits)."""
     tm.check_input(stamps)
     if np.any(stamps.labels < 0):

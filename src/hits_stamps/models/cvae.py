@@ -317,7 +317,18 @@ def build_cvae(in_channels: int, size: tuple[int, int], **kwargs) -> Conditional
 
 
 def cvae_data_kwargs(train, kwargs: dict) -> dict:
-    """`resolve_condition` on the training stamps, then the whole config (so config.json records every field)."""
+    """`resolve_condition` on the training stamps, then the whole config (so config.json records every field).
+
+    Only for a new model: the options that older directories still load with are refused here."""
+    fields = {f.name for f in dataclasses.fields(CVAEConfig)}
+    old = sorted(set(kwargs) - fields)
+    if old:
+        if old[0] in ("latent_components", "noise_rank"):
+            raise ValueError(f"{old[0]} is not a cvae option: the sampling models are fitted after training "
+                             f"(hits_stamps.generation.posthoc.PosthocConfig; refit with "
+                             f"hits_stamps.generation.sample.fit_sampling_models(model_dir, stamps, components=...))")
+        CVAEConfig.from_kwargs({k: kwargs[k] for k in old})  # a removed option: its own message
+        raise ValueError(f"unknown cvae option {old[0]!r}; the options are {sorted(fields)}")
     return CVAEConfig.from_kwargs(resolve_condition(train, kwargs)).to_kwargs()
 
 
