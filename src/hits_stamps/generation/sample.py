@@ -1,4 +1,4 @@
-"""New stamps, reconstructions and latent interpolations from a trained `cvae` model directory.
+"""New stamps, reconstructions and latent interpolations from a trained generator directory.
 
 Every function takes a model directory or an already loaded `TrainedModel` and returns a
 `StampSet` in the units of the training file (the model inverts its own input transform).
@@ -93,7 +93,7 @@ def default_mode(model: TrainedModel) -> str:
 
     Chosen on held-out validation stamps in three settings (docs/benchmarks/generation.md: the
     simulated benchmark's 24-epoch cvae, the real-pixel set, the main job's 8-epoch cvae): with the
-    residual model's location-following amplitude (`residual_units="location"`) it has the best
+    residual model's brightness-following amplitude (`generation.posthoc`) it has the best
     worst-class agreement with the judge and the smallest Fréchet distances, and meets the TSTR goal
     wherever "sample" does. The decoder's own noise ("sample") is far worse for a briefly trained
     cvae, whose one learned noise scale is still large.
