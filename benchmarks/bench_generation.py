@@ -30,7 +30,7 @@ from _machine import cpu_model
 from hits_stamps.generation import generate, load_generator
 from hits_stamps.generation.augment import augmentation_experiment
 from hits_stamps.generation.judge import evaluate_generator, negative_elbo
-from hits_stamps.generation.sample import resolve_latent, resolve_mode
+from hits_stamps.generation.sample import resolve_latent, resolve_mode, sampling_of
 from hits_stamps.io import read_stamps, write_stamps
 from hits_stamps.stamps import StampSet
 from hits_stamps.training import TrainConfig, fit
@@ -167,7 +167,7 @@ def latent_diagnosis(cvae_dir, fit_on: StampSet, val: StampSet, judge, seed: int
         rows.append(row)
 
     classes = (("real", 1), ("bogus", 0))
-    if not tm.module.has_residual_model:
+    if not sampling_of(tm).has_residual_model:
         fit_sampling_models(tm, fit_on, seed=seed, save=False)
     for mode in ("loc", "sample", "residual"):
         add("reconstruction", mode, 1.0, {name: _judged(reconstruct(tm, val[val.labels == lab], mode=mode, seed=seed),
@@ -209,7 +209,7 @@ def run_set(name: str, train: StampSet, test: StampSet, judge, args, out: Path) 
         (out / "cvae").parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(cvae.path, out / "cvae", dirs_exist_ok=True)
         cvae = load_generator(out / "cvae")
-        if not (cvae.module.has_latent_mixture and cvae.module.has_residual_model):
+        if not (sampling_of(cvae).has_latent_mixture and sampling_of(cvae).has_residual_model):
             # trained before the loop fitted these: fit them as the loop's post_fit does, on its training split
             from hits_stamps.generation.sample import fit_sampling_models, train_config_of
 
@@ -355,7 +355,6 @@ def per_kind(args, out: Path, result: dict) -> None:
                           "n_generated": int(g.sum()), "generated": float(np.mean(p_gen[g] == lab)),
                           "frechet": frechet_distance(f_gen[g], f_val[s])}
         result["per_kind"]["models"][cvae_dir] = {"model_kwargs": tm.config["model_kwargs"], "validation": source,
-                                                  "residual_standardized": bool(tm.module.resid_standardized),
                                                   "temperature": args.temperature, "mode": mode, "rows": rows}
         print(f"== {cvae_dir}", flush=True)
         for k, r in rows.items():
@@ -384,20 +383,21 @@ def noise_variants(args, out: Path, result: dict) -> None:
     validation stamps (`_validation_stamps`) beside it. The residuals are those of the first --n-train stamps of the
     cvae's training split.
     """
+    from hits_stamps.generation.posthoc import residuals
     from hits_stamps.generation.sample import conditions_of, quiet_inputs
     from hits_stamps.training.modeldir import load_model
 
     tm = load_generator(args.noise_variants)
-    m = tm.module.eval()
-    if not m.kinds or not m.has_residual_model or not bool(m.resid_standardized):
-        raise SystemExit("--noise-variants needs a kind-conditioned cvae with a decoder-standardised residual model")
+    m, sm = tm.module.eval(), sampling_of(tm)
+    if not m.kinds or not sm.has_residual_model:
+        raise SystemExit("--noise-variants needs a kind-conditioned cvae with a residual model")
     train = read_stamps(args.train_file)
     fit_on = generator_split(tm, train)[0][: args.n_train]
     val, source = _validation_stamps(args, tm, train)
     judge = load_model(args.judge_dir)
     p_val = judge.predict(val)
     x, y = quiet_inputs(tm, fit_on.images), conditions_of(tm, fit_on)
-    resid, cond = m.residuals(x, y), y.numpy()  # decoder-standardised: the units of the residual model
+    resid, cond = residuals(m, x, y, sm.residual["resid_amp"]), y.numpy()  # the units of the residual model
     gen = torch.Generator().manual_seed(args.seed)
     c_dim, per = m.in_channels, args.max_per_class
     rows = {}
@@ -407,12 +407,13 @@ def noise_variants(args, out: Path, result: dict) -> None:
         cov = torch.einsum("nhwc,nhwd->hwcd", centred, centred) / max(len(e) - 1, 1)
         pixel_tril = torch.linalg.cholesky(cov + 1e-6 * torch.eye(c_dim))  # (H, W, C, C)
         c = torch.full((per,), k, dtype=torch.long)
-        dist = m.decode(m.sample_latent(c, "aggregate", gen), c)
+        dist = m.decode(sm.sample_latent(c, m.latent_dim, "aggregate", gen), c)
         loc, scale = m.location(dist), m.pixel_tril(dist)
-        mean = m.resid_mean[c].view_as(loc)
-        lowrank = (m.resid_factor[c] @ torch.randn(per, m.noise_rank, 1, generator=gen)).squeeze(-1).view_as(loc)
+        mean = sm.residual["resid_mean"][c].view_as(loc)
+        factor = sm.residual["resid_factor"][c]
+        lowrank = (factor @ torch.randn(per, factor.shape[-1], 1, generator=gen)).squeeze(-1).view_as(loc)
         eps = torch.randn(per, loc.shape[1] * loc.shape[2], c_dim, 1, generator=gen)
-        blocks = (m.resid_tril[c] @ eps).view_as(loc)
+        blocks = (sm.residual["resid_tril"][c] @ eps).view_as(loc)
         pixel = e.mean(0) + (pixel_tril @ torch.randn(per, *loc.shape[1:3], c_dim, 1, generator=gen)).squeeze(-1)
         pick = torch.randint(0, len(e), (per,), generator=gen)
         draws = {"loc": torch.zeros_like(loc), "default": mean + lowrank + blocks,
@@ -420,7 +421,7 @@ def noise_variants(args, out: Path, result: dict) -> None:
                  "bootstrap": e[pick]}
         label, s = int(m.condition_label[k]), val.kind == name
         row = {"label": label, "n_val": int(s.sum()), "judge_recall": float(np.mean(p_val[s] == label)) if s.any()
-               else None, "training_weight": float(m.condition_weight[k])}
+               else None, "training_weight": float(sm.condition_weight[k])}
         for variant in NOISE_VARIANTS:
             t = loc + (scale @ draws[variant].unsqueeze(-1)).squeeze(-1)
             images = m.to_data_units(t.permute(0, 3, 1, 2)).numpy().transpose(0, 2, 3, 1).astype(np.float32)

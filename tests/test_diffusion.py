@@ -88,6 +88,23 @@ def test_generate_samples_the_diffusion_model_consistently(diff_dir, sim):
         generate(diff_dir, 2, "real", steps=10_000)
 
 
+def test_condition_frequencies_are_saved_beside_the_weights_and_older_directories_load_theirs(diff_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    sampling = load_file(diff_dir / "sampling.safetensors")
+    assert set(sampling) == {"condition_weight", "condition_temperature"}  # no latent mixture or residual model
+    assert float(sampling["condition_weight"].sum()) == 192  # the training split's stamps, counted per condition
+    older = tmp_path / "older"  # written when the frequencies were a buffer of the weights
+    shutil.copytree(diff_dir, older)
+    weights = load_file(older / "model.safetensors")
+    save_file({**weights, "condition_weight": sampling["condition_weight"]}, older / "model.safetensors")
+    (older / "sampling.safetensors").unlink()
+    np.testing.assert_array_equal(generate(older, 12, "bogus", seed=2).images,
+                                  generate(diff_dir, 12, "bogus", seed=2).images)
+
+
 def test_cli_trains_generates_and_tunes_the_diffusion_model(diff_dir, sim, tmp_path):
     from hits_stamps.generation.judge import evaluate_generator
     from hits_stamps.io import read_stamps, write_stamps

@@ -15,6 +15,7 @@ from hits_stamps.generation.judge import (
     nearest_distances,
     physical_consistency,
 )
+from hits_stamps.generation.sample import sampling_of
 from hits_stamps.io import read_stamps, write_stamps
 from hits_stamps.stamps import StampSet
 from hits_stamps.training import TrainConfig, fit
@@ -65,9 +66,9 @@ def test_generate_refusals(cvae_dir, tmp_path):
 def test_latent_sources_default_refit_and_legacy_models(cvae_dir, toy_train, tmp_path):
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from hits_stamps.generation.sample import fit_sampling_models
+    from hits_stamps.generation.sample import fit_sampling_models, sampling_of
 
     g = generate(cvae_dir, 6, "real", seed=1)
     assert g.meta["latent"] == "aggregate"  # the loop fitted the mixture, so it is the default
@@ -79,12 +80,10 @@ def test_latent_sources_default_refit_and_legacy_models(cvae_dir, toy_train, tmp
     assert p.meta["latent"] == "prior" and not np.allclose(p.images, g.images)
     with pytest.raises(HitsStampsError, match="latent must be one of"):
         generate(cvae_dir, 2, "real", latent="posterior")
-    # a model directory written before the mixture existed: prior by default, aggregate refused until refitted
+    # a model directory written before the sampling models existed: prior by default, aggregate refused until refitted
     legacy = tmp_path / "legacy"
     shutil.copytree(cvae_dir, legacy)
-    weights = load_file(legacy / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if not k.startswith(("latent_", "resid_"))},
-              legacy / "model.safetensors")
+    (legacy / "sampling.safetensors").unlink()
     legacy_gen = generate(legacy, 2, "bogus")
     assert legacy_gen.meta["latent"] == "prior" and legacy_gen.meta["mode"] == "sample"
     with pytest.raises(HitsStampsError, match="no fitted latent mixture"):
@@ -94,16 +93,15 @@ def test_latent_sources_default_refit_and_legacy_models(cvae_dir, toy_train, tmp
     with pytest.raises(HitsStampsError, match="no fitted residual model"):
         reconstruct(legacy, toy_train[:2], mode="residual")
     fit_sampling_models(legacy, toy_train, components=2)
-    refit = load_file(legacy / "model.safetensors")
+    refit = load_file(legacy / "sampling.safetensors")
     assert bool(refit["latent_fitted"].all()) and int((refit["latent_weights"] > 0).sum(1).max()) <= 2
     assert bool(refit["resid_fitted"].all())
     assert generate(legacy, 2, "bogus").meta["latent"] == "aggregate"
-    # more components than the model was built with: new buffers, recorded in config.json, loaded as refitted
+    # more components: a new file, loaded as refitted
     fit_sampling_models(legacy, toy_train, components=7)
-    assert load_file(legacy / "model.safetensors")["latent_weights"].shape[1] == 7
+    assert load_file(legacy / "sampling.safetensors")["latent_weights"].shape[1] == 7
     reloaded = load_model(legacy)
-    assert reloaded.module.latent_components == 7 and reloaded.config["model_kwargs"]["latent_components"] == 7
-    assert int((reloaded.module.latent_weights > 0).sum(1).max()) > 2  # more than the 2 components before
+    assert int((sampling_of(reloaded).latent["latent_weights"] > 0).sum(1).max()) > 2  # more than the 2 before
     a, b = generate(legacy, 5, "bogus", seed=3), generate(reloaded, 5, "bogus", seed=3)
     np.testing.assert_array_equal(a.images, b.images)
     for bad in (0, 2.5, True):
@@ -340,7 +338,7 @@ def test_kind_conditioned_generator_learns_the_kinds_and_their_frequencies(kind_
     tm = load_generator(kind_cvae_dir)
     train_part = toy_train.split((0.8, 0.2), seed=0)[0]  # the loop's own seeded split
     expected = [float(np.sum(train_part.kind == k)) for k in kinds]
-    np.testing.assert_array_equal(tm.module.condition_weight.numpy(), expected)
+    np.testing.assert_array_equal(sampling_of(tm).condition_weight.numpy(), expected)
 
     g = generate(kind_cvae_dir, 400, "bogus", seed=3)
     assert (g.labels == 0).all() and set(g.kind) == {"generated"} and len(set(g.ids)) == 400
@@ -414,9 +412,9 @@ def test_tune_temperatures_sets_stores_and_applies_per_condition_temperatures(ki
     for name, row in res["conditions"].items():
         assert set(row["agreement"]) == {0.5, 1.0} and row["chosen"] in (0.5, 1.0)
         assert row["label"] == ("real" if name == "sn" else "bogus")
-    tm = load_generator(work)  # stored in the weights and in config.json
+    tm = load_generator(work)  # stored in sampling.safetensors and in config.json
     chosen = [res["conditions"][k]["chosen"] for k in kinds]
-    np.testing.assert_allclose(tm.module.condition_temperature.numpy(), chosen)
+    np.testing.assert_allclose(sampling_of(tm).condition_temperature.numpy(), chosen)
     assert tm.config["sampling"]["condition_temperature"] == dict(zip(kinds, chosen, strict=True))
     # generate applies the stored temperature: the same stamps as the untuned model at that temperature
     for kind in ("sn", "cosmic_ray"):

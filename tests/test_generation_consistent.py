@@ -18,7 +18,7 @@ from hits_stamps.generation.consistent import (
 from hits_stamps.simulate import simulate_stamps
 from hits_stamps.training import TrainConfig, fit
 
-TINY_CVAE = {"latent_dim": 3, "base_channels": 4, "hidden": 16, "condition": "kind", "latent_components": 2}
+TINY_CVAE = {"latent_dim": 3, "base_channels": 4, "hidden": 16, "condition": "kind"}
 
 
 @pytest.fixture(scope="module")

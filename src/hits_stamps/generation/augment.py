@@ -31,11 +31,11 @@ import numpy as np
 
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.evaluation.metrics import fnr_at_fpr
-from hits_stamps.generation.sample import GENERATED_KIND, generate_like, load_generator, train_config_of
+from hits_stamps.generation.sample import GENERATED_KIND, generate_like, load_generator, sampling_of, train_config_of
 from hits_stamps.io.atomic import save_figure
 from hits_stamps.stamps import StampSet
 from hits_stamps.training.loop import TrainConfig, fit, resolve_recipe
-from hits_stamps.training.modeldir import WEIGHTS, TrainedModel, save_weights, write_json
+from hits_stamps.training.modeldir import TrainedModel, write_json
 
 AUGMENTATION_JSON = "augmentation.json"
 ARMS = ("none", "dihedral", "generated")
@@ -143,12 +143,13 @@ def augmentation_experiment(
 
 def _carry_temperatures(base: TrainedModel, new: TrainedModel) -> bool:
     """Give a retrained cvae the per-condition pixel temperatures of the one it was retrained from (generation.tune),
-    when both have the same conditions and the given one's are not all 1; saved into its weights. True if carried."""
-    src, dst = base.module.condition_temperature, new.module.condition_temperature
+    when both have the same conditions and the given one's are not all 1; saved into its sampling models. True if
+    carried."""
+    src, dst = sampling_of(base).condition_temperature, sampling_of(new).condition_temperature
     if tuple(base.module.kinds) != tuple(new.module.kinds) or src.shape != dst.shape or bool((src == 1).all()):
         return False
     dst.copy_(src)
-    save_weights(new.module, Path(new.path) / WEIGHTS)
+    sampling_of(new).save(new.path)
     return True
 
 

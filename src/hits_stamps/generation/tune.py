@@ -1,13 +1,14 @@
 """Sampling settings chosen with a selection classifier: a cvae's per-condition pixel temperature
 (`tune_temperatures`) and a diffusion model's guidance weight (`tune_guidance`).
 
-The residual noise model of a cvae (`ConditionalVAE.fit_residuals`) is fitted to everything the
+The residual noise model of a cvae (`generation.posthoc.fit_residuals`) is fitted to everything the
 decoder location misses: pixel noise, and also the part of a bright source's shape the decoder
 does not reproduce. For kinds built around a star, added at full strength, that second part can
 make a variable star look like a bad subtraction. `tune_temperatures` therefore chooses, for each
 condition (class, or kind), the pixel temperature T (t = loc + T r) at which a classifier labels
-the generated stamps as their class most often, and stores it in the model's
-`condition_temperature` buffer, which `generate` then applies (times its own `temperature`).
+the generated stamps as their class most often, and stores it in the model's sampling models
+(`condition_temperature` in `sampling.safetensors`), which `generate` then applies (times its own
+`temperature`).
 
 The classifier used here must not be the one that judges the generator afterwards (the judged
 agreement would then be the tuned quantity itself): give a second classifier trained on the same
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from hits_stamps.errors import HitsStampsError
-from hits_stamps.generation.sample import generate, load_generator, resolve_mode
+from hits_stamps.generation.sample import generate, load_generator, resolve_mode, sampling_of
 from hits_stamps.stamps import LABEL_NAMES
 from hits_stamps.training.modeldir import CONFIG, WEIGHTS, TrainedModel, load_model, read_json, save_weights, write_json
 
@@ -55,14 +56,14 @@ def tune_temperatures(
     save: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Choose and set `condition_temperature` of a cvae; with `save`, rewrite its weights and record the choice.
+    """Choose and set `condition_temperature` of a cvae; with `save`, rewrite its sampling models and record the choice.
 
     For each condition k (a kind for a kind-conditioned model, else a class) and each temperature T,
     `n_per_condition` stamps are generated as k with the model's default latent and pixel mode (the
     same seed at every T, so only the noise amplitude changes) and labelled by `classifier`; the
     agreement is the fraction labelled as k's class. Returns {"conditions": {name: {"label",
     "agreement": {T: a}, "chosen": T}}, "temperatures", "n_per_condition", "classifier", "mode"}; with
-    `save` the same goes into config.json under "sampling" and the weights file is rewritten.
+    `save` the same goes into config.json under "sampling" and `sampling.safetensors` is rewritten.
     """
     temps = sorted({float(t) for t in temperatures})
     if not temps or any(not 0.0 < t <= 1.0 for t in temps):
@@ -76,10 +77,10 @@ def tune_temperatures(
     mode = resolve_mode(tm, None)
     if mode == "loc":
         raise HitsStampsError(f"{tm.path}: a generator without pixel noise has no temperature to tune")
-    module = tm.module
+    module, sm = tm.module, sampling_of(tm)
     names = list(module.kinds) if module.kinds else [LABEL_NAMES[k] for k in range(module.n_classes)]
-    previous = module.condition_temperature.clone()
-    module.condition_temperature.fill_(1.0)
+    previous = sm.condition_temperature.clone()
+    sm.condition_temperature.fill_(1.0)
     rows: dict[str, Any] = {}
     try:
         for k, name in enumerate(names):
@@ -95,14 +96,14 @@ def tune_temperatures(
                 print(f"{name}: " + ", ".join(f"T={t:g} {a:.3f}" for t, a in agreement.items())
                       + f" -> {rows[name]['chosen']:g}", flush=True)
     except BaseException:
-        module.condition_temperature.copy_(previous)
+        sm.condition_temperature.copy_(previous)
         raise
-    chosen = torch.tensor([rows[name]["chosen"] for name in names], dtype=module.condition_temperature.dtype)
-    module.condition_temperature.copy_(chosen)
+    chosen = torch.tensor([rows[name]["chosen"] for name in names], dtype=sm.condition_temperature.dtype)
+    sm.condition_temperature.copy_(chosen)
     result = {"conditions": rows, "temperatures": temps, "n_per_condition": int(n_per_condition), "seed": int(seed),
               "classifier": str(judge.path), "mode": mode}
     if save:
-        save_weights(module, Path(tm.path) / WEIGHTS)
+        sm.save(tm.path)
         config = read_json(Path(tm.path) / CONFIG)
         config["sampling"] = {"setting": "condition_temperature",
                               "condition_temperature": {n: rows[n]["chosen"] for n in names},

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hits_stamps.models.cvae import CONDITIONS, ChannelTransform, ConditionalVAE, cvae_data_kwargs
+from hits_stamps.models.generator import ChannelTransform, Conditions, resolve_condition
 from hits_stamps.models.registry import ModelSpec, ObjectiveOutput, Recipe, register
 
 
@@ -77,13 +77,11 @@ class ResBlock(nn.Module):
         return h + self.skip(x)
 
 
-class ConditionalDiffusion(nn.Module):
-    """eps_theta(x_t, t, c): a U-Net with `len(channel_mults)` levels over (B, C, H, W) stamps (module docstring)."""
+class ConditionalDiffusion(Conditions, nn.Module):
+    """eps_theta(x_t, t, c): a U-Net with `len(channel_mults)` levels over (B, C, H, W) stamps (module docstring).
 
-    # conditions (class or stamp kind) work exactly as the cvae's
-    condition_index = ConditionalVAE.condition_index
-    training_targets = ConditionalVAE.training_targets
-    draw_conditions = ConditionalVAE.draw_conditions
+    Conditions (class or stamp kind) work exactly as the cvae's (`models.generator.Conditions`)."""
+
     is_diffusion = True
 
     def __init__(
@@ -102,32 +100,16 @@ class ConditionalDiffusion(nn.Module):
         condition: str = "class",  # "class" or "kind" ("auto" is resolved by the training loop)
         kinds: list[str] | tuple[str, ...] | None = None,  # with condition "kind": the kinds, sorted
         kind_labels: list[int] | tuple[int, ...] | None = None,  # each kind's class
-        n_classes: int = 2,
         input_transform: str = "asinh",  # the cvae's ChannelTransform
         asinh_softening: float = 5.0,
         subtract_channels: tuple[tuple[int, int], ...] | list = (),
     ):
         super().__init__()
         h, w = size
-        if condition not in CONDITIONS:
-            raise ValueError(f"condition must be one of {CONDITIONS}; got {condition!r}")
         if not 0.0 <= p_uncond < 1.0 or timesteps < 2 or sampling_steps < 1 or not channel_mults:
             raise ValueError(f"need 0 <= p_uncond < 1, timesteps >= 2, sampling_steps >= 1 and channel_mults; got "
                              f"{p_uncond}, {timesteps}, {sampling_steps}, {channel_mults}")
-        self.condition_on = condition
-        if condition == "kind":
-            kinds, kind_labels = list(kinds or []), [int(v) for v in (kind_labels or [])]
-            if not kinds or len(kinds) != len(kind_labels) or len(set(kinds)) != len(kinds):
-                raise ValueError(f"condition 'kind' needs distinct kinds and one class per kind; got {kinds}, "
-                                 f"{kind_labels}")
-            self.kinds: tuple[str, ...] = tuple(str(k) for k in kinds)
-            labels = kind_labels
-        else:
-            self.kinds = ()
-            labels = list(range(n_classes))
-        self.n_classes = len(labels)  # number of conditions; index n_classes is the null condition
-        self.register_buffer("condition_label", torch.tensor(labels, dtype=torch.long))  # (K,)
-        self.register_buffer("condition_weight", torch.ones(self.n_classes))  # (K,) training frequencies
+        self._init_conditions(condition, kinds, kind_labels)  # index n_classes is the null condition
         self.transform = ChannelTransform(in_channels, input_transform, asinh_softening, subtract_channels)
         self.register_buffer("t_std", torch.ones(in_channels))  # (C,) std of transformed training stamps
         self.register_buffer("t_min", torch.full((in_channels,), -10.0))  # (C,) smallest x0 in training
@@ -185,13 +167,10 @@ class ConditionalDiffusion(nn.Module):
         """The exact inverse of `to_model_units`."""
         return self.transform.inverse(x0 * self.t_std.view(1, -1, 1, 1).to(x0.dtype))
 
-    def post_fit(self, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> None:
-        """Store the conditions' training frequencies (`condition_weight`), what `draw_conditions` draws with."""
-        counts = torch.bincount(y.long().cpu(), minlength=self.n_classes)[: self.n_classes]
-        self.condition_weight.copy_(counts.float())
-
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Weights written before `t_min` existed load with t_min = -t_max (the symmetric bound they sampled with)."""
+        """Weights written before `t_min` existed load with t_min = -t_max (the symmetric bound they sampled with);
+        a `condition_weight` of weights written before it moved to `generation.posthoc` is left out (read there)."""
+        state_dict = {k: v for k, v in state_dict.items() if k != "condition_weight"}
         if "t_min" not in state_dict and "t_max" in state_dict:
             state_dict = {**state_dict, "t_min": -state_dict["t_max"]}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -284,7 +263,7 @@ register(
         task="generator",
         builder=build_diffusion,
         objective=diffusion_objective,
-        data_kwargs=cvae_data_kwargs,
+        data_kwargs=resolve_condition,
         recipe=Recipe(optimizer="adamw", lr=2e-3, batch_size=64, epochs=30, scaling="none", nan_policy="median",
                       clip_grad_norm=1.0, lr_schedule="cosine"),
         description="Conditional diffusion model (small U-Net, DDPM training, DDIM sampling, classifier-free guidance)",

@@ -395,11 +395,11 @@ def _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch)
     if cfg.early_stopping_patience is not None and best["state"] is not None:
         model.load_state_dict(best["state"])
         config["restored_best_epoch"] = best["epoch"] + 1
-    if hasattr(model, "post_fit"):  # models that fit more on the trained network (cvae: sampling models)
-        model.post_fit(x_train, y_train)
     if spec.task == "generator":  # observing conditions and masks that generated stamps are derived with
         from hits_stamps.generation.consistent import write_bank
+        from hits_stamps.generation.posthoc import fit_sampling
 
+        fit_sampling(model, x_train, y_train).save(work)  # latent mixture, residual model, condition frequencies
         config["generation_conditions"] = write_bank(work, train, y_train.numpy())
     modeldir.save_weights(model, work / modeldir.WEIGHTS)
     config["epochs_completed"] = len(history)
