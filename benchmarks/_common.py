@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: the machine record, result writing, the --smoke flag.
+"""What the benchmark scripts share: the machine record, result writing, the --smoke flag, intervals.
 
 A benchmark is a script with a `main(argv)`; its result is one JSON file (written by `write_json`)
 whose "machine" entry is `machine()`. Every kept script has a `--smoke` mode (`add_smoke`): tiny
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -32,6 +33,16 @@ def machine(**extra: Any) -> dict[str, Any]:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_average": [round(x, 2) for x in os.getloadavg()], **extra}
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion successes / n (independent trials); (nan, nan) for n = 0."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:

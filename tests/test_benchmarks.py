@@ -91,7 +91,19 @@ def test_classifiers_benchmark_smoke(tmp_path):
         for t in r["tests"].values():
             assert 0 <= t["accuracy"] <= 1 and 0 <= t["roc_auc"] <= 1
     table = _run(script, "table", "compare.json", cwd=tmp_path)
-    assert "| trained on simulation | sim_test | seed-cnn | 0 | 1 |" in table
+    assert "| trained on simulation | sim_test | seed-cnn | 0 | 1 | 200 |" in table
+
+
+def test_wilson_interval():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from _common import wilson_interval
+    finally:
+        sys.path.remove(str(BENCH))
+    lo, hi = wilson_interval(50, 100)
+    assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)  # the textbook value for 50 / 100
+    lo, hi = wilson_interval(100, 100)
+    assert hi == pytest.approx(1.0) and 0.96 < lo < 0.97
 
 
 @pytest.mark.slow
