@@ -23,7 +23,7 @@ run: $(STAMP)
 	$(BIN)/hits-stamps run $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
 
 test: $(STAMP) lint
 	$(BIN)/pytest

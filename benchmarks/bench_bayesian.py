@@ -1,11 +1,11 @@
 """Bayesian networks: speed against the seed's stack, and accuracy/calibration on test sets.
 
     # speed: seed-bnn, ours (PyTorch) vs tf_keras + TensorFlow Probability DenseFlipout, same run
-    python benchmarks/bench_bayesian.py speed --tf-python /tmp/tfvenv/bin/python --out speed.json
+    python benchmarks/bench_bayesian.py speed --tf-python PEER_VENV/bin/python --out speed.json
 
     # quality: train seed-bnn, bayes-cnn, rotinv-cnn on TRAIN; score each TEST file
     python benchmarks/bench_bayesian.py quality --train sim_train.npz --test sim_test.npz \
-        --test real_test.npz --out-dir /tmp/bench_bayes --epochs seed-bnn=60 --epochs bayes-cnn=10
+        --test real_test.npz --out-dir runs/bench_bayes --epochs seed-bnn=60 --epochs bayes-cnn=10
 
 The speed benchmark times (1) one training epoch of the seed's Flipout network on 4,026 stamps of
 21x21x4 with batch 64 (Adam, loss = cross-entropy + KL / N) and (2) Monte-Carlo prediction of
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import cpu_model
+from _common import add_smoke, machine, write_json
 
 # On a machine whose cores are shared with other jobs, OpenMP threads that spin while waiting
 # slow PyTorch's multi-threaded CPU kernels down by 10-50x; passive waiting avoids that. It must be
@@ -159,8 +158,6 @@ def torch_side(x_train: np.ndarray, y_train: np.ndarray, x_pred: np.ndarray, epo
             "versions": {"torch": torch.__version__}}
 
 
-def machine() -> dict:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -245,6 +242,19 @@ def quality(args: argparse.Namespace) -> None:
     from hits_stamps.training import TrainConfig, fit, load_model
 
     torch.set_num_threads(args.threads)
+    if args.smoke:  # toy files, one epoch, 5 Monte-Carlo samples
+        from hits_stamps.datasets import make_synthetic_stamps
+        from hits_stamps.io import write_stamps
+
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        args.train = write_stamps(make_synthetic_stamps(300, seed=0), Path(args.out_dir) / "toy_train.npz",
+                                  overwrite=True)
+        args.test = [write_stamps(make_synthetic_stamps(200, seed=1), Path(args.out_dir) / "toy_test.npz",
+                                  overwrite=True)]
+        args.epochs = [f"{m}=1" for m in args.models]
+        args.mc_samples = 5
+    elif not args.train or not args.test:
+        raise SystemExit("quality needs --train and --test (or --smoke)")
     train = read_stamps(args.train)
     if args.n_train and args.n_train < len(train):
         train = train[np.sort(np.random.default_rng(args.seed).permutation(len(train))[: args.n_train])]
@@ -284,8 +294,8 @@ def quality(args: argparse.Namespace) -> None:
     results["machine"] = machine()
     results["torch_threads"] = args.threads
     results["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
-    (out_dir / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out_dir / 'quality.json'}")
+    results["smoke"] = args.smoke
+    write_json(out_dir / "quality.json", results)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -302,8 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     tw.add_argument("--epochs", type=int, default=3)
     tw.add_argument("--threads", type=int, default=2)
     q = sub.add_parser("quality", help="train and score seed-bnn, bayes-cnn, rotinv-cnn")
-    q.add_argument("--train", required=True, help="labelled training stamp file")
-    q.add_argument("--test", action="append", required=True, help="labelled test stamp file (repeatable)")
+    q.add_argument("--train", help="labelled training stamp file")
+    q.add_argument("--test", action="append", help="labelled test stamp file (repeatable)")
     q.add_argument("--out-dir", required=True)
     q.add_argument("--models", nargs="+", default=["seed-bnn", "bayes-cnn", "rotinv-cnn"])
     q.add_argument("--epochs", action="append", default=[], help="MODEL=N (default: the model's recipe)")
@@ -313,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=2)
     q.add_argument("--retrain", action="store_true", help="train again even if OUT_DIR/MODEL exists")
+    add_smoke(q)
     args = ap.parse_args(argv)
     {"speed": speed, "tf-worker": tf_worker, "quality": quality}[args.cmd](args)
 

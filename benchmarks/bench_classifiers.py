@@ -1,22 +1,23 @@
 """Classifier benchmarks: rotinv-cnn ablation, seed-cnn vs deephits vs rotinv-cnn, speed vs tf_keras.
 
-Subcommands (run heavy ones with `nice`; every result is a JSON file, `table` prints markdown):
+Subcommands (run heavy ones with `nice`; every result is a JSON file, `table` prints markdown;
+`data --smoke` then `compare --smoke` run the whole path on tiny files in about a minute):
 
     data      simulate train/test stamps and build the real-pixel HiTS 2015 set
-              python benchmarks/bench_classifiers.py data --out /tmp/clfbench --n-train 40000 --n-test 20000
+              python benchmarks/bench_classifiers.py data --out runs/clfbench --n-train 40000 --n-test 20000
     ablation  rotinv-cnn variants trained on a training subset, scored on a held-out validation split
-              python benchmarks/bench_classifiers.py ablation --data /tmp/clfbench --out /tmp/clfbench/ablation.json
+              python benchmarks/bench_classifiers.py ablation --data runs/clfbench --out runs/clfbench/ablation.json
     compare   the three classifiers trained on simulation, tested on simulated and real-pixel stamps, and
               trained/tested on the real-pixel set split by object
-              python benchmarks/bench_classifiers.py compare --data /tmp/clfbench --work /tmp/clfbench/work \\
-                  --out /tmp/clfbench/compare.json
+              python benchmarks/bench_classifiers.py compare --data runs/clfbench --work runs/clfbench/work \\
+                  --out runs/clfbench/compare.json
     speed     seed-cnn training s/epoch (4,026 stamps, batch 50) and inference stamps/s (batch 1024), ours
               vs tf_keras in the same run, and inference as a fraction of the measured sgemm FLOP/s
-              python benchmarks/bench_classifiers.py speed --out /tmp/clfbench/speed.json
+              python benchmarks/bench_classifiers.py speed --out runs/clfbench/speed.json
     figures   ROC curves of the three models and selected evaluation figures for the docs
-              python benchmarks/bench_classifiers.py figures --work /tmp/clfbench/work --out docs/figures
+              python benchmarks/bench_classifiers.py figures --work runs/clfbench/work --out docs/figures
     table     markdown tables from the JSON files
-              python benchmarks/bench_classifiers.py table /tmp/clfbench/*.json
+              python benchmarks/bench_classifiers.py table runs/clfbench/*.json
 
 The tf_keras side runs in a separate throwaway virtual environment (default /tmp/tfvenv, created with
 tensorflow==2.21.0 and tf-keras==2.21.0 when missing); it is never a project dependency.
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,7 +37,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _machine import cpu_model
+from _common import add_smoke, machine, wilson_interval, write_json
 
 # PyTorch's OpenMP threads spin-wait by default; on a shared, oversubscribed machine a spinning
 # thread starves its partner and a 2-thread training step gets >10x slower. Passive waiting (set
@@ -56,22 +56,22 @@ warnings.filterwarnings("ignore", message=".*non-finite pixels.*")
 KEYS = ("accuracy", "f1", "roc_auc", "fnr_at_fpr_1pct", "fpr", "fnr")
 
 
-def machine() -> dict:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "load_average": os.getloadavg()}
+def _machine() -> dict:
+    return machine(omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
 
 
 def _write(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    print(f"wrote {path}")
+    write_json(path, obj)
 
 
 # ----------------------------------------------------------------------------- data
 def cmd_data(args) -> None:
     from hits_stamps.simulate import simulate_stamps
 
+    if args.smoke:  # tiny files; the real-pixel set from the packaged sample
+        from hits_stamps.realdata import packaged_sample_path
+
+        args.n_train, args.n_test, args.sequences = 400, 200, str(packaged_sample_path())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_stamps(simulate_stamps(args.n_train, seed=args.seed), out / "sim_train.npz", overwrite=True)
@@ -189,7 +189,7 @@ def cmd_ablation(args) -> None:
                 res["label"] = label
                 res["variant"] = i
                 rows.append(res)
-                _write(Path(args.out), {"machine": machine(), "n_train": len(train), "n_val": len(val),
+                _write(Path(args.out), {"machine": _machine(), "n_train": len(train), "n_val": len(val),
                                         "epochs": args.epochs, "rows": rows})
 
 
@@ -231,6 +231,8 @@ def cmd_compare(args) -> None:
         tests["real_test_objects"] = r_test  # the objects the real-trained models are tested on
     models = args.models.split(",")
     epochs = json.loads(args.epochs) if args.epochs else {}
+    if args.smoke:  # one epoch of each model
+        epochs = dict.fromkeys(models, 1)
     out = Path(args.out)
     rows = json.loads(out.read_text())["rows"] if args.append and out.exists() else []
     done = {(r["setting"], r["model"], r["seed"]) for r in rows}
@@ -246,13 +248,13 @@ def cmd_compare(args) -> None:
             for seed in range(args.seeds):
                 if (setting, name, seed) in done:
                     _score_missing(rows, setting, name, seed, te, work / "eval" / f"{tag}_{name}_s{seed}")
-                    _write(out, {"machine": machine(), "rows": rows})
+                    _write(out, {"machine": _machine(), "rows": rows})
                     continue
                 res = train_and_score(name, tr, va, te, work / "models" / f"{tag}_{name}_s{seed}", epochs.get(name),
                                       seed, eval_dir=work / "eval" / f"{tag}_{name}_s{seed}")
                 res["setting"] = setting
                 rows.append(res)
-                _write(out, {"machine": machine(), "rows": rows})
+                _write(out, {"machine": _machine(), "rows": rows})
 
 
 # ----------------------------------------------------------------------------- speed
@@ -381,7 +383,7 @@ def cmd_speed(args) -> None:
     x = scale(train.images, "minmax")  # (N, H, W, C): the network input both frameworks see
     xi = scale(make_synthetic_stamps(n_infer, seed=1).images, "minmax")
     y = train.labels
-    result = {"machine": machine(), "n_train": n_train, "batch_train": 50, "n_infer": n_infer,
+    result = {"machine": _machine(), "n_train": n_train, "batch_train": 50, "n_infer": n_infer,
               "batch_infer": 1024, "threads": threads, "repeats": args.repeats, "epochs_per_repeat": args.epochs}
     module = get_spec("seed-cnn").builder(4, (21, 21)).eval()
     flops = forward_flops(module, 4, (21, 21))
@@ -544,12 +546,17 @@ def cmd_table(args) -> None:
                       f"{mean('fnr_at_fpr_1pct'):.4f} | {np.mean([r['history'][-1]['val_loss'] for r in rs]):.4f} | "
                       f"{np.mean([r['train_seconds'] for r in rs]):.0f} |")
         elif "rows" in res:
-            print("| setting | test set | model | seed | epochs | accuracy | F1 | ROC AUC | FNR at FPR=1% | train s |")
-            print("|---|---|---|---|---|---|---|---|---|---|")
+            # Wilson intervals treat stamps as independent: true for simulated stamps, too narrow for
+            # real-pixel sets where one object has several epochs
+            print("| setting | test set | model | seed | epochs | stamps | accuracy | 95% interval (Wilson) | F1 | "
+                  "ROC AUC | FNR at FPR=1% | train s |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|")
             for r in res["rows"]:
                 for name, t in r["tests"].items():
-                    print(f"| {r['setting']} | {name} | {r['model']} | {r['seed']} | {r['epochs']} | "
-                          f"{_fmt(t['accuracy'])} | {_fmt(t['f1'])} | {_fmt(t['roc_auc'])} | "
+                    lo, hi = wilson_interval(t["accuracy"] * t["n"], t["n"])
+                    ci = f"[{lo:.4f}, {hi:.4f}]" if name.startswith("sim") else "n/a (grouped by object)"
+                    print(f"| {r['setting']} | {name} | {r['model']} | {r['seed']} | {r['epochs']} | {t['n']:,} | "
+                          f"{_fmt(t['accuracy'])} | {ci} | {_fmt(t['f1'])} | {_fmt(t['roc_auc'])} | "
                           f"{_fmt(t['fnr_at_fpr_1pct'])} | {r['train_seconds']:.0f} |")
         else:
             print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=1))
@@ -558,7 +565,7 @@ def cmd_table(args) -> None:
                     print(k, json.dumps({a: b for a, b in res[k].items() if not isinstance(b, list)}, indent=1))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("data")
@@ -569,6 +576,7 @@ def main() -> None:
     p.add_argument("--test-seed", type=int, default=202, help="simulation seed of the test file")
     p.add_argument("--sequences", default=str(Path(__file__).resolve().parents[2] / "shared/data/hits2015/"
                                               "hits2015_sequences.npz"))
+    add_smoke(p)
     p = sub.add_parser("ablation")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
@@ -590,6 +598,7 @@ def main() -> None:
     p.add_argument("--settings", default="sim,real", help="sim (train on simulation), real (real set by object)")
     p.add_argument("--work", required=True, help="folder for the model directories and evaluation outputs")
     p.add_argument("--append", action="store_true", help="keep rows of an existing --out; skip runs already in it")
+    add_smoke(p)
     p = sub.add_parser("speed")
     p.add_argument("--out", required=True)
     p.add_argument("--epochs", type=int, default=4, help="epochs per training run (the first is dropped)")
@@ -612,7 +621,7 @@ def main() -> None:
     for p in sub.choices.values():
         p.add_argument("--threads", type=int, default=0,
                        help="torch intra-op threads (0: torch's default); 1 is faster on a loaded shared machine")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     {"data": cmd_data, "ablation": cmd_ablation, "compare": cmd_compare, "speed": cmd_speed, "ours-once": cmd_ours_once,

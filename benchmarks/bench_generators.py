@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _machine import cpu_model
+from _common import add_smoke, machine
 from hits_stamps.generation import generate, load_generator
 from hits_stamps.generation.consistent import load_bank
 from hits_stamps.generation.judge import (
@@ -105,14 +104,33 @@ def within_se(best: float, value: float, n: int) -> bool:
     return value >= best - se
 
 
-def main() -> None:
+def smoke_inputs(out: Path) -> dict[str, str]:
+    """--smoke: tiny simulated files and one-epoch models (what the Data section of the docs trains), in OUT/inputs."""
+    from hits_stamps.io import write_stamps
+    from hits_stamps.simulate import simulate_stamps
+    from hits_stamps.training import TrainConfig, fit
+
+    d = out / "inputs"
+    d.mkdir(parents=True, exist_ok=True)
+    train = simulate_stamps(400, seed=0, workers=1)
+    paths = {"train": str(write_stamps(train, d / "train.npz", overwrite=True)),
+             "test": str(write_stamps(simulate_stamps(200, seed=2, workers=1), d / "test.npz", overwrite=True))}
+    small = {"cvae": {"base_channels": 8, "latent_components": 2}, "diffusion": {"base_channels": 8}}
+    for role, model in (("cvae", "cvae"), ("diffusion", "diffusion"), ("tuner", "deephits"), ("judge", "rotinv-cnn")):
+        cfg = TrainConfig(model=model, epochs=1, model_kwargs=small.get(model, {}))
+        fit(cfg, train, d / role, overwrite=True, progress=False, data_path=paths["train"])
+        paths[role] = str(d / role)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--train", required=True)
-    ap.add_argument("--test", required=True)
-    ap.add_argument("--cvae", required=True)
-    ap.add_argument("--diffusion", required=True)
-    ap.add_argument("--tuner", required=True, help="classifier that chooses every setting")
-    ap.add_argument("--judge", required=True, help="classifier of another architecture that gives the final numbers")
+    ap.add_argument("--train")
+    ap.add_argument("--test")
+    ap.add_argument("--cvae")
+    ap.add_argument("--diffusion")
+    ap.add_argument("--tuner", help="classifier that chooses every setting")
+    ap.add_argument("--judge", help="classifier of another architecture that gives the final numbers")
     ap.add_argument("--out", required=True)
     ap.add_argument("--n-val", type=int, default=300, help="generated stamps per class for each validation score")
     ap.add_argument("--n-tune", type=int, default=150, help="stamps per condition (cvae) / class (diffusion) tuning")
@@ -122,16 +140,24 @@ def main() -> None:
     ap.add_argument("--tstr-n", type=int, default=3000, help="real training stamps the TSTR twin is sized on")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    add_smoke(ap)
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.smoke:  # tiny inputs made here, few stamps per score
+        for k, v in smoke_inputs(out).items():
+            setattr(args, k, v)
+        args.n_val, args.n_tune, args.guidances, args.steps = 20, 10, "0,1", "2,3"
+        args.max_per_class, args.tstr_n = 20, 100
+    missing = [k for k in ("train", "test", "cvae", "diffusion", "tuner", "judge") if not getattr(args, k)]
+    if missing:
+        raise SystemExit(f"missing --{', --'.join(missing)} (or --smoke)")
     t_start = time.perf_counter()
     train, test = read_stamps(args.train), read_stamps(args.test)
     val = validation_split(train)
     tuner = load_model(args.tuner)
-    report: dict = {"machine": {"cpu": cpu_model(), "torch": torch.__version__, "threads": args.threads,
-                                "python": platform.python_version()},
+    report: dict = {"machine": machine(),
                     "args": vars(args), "n_validation": len(val), "tuner": {"path": args.tuner, "model": tuner.name},
                     "judge": {"path": args.judge, "model": load_model(args.judge).name}, "validation": {}}
     for name in ("cvae", "diffusion"):

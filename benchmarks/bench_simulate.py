@@ -1,6 +1,7 @@
 """Throughput of the simulator and time of build-real.
 
 Usage: python benchmarks/bench_simulate.py [--n 20000] [--repeats 5] [--sequences PATH] [--out FILE.json]
+       python benchmarks/bench_simulate.py --smoke --out W/simulate_smoke.json   # 200 stamps, packaged sample
 
 Times `simulate_stamps(n)` with 1 and 2 worker threads, side by side with the toy generator
 `make_synthetic_stamps(n)` as a baseline, each `--repeats` times in alternation, and reports the
@@ -13,14 +14,12 @@ rates depend on the other load (the load average is recorded); the CPU seconds p
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-from _machine import cpu_model
+from _common import add_smoke, machine, write_json
 
 
 def timed(fn):
@@ -29,24 +28,24 @@ def timed(fn):
     return out, time.perf_counter() - t0, time.process_time() - c0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sequences", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-
-    import os
-
-    import torch
+    add_smoke(ap)
+    args = ap.parse_args(argv)
 
     from hits_stamps.datasets import make_synthetic_stamps
-    from hits_stamps.realdata import build_real, default_sequences_path
+    from hits_stamps.realdata import build_real, default_sequences_path, packaged_sample_path
     from hits_stamps.simulate import load_conditions, simulate_stamps
 
+    if args.smoke:
+        args.n, args.repeats, args.sequences = 200, 1, packaged_sample_path()
+
     table = load_conditions()
-    simulate_stamps(500, seed=99, conditions=table)  # warm up imports and caches
+    simulate_stamps(min(500, args.n), seed=99, conditions=table)  # warm up imports and caches
     runs: dict[str, list[tuple[float, float]]] = {"simulate, 1 thread": [], "simulate, 2 threads": [],
                                                   "make_synthetic_stamps (toy baseline)": []}
     for r in range(args.repeats):
@@ -72,10 +71,8 @@ def main() -> None:
         real, wall, _ = timed(lambda: build_real(seq, conditions=table))
         real_times.append(wall)
     result = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-                    "numpy": np.__version__, "python": platform.python_version(),
-                    "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "n": args.n, "repeats": args.repeats, "simulate": rows,
+        "machine": machine(numpy=np.__version__),  # load average at the end
+        "smoke": args.smoke, "n": args.n, "repeats": args.repeats, "simulate": rows,
         "build_real": {"sequences": str(seq), "stamps": len(real), "median_s": float(np.median(real_times)),
                        "all_s": [round(t, 2) for t in real_times]},
     }
@@ -88,8 +85,7 @@ def main() -> None:
     b = result["build_real"]
     print(f"\nbuild_real({seq}): {b['stamps']} stamps, median {b['median_s']:.2f} s (runs {b['all_s']})")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

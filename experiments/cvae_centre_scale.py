@@ -6,7 +6,7 @@ stamps of the RMS residual t - loc and of the decoder's per-pixel scale (diagona
 5x5 pixels and the four 4x4 corners. A decoder whose scale grows where its residual grows has explained
 the misfit with a wider distribution instead of fitting it.
 
-    python benchmarks/cvae_centre_scale.py /tmp/s3/f24_kind_dec /tmp/s5/g0 --train-file /tmp/clfbench/sim_train.npz
+    python experiments/cvae_centre_scale.py runs/s3/f24_kind_dec runs/s5/g0 --train-file runs/clfbench/sim_train.npz
 """
 
 from __future__ import annotations

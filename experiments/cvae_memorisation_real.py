@@ -12,8 +12,8 @@ same for the reference stamps (ratio < 1: closer to the training stamps than the
 the fraction of generated stamps closer than the closest 1% / 5% of the reference stamps. Distances
 as in `evaluate_generator` (all pixels and channels, in the cvae's transformed units).
 
-    OMP_NUM_THREADS=1 python benchmarks/cvae_memorisation_real.py /tmp/s6/real_modes/cvae_location \\
-        --out /tmp/s7/memorisation_real.json
+    OMP_NUM_THREADS=1 python experiments/cvae_memorisation_real.py runs/s6/real_modes/cvae_location \\
+        --out runs/s7/memorisation_real.json
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import argparse
 
 import numpy as np
 import torch
+from _cvae import generator_split
 
 import hits_stamps.models.cvae as cvae_module
-from _cvae import generator_split
 from hits_stamps.generation.judge import _model_units_flat, nearest_distances
 from hits_stamps.generation.sample import generate, load_generator, posterior_means
 from hits_stamps.realdata import build_real

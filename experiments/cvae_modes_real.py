@@ -9,7 +9,7 @@ the directory gets its residual model refitted in those units (the cvae's weight
 are unchanged), and `evaluate_generator` judges it in each `--modes` (agreement, Fréchet distance,
 TSTR/TRTR on the validation stamps, physical consistency, memorisation).
 
-    OMP_NUM_THREADS=1 python benchmarks/cvae_modes_real.py /tmp/s6/real/real/cvae --out /tmp/s6/real_modes
+    OMP_NUM_THREADS=1 python experiments/cvae_modes_real.py runs/s6/real/real/cvae --out runs/s6/real_modes
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import argparse
 from pathlib import Path
 
 import torch
-
 from _cvae import generator_split, refit_copy, row, show
+
 from hits_stamps.generation.judge import evaluate_generator
 from hits_stamps.generation.sample import load_generator, train_config_of
 from hits_stamps.realdata import build_real

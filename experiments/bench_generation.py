@@ -3,9 +3,10 @@
 Runs on the simulated set (`hits_stamps.simulate.simulate_stamps`) and on the real-pixel HiTS 2015
 set (`hits_stamps.realdata.build_real`, split by object so no source is on both sides), and writes
 OUT/bench_generation.json plus the figures (OUT/<set>/judge/gen_*.png, OUT/augmentation/...).
-Copy the figures to docs/figures with --docs-figures.
+Copy the figures to docs/figures with --docs-figures. Superseded by benchmarks/bench_generators.py
+(see experiments/README.md).
 
-    nice .venv/bin/python benchmarks/bench_generation.py --out bench_out/generation --docs-figures
+    PYTHONPATH=src:benchmarks nice python experiments/bench_generation.py --out bench_out/generation --docs-figures
 
 Sizes are modest on purpose (2 shared CPU cores); every size is an argument and is recorded in the
 JSON. Speed is measured as a ratio in one run: generated stamps/s of the cvae against simulated
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _cvae import generator_split
+
 from _machine import cpu_model
 from hits_stamps.generation import generate, load_generator
 from hits_stamps.generation.augment import augmentation_experiment

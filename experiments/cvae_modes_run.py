@@ -7,7 +7,7 @@ rotinv-cnn as the judge, in each pixel mode listed: `sample`, `loc`, or `residua
 the directory with its residual model refitted in those units on the stamps the cvae was fitted on;
 `decoder` or `location`).
 
-    OMP_NUM_THREADS=1 python benchmarks/cvae_modes_run.py /tmp/s6/mainrun --out /tmp/s6/mj \
+    OMP_NUM_THREADS=1 python experiments/cvae_modes_run.py runs/s6/mainrun --out runs/s6/mj \
         --modes sample,residual_location,residual_decoder
 """
 
@@ -17,8 +17,8 @@ import argparse
 from pathlib import Path
 
 import torch
-
 from _cvae import refit_copy, row, show
+
 from hits_stamps.generation.judge import evaluate_generator
 from hits_stamps.generation.sample import load_generator, train_config_of
 from hits_stamps.io import read_stamps

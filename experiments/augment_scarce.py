@@ -18,7 +18,7 @@ balanced accuracy on `real_test` (mean recall of the two classes: 90% of the sta
 ROC AUC. Reported per (fraction, arm): mean over seeds, and the mean difference from `nothing` with a
 95% t interval over the seeds (t_{0.975, 2} = 4.303 for 3 seeds).
 
-    nice -n 10 python benchmarks/augment_scarce.py --real runs/gen21/real --out runs/gen21/scarce
+    nice -n 10 python experiments/augment_scarce.py --real runs/gen21/real --out runs/gen21/scarce
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ training loop's split of --train-file):
   of generated ones closer than the closest 5% of validation stamps (0.05 for a generator that does
   not copy).
 
-    OMP_NUM_THREADS=1 python benchmarks/cvae_latent_components.py /tmp/s5/g0 \\
-        --train-file /tmp/clfbench/sim_train.npz --judge-dir /tmp/clfbench/work/models/sim_rotinv-cnn_s0 \\
-        --components 10,30,100,200,400 --codes-per-component 2,20 --out /tmp/s6/latent_components.json
+    OMP_NUM_THREADS=1 python experiments/cvae_latent_components.py runs/s5/g0 \\
+        --train-file runs/clfbench/sim_train.npz --judge-dir runs/clfbench/work/models/sim_rotinv-cnn_s0 \\
+        --components 10,30,100,200,400 --codes-per-component 2,20 --out runs/s6/latent_components.json
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import time
 
 import numpy as np
 import torch
+from _cvae import generator_split
 
 import hits_stamps.models.cvae as cvae_module
-from _cvae import generator_split
 from hits_stamps.generation.judge import classifier_features, frechet_distance, nearest_distances
 from hits_stamps.generation.sample import generate, load_generator, posterior_means
 from hits_stamps.io import read_stamps

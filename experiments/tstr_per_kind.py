@@ -1,7 +1,7 @@
 """Recall per stamp kind of classifiers (e.g. the TSTR classifiers the generation benchmark trains) on a test file.
 
-    python benchmarks/tstr_per_kind.py /tmp/s5/final_g0/simulated/judge/tstr_classifier \\
-        /tmp/s3/final/simulated/judge/tstr_classifier --test-file /tmp/clfbench/sim_test.npz --n-test 4000
+    python experiments/tstr_per_kind.py runs/s5/final_g0/simulated/judge/tstr_classifier \\
+        runs/s3/final/simulated/judge/tstr_classifier --test-file runs/clfbench/sim_test.npz --n-test 4000
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ and bound ("sym": +-max |x0|, "asym": the per-channel training minimum and maxim
 agreement and Fréchet distance (its features) to validation stamps of the class (the training loop's
 held-out 20%, seed 0), and the median science pixel of the generated stamps against the real ones.
 
-    python benchmarks/diffusion_sampler_start.py --model runs/gen21/diffusion --train runs/gen21/train.npz \
+    python experiments/diffusion_sampler_start.py --model runs/gen21/diffusion --train runs/gen21/train.npz \
         --tuner runs/gen21/deephits --starts 999,990,980,960,920
 """
 

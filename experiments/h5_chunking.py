@@ -4,7 +4,7 @@ Random single-stamp reads (batch prediction, data loaders) must decompress a who
 larger than HDF5's 1 MiB chunk cache is decompressed again on every read. Whole-file reads are
 timed too. Medians of `--repeats` runs, both layouts in the same run.
 
-    python benchmarks/h5_chunking.py --n 8192 --reads 200 --repeats 3
+    python experiments/h5_chunking.py --n 8192 --reads 200 --repeats 3
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The loss in eval mode uses fixed times and noise (`diffusion_objective`), so the
 two widths compare. Every run: `fit` on the first --n stamps of --train (the loop holds out 20% as
 validation, seed 0), --epochs epochs, recipe defaults otherwise. Prints one row per width.
 
-    nice -n 10 python benchmarks/diffusion_size.py --train runs/gen21/train.npz --out runs/gen21/size
+    nice -n 10 python experiments/diffusion_size.py --train runs/gen21/train.npz --out runs/gen21/size
 """
 
 from __future__ import annotations
