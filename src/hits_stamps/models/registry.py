@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import torch
 
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.tasks import Task
 
 BUILTIN_MODULES = (
     "hits_stamps.models.cnn",
@@ -57,12 +58,18 @@ class Recipe:
     augment: str = "none"  # "none" | "dihedral" (random rotations by 90 deg and flips)
     lr_schedule: str = "constant"  # "constant" | "cosine"
     clip_grad_norm: float | None = None  # clip the gradient norm if set
+    mc_samples: int = 30  # Monte-Carlo forward passes per stamp when a Bayesian model predicts (the one
+    #                       default of every prediction path; hits_stamps.montecarlo)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mc_samples, int) or isinstance(self.mc_samples, bool) or self.mc_samples < 1:
+            raise ValueError(f"mc_samples must be an integer >= 1; got {self.mc_samples!r}")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # user-facing name, e.g. "rotinv-cnn"
-    task: str  # "classifier" | "bayesian-classifier" | "generator"
+    task: Task  # classifier | bayesian-classifier | generator (a string value is converted)
     builder: Callable[..., torch.nn.Module]
     objective: Callable[..., ObjectiveOutput]
     recipe: Recipe
@@ -71,6 +78,13 @@ class ModelSpec:
     # (training StampSet, model kwargs) -> model kwargs completed from the data (cvae: the kinds it is
     # conditioned on); called by the training loop before building, so the values are stored in config.json
     data_kwargs: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "task", Task(self.task))
+        except ValueError as exc:
+            raise HitsStampsError(f"model {self.name!r}: task must be one of {[t.value for t in Task]}; "
+                                  f"got {self.task!r}") from exc
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from hits_stamps.errors import HitsStampsError, StampFileError
 from hits_stamps.io.atomic import atomic_path
 from hits_stamps.models.registry import ModelSpec, count_parameters, get_spec
+from hits_stamps.montecarlo import default_mc_samples, predict_mean
 from hits_stamps.preprocess import Preprocessor
 from hits_stamps.stamps import StampSet
 
@@ -145,7 +146,11 @@ class TrainedModel:
         """(N, H, W, C) stamps -> preprocessed (N, C, H, W) tensor."""
         return torch.from_numpy(self.preprocessor.transform(images))
 
-    @torch.no_grad()
+    @property
+    def mc_samples(self) -> int:
+        """Monte-Carlo samples per stamp by default (its recipe's `mc_samples`; see `hits_stamps.montecarlo`)."""
+        return default_mc_samples(self.config)
+
     def predict_proba(
         self,
         stamps: StampSet | np.ndarray,
@@ -156,28 +161,10 @@ class TrainedModel:
     ) -> np.ndarray:
         """Class probabilities (N, 2) (columns: bogus, real), computed in batches.
 
-        Bayesian models average `mc_samples` Monte-Carlo forward passes (default from the model's
-        config, `mc_samples` key, else 30); deterministic models ignore it.
+        Bayesian models average `mc_samples` Monte-Carlo forward passes (default: the model's
+        recipe, `self.mc_samples`); deterministic models ignore it. `hits_stamps.montecarlo.predict_mean`.
         """
-        from hits_stamps.uncertainty import mc_predict_proba
-
-        images = stamps.images if isinstance(stamps, StampSet) else np.asarray(stamps)
-        if isinstance(stamps, StampSet):
-            self.check_input(stamps)
-        if self.spec.task == "generator":
-            raise HitsStampsError(f"{self.name} is a generator; it does not classify stamps")
-        module = self.module.to(device).eval()
-        bayesian = self.spec.task == "bayesian-classifier"
-        s = (mc_samples or self.config.get("mc_samples", 30)) if bayesian else 1
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = self.inputs(images[start : start + batch_size]).to(device)
-            if bayesian:
-                probs = mc_predict_proba(module, x, n_samples=s, seed=seed + start).mean(0)
-            else:
-                probs = torch.softmax(module(x), dim=-1)
-            out.append(probs.cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
+        return predict_mean(self, stamps, n_samples=mc_samples, batch_size=batch_size, seed=seed, device=device)
 
     def predict(self, stamps: StampSet | np.ndarray, threshold: float = 0.5, **kw) -> np.ndarray:
         return (self.predict_proba(stamps, **kw)[:, 1] >= threshold).astype(np.int64)
