@@ -21,7 +21,7 @@ from hits_stamps.evaluation.calibration import (
 )
 from hits_stamps.models.registry import ModelSpec, ObjectiveOutput, Recipe
 from hits_stamps.preprocess import Preprocessor
-from hits_stamps.training import TrainConfig, TrainedModel, fit
+from hits_stamps.training import TrainConfig, TrainedClassifier, fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -105,13 +105,13 @@ def _objective(model, x, y, n_train):
     return ObjectiveOutput(torch.nn.functional.cross_entropy(logits, y), logits, {})
 
 
-def _linear_model(tmp_path, stamps) -> TrainedModel:
+def _linear_model(tmp_path, stamps) -> TrainedClassifier:
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 21 * 21, 2)).eval()
     spec = ModelSpec("toy-linear", "classifier", lambda **kw: module, _objective, Recipe())
     pre = Preprocessor().fit(stamps.images, stamps.channels)
     config = {"input": {"size": [21, 21], "channels": list(stamps.channels)}, "class_names": ["bogus", "real"]}
-    return TrainedModel(tmp_path, spec, module, config, pre)
+    return TrainedClassifier(tmp_path, spec, module, config, pre)
 
 
 def _is_small_png(path) -> bool:

@@ -27,7 +27,7 @@ from hits_stamps.models.registry import Recipe
 
 if TYPE_CHECKING:
     from hits_stamps.stamps import StampSet
-    from hits_stamps.training.modeldir import TrainedModel
+    from hits_stamps.training.modeldir import TrainedClassifier
 
 #: Monte-Carlo samples per stamp when neither the caller nor the model's recipe says otherwise
 DEFAULT_MC_SAMPLES: int = Recipe.mc_samples
@@ -106,12 +106,12 @@ def sample_batch(module: torch.nn.Module, x: torch.Tensor, n_samples: int, seed:
     return mc_predict_proba(module, x, n_samples=n_samples, seed=seed, dropout=sampling == "dropout")
 
 
-def model_sampling(model: TrainedModel) -> str:
+def model_sampling(model: TrainedClassifier) -> str:
     """`weights` for a Bayesian classifier, `none` for a deterministic one (MC dropout is asked for explicitly)."""
     return "weights" if model.spec.task.bayesian else "none"
 
 
-def _images(model: TrainedModel, stamps: StampSet | np.ndarray) -> np.ndarray:
+def _images(model: TrainedClassifier, stamps: StampSet | np.ndarray) -> np.ndarray:
     from hits_stamps.stamps import StampSet
 
     if not model.spec.task.classifies:
@@ -122,7 +122,7 @@ def _images(model: TrainedModel, stamps: StampSet | np.ndarray) -> np.ndarray:
     return np.asarray(stamps)
 
 
-def _batches(model: TrainedModel, images: np.ndarray, n_samples: int | None, batch_size: int, seed: int,
+def _batches(model: TrainedClassifier, images: np.ndarray, n_samples: int | None, batch_size: int, seed: int,
              device: str) -> Iterator[torch.Tensor]:
     """(S, B, K) tensors on `device`, batch by batch over images (N, H, W, C)."""
     sampling = model_sampling(model)
@@ -139,7 +139,7 @@ def _batches(model: TrainedModel, images: np.ndarray, n_samples: int | None, bat
 
 @torch.no_grad()
 def predict_samples(
-    model: TrainedModel,
+    model: TrainedClassifier,
     stamps: StampSet | np.ndarray,
     n_samples: int | None = None,
     batch_size: int = 1024,
@@ -161,7 +161,7 @@ def predict_samples(
 
 @torch.no_grad()
 def predict_mean(
-    model: TrainedModel,
+    model: TrainedClassifier,
     stamps: StampSet | np.ndarray,
     n_samples: int | None = None,
     batch_size: int = 1024,

@@ -47,6 +47,7 @@ import torch
 from hits_stamps.errors import HitsStampsError, NotFittedError, StampFileError
 from hits_stamps.montecarlo import DEFAULT_MC_SAMPLES, model_sampling, sample_batch
 from hits_stamps.stamps import StampSet
+from hits_stamps.tasks import Task
 
 METHODS = ("softmax", "flipout", "mc-dropout", "ensemble")
 CALIBRATIONS = ("none", "temperature", "platt", "isotonic")
@@ -359,7 +360,7 @@ class Predictive:
     def n_samples(self) -> int:
         s = 0
         for m in self.models:
-            stochastic = m.spec.task == "bayesian-classifier" or self.method == "mc-dropout"
+            stochastic = m.spec.task.bayesian or self.method == "mc-dropout"
             s += self.config.mc_samples if stochastic else 1
         return s
 
@@ -406,19 +407,19 @@ def _check_models(models: list, method: str) -> None:
     if not models:
         raise HitsStampsError("a predictive method needs at least one trained model")
     tasks = {m.spec.task for m in models}
-    if not tasks <= {"classifier", "bayesian-classifier"}:
-        raise HitsStampsError(f"every model must be a classifier; found {sorted(tasks)}")
+    if not all(t.classifies for t in tasks):
+        raise HitsStampsError(f"every model must be a classifier; found {sorted(map(str, tasks))}")
     if method in ("softmax", "flipout", "mc-dropout") and len(models) != 1:
         raise HitsStampsError(f"method {method!r} uses one model; got {len(models)}")
-    if method == "softmax" and tasks != {"classifier"}:
+    if method == "softmax" and tasks != {Task.CLASSIFIER}:
         raise HitsStampsError(f"{models[0].path}: method softmax needs a deterministic classifier; "
                               f"{models[0].name} is Bayesian (use flipout)")
-    if method == "flipout" and tasks != {"bayesian-classifier"}:
+    if method == "flipout" and tasks != {Task.BAYESIAN_CLASSIFIER}:
         raise HitsStampsError(f"{models[0].path}: method flipout needs a Bayesian classifier (seed-bnn, bayes-cnn); "
                               f"{models[0].name} is deterministic")
     if method == "mc-dropout":
         m = models[0]
-        if m.spec.task != "classifier" or not any(isinstance(x, torch.nn.modules.dropout._DropoutNd) and x.p > 0
+        if m.spec.task is not Task.CLASSIFIER or not any(isinstance(x, torch.nn.modules.dropout._DropoutNd) and x.p > 0
                                                   for x in m.module.modules()):
             raise HitsStampsError(f"{m.path}: method mc-dropout needs a classifier with dropout; {m.name} has none")
     first = models[0]

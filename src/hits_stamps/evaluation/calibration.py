@@ -26,10 +26,10 @@ from hits_stamps.montecarlo import predict_samples
 
 if TYPE_CHECKING:
     from hits_stamps.stamps import StampSet
-    from hits_stamps.training.modeldir import TrainedModel
+    from hits_stamps.training.modeldir import TrainedClassifier
 
 
-def mc_sample_count(mc_samples: int | None, model: TrainedModel) -> int:
+def mc_sample_count(mc_samples: int | None, model: TrainedClassifier) -> int:
     """Monte-Carlo passes for a Bayesian model: `mc_samples`, or the model's default (its recipe's) when None; >= 1."""
     s = model.mc_samples if mc_samples is None else int(mc_samples)
     if s < 1:
@@ -202,7 +202,7 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def uncertainty_report(
-    model: TrainedModel,
+    model: TrainedClassifier,
     stamps: StampSet,
     out_dir: Path,
     probs: np.ndarray | None = None,

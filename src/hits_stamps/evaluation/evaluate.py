@@ -38,12 +38,12 @@ from hits_stamps.io.atomic import atomic_path
 from hits_stamps.montecarlo import predict_samples
 from hits_stamps.stamps import StampSet
 from hits_stamps.training import modeldir
-from hits_stamps.training.modeldir import TrainedModel
+from hits_stamps.training.modeldir import TrainedClassifier
 
 CHUNK = 8192  # stamps per prediction chunk (a multiple of the 1024-stamp batch)
 
 
-def predict_with_progress(model: TrainedModel, stamps: StampSet, mc_samples: int | None = None,
+def predict_with_progress(model: TrainedClassifier, stamps: StampSet, mc_samples: int | None = None,
                           progress: bool = True, batch_size: int = 1024, device: str = "cpu") -> np.ndarray:
     """`model.predict_proba` over `stamps` in chunks, with a progress bar; returns (N, 2).
 
@@ -56,7 +56,7 @@ def predict_with_progress(model: TrainedModel, stamps: StampSet, mc_samples: int
     return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.float32)
 
 
-def mc_samples_with_progress(model: TrainedModel, stamps: StampSet, n_samples: int, progress: bool = True,
+def mc_samples_with_progress(model: TrainedClassifier, stamps: StampSet, n_samples: int, progress: bool = True,
                              batch_size: int = 1024, device: str = "cpu") -> np.ndarray:
     """Monte-Carlo probabilities (S, N, 2) over `stamps` in chunks, with a progress bar.
 
@@ -68,7 +68,7 @@ def mc_samples_with_progress(model: TrainedModel, stamps: StampSet, n_samples: i
     return np.concatenate(parts, axis=1) if parts else np.zeros((n_samples, 0, 2), dtype=np.float32)
 
 
-def _chunked(model: TrainedModel, stamps: StampSet, progress: bool, fn) -> list[np.ndarray]:
+def _chunked(model: TrainedClassifier, stamps: StampSet, progress: bool, fn) -> list[np.ndarray]:
     """fn(images[start:start + CHUNK], start) for every chunk, with a progress bar over large sets."""
     n = len(stamps)
     out = []
@@ -112,7 +112,7 @@ def _labelled_only(stamps: StampSet, what: str) -> tuple[StampSet, int]:
 
 
 def threshold_from_validation(
-    model: TrainedModel,
+    model: TrainedClassifier,
     val_stamps: StampSet,
     mc_samples: int | None = None,
     progress: bool = True,
@@ -154,7 +154,7 @@ def threshold_from_validation(
 
 
 def evaluate_model(
-    model: TrainedModel,
+    model: TrainedClassifier,
     stamps: StampSet,
     out_dir: str | os.PathLike,
     mc_samples: int | None = None,

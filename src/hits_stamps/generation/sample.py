@@ -17,6 +17,7 @@ import torch
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.generation.consistent import BANK_FILE, DEFAULT_CANDIDATES, ConditionBank, derive_stamps, load_bank
 from hits_stamps.stamps import LABEL_NAMES, StampSet
+from hits_stamps.tasks import Task
 from hits_stamps.training.loop import TrainConfig
 from hits_stamps.training.modeldir import CONFIG, WEIGHTS, TrainedModel, load_model, save_weights, write_json
 
@@ -28,7 +29,7 @@ GENERATED_KIND = "generated"
 def load_generator(model: str | os.PathLike | TrainedModel, device: str = "cpu") -> TrainedModel:
     """A trained generator from a directory (or passed through); refuses classifiers."""
     tm = model if isinstance(model, TrainedModel) else load_model(model, device=device)
-    if tm.spec.task != "generator":
+    if tm.spec.task is not Task.GENERATOR:
         raise HitsStampsError(
             f"{tm.path}: model {tm.name!r} is a {tm.spec.task}, not a generator (train one with --model cvae)"
         )

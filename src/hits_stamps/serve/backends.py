@@ -6,8 +6,8 @@ preprocessed stamps (B, C, H, W) float32 (the output of the model's `Preprocesso
 holds the same preprocessing (`hits_stamps.serve.export`; parity tested on stamps with NaNs).
 
 - `torch`: classifiers give softmax(f(x)); Bayesian classifiers the Monte-Carlo predictive mean
-  (1/S) sum_s softmax(f_{w_s}(x)) with S = `mc_samples` (default: the model's recipe, `TrainedModel.mc_samples`),
-  seeded per batch with `seed + first row of the batch`, exactly as `TrainedModel.predict_proba`
+  (1/S) sum_s softmax(f_{w_s}(x)) with S = `mc_samples` (default: the model's recipe, `TrainedClassifier.mc_samples`),
+  seeded per batch with `seed + first row of the batch`, exactly as `TrainedClassifier.predict_proba`
   seeds its batches. Predicting a file in chunks whose boundaries are multiples of the batch size
   therefore gives the same numbers as `predict_proba` on the whole file.
 - `onnxruntime`: the exported network (`hits_stamps.serve.export`); for Bayesian models that is the
@@ -25,7 +25,7 @@ import torch
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.montecarlo import model_sampling, sample_batch
 from hits_stamps.serve import export
-from hits_stamps.training.modeldir import TrainedModel
+from hits_stamps.training.modeldir import TrainedClassifier
 
 BACKENDS = ("torch", "onnxruntime")
 UNCERTAINTY_COLUMNS = ("p_std", "entropy", "mutual_information")
@@ -39,7 +39,7 @@ class TorchBackend:
 
     def __init__(
         self,
-        model: TrainedModel,
+        model: TrainedClassifier,
         device: str = "cpu",
         mc_samples: int | None = None,
         seed: int = 0,
@@ -125,7 +125,7 @@ class OnnxBackend:
 
     def __init__(
         self,
-        model: TrainedModel,
+        model: TrainedClassifier,
         onnx_model: str | os.PathLike | bytes | None = None,
         threads: int | None = None,
     ):
@@ -155,7 +155,7 @@ class OnnxBackend:
 
 
 def make_backend(
-    model: TrainedModel,
+    model: TrainedClassifier,
     backend: str = "torch",
     onnx_model: str | os.PathLike | bytes | None = None,
     device: str = "cpu",
@@ -176,7 +176,7 @@ def make_backend(
 
 
 def predict_chunk(
-    model: TrainedModel,
+    model: TrainedClassifier,
     backend: TorchBackend | OnnxBackend,
     images: np.ndarray,
     start: int,

@@ -116,7 +116,11 @@ def save_weights(module: torch.nn.Module, path: str | os.PathLike) -> None:
 
 @dataclass
 class TrainedModel:
-    """A model rebuilt from its directory, ready to predict."""
+    """A model rebuilt from its directory: what classifiers and generators share.
+
+    `load_model` returns a `TrainedClassifier` (it predicts) or a `TrainedGenerator` (it samples
+    stamps with `hits_stamps.generation`); each has only the methods its task supports.
+    """
 
     path: Path
     spec: ModelSpec
@@ -146,6 +150,12 @@ class TrainedModel:
         """(N, H, W, C) stamps -> preprocessed (N, C, H, W) tensor."""
         return torch.from_numpy(self.preprocessor.transform(images))
 
+
+
+@dataclass
+class TrainedClassifier(TrainedModel):
+    """A trained classifier (task classifier or bayesian-classifier): class probabilities of stamps."""
+
     @property
     def mc_samples(self) -> int:
         """Monte-Carlo samples per stamp by default (its recipe's `mc_samples`; see `hits_stamps.montecarlo`)."""
@@ -168,6 +178,12 @@ class TrainedModel:
 
     def predict(self, stamps: StampSet | np.ndarray, threshold: float = 0.5, **kw) -> np.ndarray:
         return (self.predict_proba(stamps, **kw)[:, 1] >= threshold).astype(np.int64)
+
+
+@dataclass
+class TrainedGenerator(TrainedModel):
+    """A trained generator (task generator): it samples stamps (`hits_stamps.generation.sample`) and
+    does not classify, so it has no `predict_proba`."""
 
 
 def torch_device(device: str) -> torch.device:
@@ -225,8 +241,10 @@ def read_config(path: str | os.PathLike, full: bool = True) -> dict[str, Any]:
     return config
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu") -> TrainedModel:
+def load_model(path: str | os.PathLike, device: str = "cpu") -> TrainedClassifier | TrainedGenerator:
     """Rebuild a model from its directory (weights via safetensors: no code is executed).
+
+    A classifier comes back as a `TrainedClassifier`, a generator as a `TrainedGenerator`.
 
     A foreign, corrupt, truncated or mismatched file (config.json, model.safetensors, history.json)
     raises a StampFileError naming it.
@@ -269,4 +287,5 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> TrainedModel:
         history = read_json(path / HISTORY)
         if not (isinstance(history, list) and all(isinstance(r, dict) for r in history)):
             raise StampFileError(path / HISTORY, None, "a JSON list of per-epoch objects", f"{history!r:.80}")
-    return TrainedModel(path, spec, module.to(dev), config, pre, history)
+    kind = TrainedClassifier if spec.task.classifies else TrainedGenerator
+    return kind(path, spec, module.to(dev), config, pre, history)
