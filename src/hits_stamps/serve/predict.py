@@ -181,7 +181,7 @@ def prediction_identity(model: TrainedModel, stream: StampStream, config: Predic
         "batch_size": config.batch_size,
         "backend": config.backend,
         "onnx": file_sha256(config.onnx_path) if config.onnx_path else None,
-        "mc_samples": (config.mc_samples or model.config.get("mc_samples", 30)) if bayesian else None,
+        "mc_samples": (config.mc_samples or model.mc_samples) if bayesian else None,
         "seed": config.seed if bayesian else None,
         "device": config.device,
         "columns": list(config.extra_columns),
