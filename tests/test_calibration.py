@@ -21,7 +21,7 @@ from hits_stamps.evaluation.calibration import (
 )
 from hits_stamps.models.registry import ModelSpec, ObjectiveOutput, Recipe
 from hits_stamps.preprocess import Preprocessor
-from hits_stamps.training import TrainConfig, TrainedModel, fit
+from hits_stamps.training import TrainConfig, TrainedClassifier, fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -105,13 +105,13 @@ def _objective(model, x, y, n_train):
     return ObjectiveOutput(torch.nn.functional.cross_entropy(logits, y), logits, {})
 
 
-def _linear_model(tmp_path, stamps) -> TrainedModel:
+def _linear_model(tmp_path, stamps) -> TrainedClassifier:
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 21 * 21, 2)).eval()
     spec = ModelSpec("toy-linear", "classifier", lambda **kw: module, _objective, Recipe())
     pre = Preprocessor().fit(stamps.images, stamps.channels)
     config = {"input": {"size": [21, 21], "channels": list(stamps.channels)}, "class_names": ["bogus", "real"]}
-    return TrainedModel(tmp_path, spec, module, config, pre)
+    return TrainedClassifier(tmp_path, spec, module, config, pre)
 
 
 def _is_small_png(path) -> bool:
@@ -160,14 +160,15 @@ def test_report_for_a_bayesian_model(tmp_path):
     # the probabilities are the mean of the Monte-Carlo samples (seed 0, as predict_proba)
     p = model.predict_proba(test, mc_samples=8, seed=0)[:, 1]
     assert rep["nll"] == pytest.approx(nll(test.labels, p), rel=1e-6)
-    # default: 100 samples for Bayesian models
+    # default: the model's recipe (30 samples) for Bayesian models
     rep = uncertainty_report(model, test[:6], tmp_path / "ev_default", figures=False)
-    assert rep["mc_samples"] == 100 and rep["figures"] == {}
+    assert rep["mc_samples"] == model.mc_samples == 30 and rep["figures"] == {}
     assert not (tmp_path / "ev_default" / "reliability.png").exists()
 
 
 def test_given_monte_carlo_samples_are_used_once(tmp_path, monkeypatch):
-    from hits_stamps import uncertainty
+    from hits_stamps import montecarlo
+    from hits_stamps.evaluation import calibration, evaluate
     from hits_stamps.evaluation.evaluate import evaluate_model, mc_samples_with_progress, predict_with_progress
 
     train = make_synthetic_stamps(64, seed=0)
@@ -181,8 +182,10 @@ def test_given_monte_carlo_samples_are_used_once(tmp_path, monkeypatch):
     with pytest.raises(HitsStampsError, match=r"samples must have shape \(S, 30, 2\)"):
         uncertainty_report(model, test, tmp_path / "ev", samples=samples[:, :10], figures=False)
     calls = []
-    real_mc = uncertainty.mc_predict_stamps
-    monkeypatch.setattr(uncertainty, "mc_predict_stamps", lambda *a, **k: calls.append(1) or real_mc(*a, **k))
+    real_mc = montecarlo.predict_samples
+    counted = lambda *a, **k: calls.append(1) or real_mc(*a, **k)  # noqa: E731
+    monkeypatch.setattr(calibration, "predict_samples", counted)
+    monkeypatch.setattr(evaluate, "predict_samples", counted)
     given = uncertainty_report(model, test, tmp_path / "ev", samples=samples, figures=False)
     assert not calls  # no second Monte-Carlo pass
     assert given["nll"] == pytest.approx(rep["nll"], rel=1e-6) and given["mc_samples"] == 8

@@ -410,3 +410,24 @@ def test_user_files_replace_the_training_mix_and_keep_objects_apart(tmp_path):
         step_user_data(ctx)
     with pytest.raises(HitsStampsError, match="data.val goes with data.train"):
         C.apply_overrides(C.RunConfig(), {"data": {"val": str(train)}}, "test")
+
+
+def test_staged_dir_with_the_run_root_stores_paths_relative_to_it(tmp_path, monkeypatch):
+    from hits_stamps.pipeline.steps import staged_dir
+    from hits_stamps.rundir import RunDir
+
+    monkeypatch.chdir(tmp_path)
+    run = RunDir(Path("runs") / "r")  # a relative --out, as `hits-stamps run --out runs/r`
+    elsewhere = tmp_path / "elsewhere" / "runs" / "r" / "data" / "x.npz"  # same tail, outside the run
+    with staged_dir(run.eval("m", "real"), root=run.root) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps({
+            "figures": {"roc": str(tmp / "roc.png")},
+            "data": str(run.data_file("real_test")),
+            "sets": f"{run.data_file('val').resolve()}, {run.data_file('real_val')}",
+            "user": str(elsewhere),
+        }))
+    metrics = json.loads(run.metrics("m", "real").read_text())
+    assert metrics == {"figures": {"roc": "eval/m/real/roc.png"}, "data": "data/real_test.npz",
+                       "sets": "data/val.npz, data/real_val.npz", "user": str(elsewhere)}
+    assert run.resolve(metrics["figures"]["roc"]) == run.eval("m", "real") / "roc.png"
+    assert run.relative(elsewhere) == str(elsewhere) and run.relative(run.model("cvae")) == "models/cvae"

@@ -339,6 +339,31 @@ def test_dask_two_workers_identical_to_local(work, tmp_path):
     assert not _dask_children()
 
 
+def test_dask_adapts_files_as_local(work, tmp_path):
+    """A file in another channel order and size (ZTF-like 63x63x3, shuffled, NaN edge; a 15x15 one)
+    is adapted block by block on the workers: the CSV is the local engine's, byte for byte."""
+    model_dir, data = work["models"]["seed-bnn"], work["data"][np.arange(40)]
+    rng = np.random.default_rng(0)
+    big = rng.normal(0, 1, (40, 63, 63, 3)).astype(np.float32)
+    big[:, 21:42, 21:42, :] = data.images[..., :3]
+    big[0, :5] = np.nan  # an edge-padded stamp (cropped away)
+    big[1, 30, 25:30] = np.nan  # missing pixels that stay
+    order = [2, 0, 1]
+    ztf = StampSet(big[..., order], ids=data.ids, channels=tuple(("ref", "sci", "diff")[i] for i in order))
+    small = StampSet(data.images[:, 3:18, 3:18][..., [3, 1, 0, 2]], ids=data.ids,
+                     channels=("snr", "science", "template", "difference"))
+    for name, stamps in (("ztf", ztf), ("small", small)):
+        path = write_stamps(stamps, tmp_path / f"{name}.h5")
+        local, out = tmp_path / f"{name}-local.csv", tmp_path / f"{name}-dask.csv"
+        cfg = dict(batch_size=8, chunk_rows=16, mc_samples=4, seed=3)  # 3 blocks: 16, 16, 8 rows
+        with pytest.warns(UserWarning, match="channels taken by name"):
+            ref = predict_file(model_dir, path, local, PredictConfig(**cfg))
+        with pytest.warns(UserWarning, match="channels taken by name"):
+            summary = predict_file(model_dir, path, out, PredictConfig(**cfg, engine="dask", workers=1))
+        assert out.read_bytes() == local.read_bytes()
+        assert summary.nan_pixels == ref.nan_pixels > 0  # NaN edge / NaN padding counted alike
+
+
 def _dask_children():
     """Child processes other than multiprocessing's resource tracker (which lives as long as we do)."""
     return [c for c in psutil.Process().children(recursive=True)

@@ -9,7 +9,7 @@ import torch
 from hits_stamps.datasets import make_synthetic_stamps
 from hits_stamps.models.registry import ModelSpec, ObjectiveOutput, Recipe
 from hits_stamps.preprocess import Preprocessor
-from hits_stamps.training import TrainConfig, TrainedModel, fit
+from hits_stamps.training import TrainConfig, TrainedClassifier, fit
 from hits_stamps.uncertainty import (
     expected_entropy,
     mc_predict_proba,
@@ -133,7 +133,7 @@ def test_mc_predict_stamps_deterministic_model_gives_one_sample(tmp_path):
     spec = ModelSpec("toy-linear", "classifier", lambda **kw: module, _objective, Recipe())
     pre = Preprocessor().fit(stamps.images, stamps.channels)
     config = {"input": {"size": [21, 21], "channels": list(stamps.channels)}, "class_names": ["bogus", "real"]}
-    model = TrainedModel(tmp_path, spec, module, config, pre)
+    model = TrainedClassifier(tmp_path, spec, module, config, pre)
     samples = mc_predict_stamps(model, stamps, n_samples=30)
     assert samples.shape == (1, 12, 2)
     assert np.allclose(samples[0], model.predict_proba(stamps), atol=1e-6)

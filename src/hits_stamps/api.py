@@ -125,8 +125,13 @@ class StampClassifier(ClassifierMixin, BaseEstimator):
         `y` (N,) in {0, 1}. Validation: `val` (a StampSet; also accepted in `y`'s place, as
         `fit(train, val)`), or a held-out `val_fraction` of the training stamps.
         """
+        from hits_stamps.models.registry import get_spec
         from hits_stamps.training.loop import TrainConfig, fit
 
+        task = get_spec(self.model).task
+        if not task.classifies:
+            raise HitsStampsError(f"model {self.model!r} is a {task}; a StampClassifier trains classifiers "
+                                  "(train generators with hits_stamps.training.fit)")
         if isinstance(y, StampSet):
             y, val = None, y
         train = _as_stamps(X, y)
@@ -199,9 +204,12 @@ class StampClassifier(ClassifierMixin, BaseEstimator):
     @classmethod
     def from_dir(cls, path: str | os.PathLike, device: str = "cpu") -> StampClassifier:
         """A fitted estimator from a model directory (`hits-stamps train` output)."""
-        from hits_stamps.training.modeldir import load_model
+        from hits_stamps.training.modeldir import TrainedClassifier, load_model
 
         model = load_model(path, device=device)
+        if not isinstance(model, TrainedClassifier):
+            raise HitsStampsError(f"{path}: {model.name} is a {model.spec.task}; a StampClassifier needs a trained "
+                                  "classifier")
         tc = model.config.get("train_config", {})
         est = cls(
             model=model.name, epochs=model.config.get("recipe", {}).get("epochs"),

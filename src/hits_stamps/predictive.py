@@ -4,7 +4,7 @@ Every method gives class probabilities of shape (S, N, K) (S samples, N stamps, 
 `hits_stamps.uncertainty` turns into a mean, an entropy and a mutual information:
 
 - `softmax`: a deterministic classifier, S = 1.
-- `flipout`: a Bayesian (Flipout) classifier, S weight samples (`uncertainty.mc_predict_proba`).
+- `flipout`: a Bayesian (Flipout) classifier, S weight samples (`montecarlo.sample_batch`).
 - `mc-dropout`: a classifier with dropout, S passes with the dropout layers active and batch norm
   in eval mode (Gal & Ghahramani 2016).
 - `ensemble`: M members trained alike with different seeds (Lakshminarayanan et al. 2017); each
@@ -45,7 +45,9 @@ import numpy as np
 import torch
 
 from hits_stamps.errors import HitsStampsError, NotFittedError, StampFileError
+from hits_stamps.montecarlo import DEFAULT_MC_SAMPLES, model_sampling, sample_batch
 from hits_stamps.stamps import StampSet
+from hits_stamps.tasks import Task
 
 METHODS = ("softmax", "flipout", "mc-dropout", "ensemble")
 CALIBRATIONS = ("none", "temperature", "platt", "isotonic")
@@ -255,7 +257,7 @@ class PredictiveConfig:
 
     method: str  # softmax | flipout | mc-dropout | ensemble
     members: tuple[str, ...] = (".",)  # model directories, relative to the predictive.json's folder
-    mc_samples: int = 30  # Monte-Carlo samples of flipout and mc-dropout (per Bayesian ensemble member)
+    mc_samples: int = DEFAULT_MC_SAMPLES  # Monte-Carlo samples of flipout and mc-dropout (per Bayesian ensemble member)
     seed: int = 0  # seed of the Monte-Carlo samples
     calibration: dict[str, Any] = field(default_factory=lambda: {"kind": "none"})  # a calibrator's to_dict()
     referral: str = "entropy"  # uncertainty to refer by: entropy | mutual_information
@@ -283,7 +285,7 @@ class Predictive:
     labelled validation stamps.
     """
 
-    def __init__(self, models: Sequence, method: str, mc_samples: int = 30, seed: int = 0,
+    def __init__(self, models: Sequence, method: str, mc_samples: int = DEFAULT_MC_SAMPLES, seed: int = 0,
                  calibration: str | dict = "none", referral: str = "entropy"):
         self.models = list(models)
         _check_models(self.models, method)
@@ -317,20 +319,13 @@ class Predictive:
         Each model preprocesses the stamps with its own Preprocessor. Monte-Carlo samples are seeded
         with `seed + start`, as `TrainedModel.predict_proba` seeds its batches.
         """
-        from hits_stamps.uncertainty import mc_predict_proba
-
         out = []
         for m in self.models:
             module = m.module.eval()
             x = torch.from_numpy(m.preprocessor.transform(images, report=False))  # (B, C, H, W)
             x = x.to(next(module.parameters()).device)
-            seed = self.config.seed + start
-            if m.spec.task == "bayesian-classifier":
-                p = mc_predict_proba(module, x, self.config.mc_samples, seed)  # (S, B, K)
-            elif self.method == "mc-dropout":
-                p = mc_predict_proba(module, x, self.config.mc_samples, seed, dropout=True)
-            else:
-                p = torch.softmax(module(x), dim=-1)[None]  # (1, B, K)
+            sampling = "dropout" if self.method == "mc-dropout" else model_sampling(m)
+            p = sample_batch(module, x, self.config.mc_samples, self.config.seed + start, sampling)  # (S, B, K)
             out.append(p.cpu().numpy().astype(np.float64))
         return np.concatenate(out, axis=0)
 
@@ -365,7 +360,7 @@ class Predictive:
     def n_samples(self) -> int:
         s = 0
         for m in self.models:
-            stochastic = m.spec.task == "bayesian-classifier" or self.method == "mc-dropout"
+            stochastic = m.spec.task.bayesian or self.method == "mc-dropout"
             s += self.config.mc_samples if stochastic else 1
         return s
 
@@ -412,19 +407,19 @@ def _check_models(models: list, method: str) -> None:
     if not models:
         raise HitsStampsError("a predictive method needs at least one trained model")
     tasks = {m.spec.task for m in models}
-    if not tasks <= {"classifier", "bayesian-classifier"}:
-        raise HitsStampsError(f"every model must be a classifier; found {sorted(tasks)}")
+    if not all(t.classifies for t in tasks):
+        raise HitsStampsError(f"every model must be a classifier; found {sorted(map(str, tasks))}")
     if method in ("softmax", "flipout", "mc-dropout") and len(models) != 1:
         raise HitsStampsError(f"method {method!r} uses one model; got {len(models)}")
-    if method == "softmax" and tasks != {"classifier"}:
+    if method == "softmax" and tasks != {Task.CLASSIFIER}:
         raise HitsStampsError(f"{models[0].path}: method softmax needs a deterministic classifier; "
                               f"{models[0].name} is Bayesian (use flipout)")
-    if method == "flipout" and tasks != {"bayesian-classifier"}:
+    if method == "flipout" and tasks != {Task.BAYESIAN_CLASSIFIER}:
         raise HitsStampsError(f"{models[0].path}: method flipout needs a Bayesian classifier (seed-bnn, bayes-cnn); "
                               f"{models[0].name} is deterministic")
     if method == "mc-dropout":
         m = models[0]
-        if m.spec.task != "classifier" or not any(isinstance(x, torch.nn.modules.dropout._DropoutNd) and x.p > 0
+        if m.spec.task is not Task.CLASSIFIER or not any(isinstance(x, torch.nn.modules.dropout._DropoutNd) and x.p > 0
                                                   for x in m.module.modules()):
             raise HitsStampsError(f"{m.path}: method mc-dropout needs a classifier with dropout; {m.name} has none")
     first = models[0]

@@ -1,7 +1,9 @@
 """Monte-Carlo prediction with Bayesian networks and the uncertainty measures built on it.
 
-Sampling is explicit: each call seeds its own generator, and every forward pass of a Bayesian
-(Flipout) module draws new weights, in train() and eval() mode alike.
+The samples come from `hits_stamps.montecarlo` (`mc_predict_proba` for a batch of preprocessed
+stamps, `mc_predict_stamps` = `montecarlo.predict_samples` for a stamp set): sampling is explicit,
+each call seeds its own generator, and every forward pass of a Bayesian (Flipout) module draws new
+weights, in train() and eval() mode alike.
 
 All measures take Monte-Carlo class probabilities `probs` of shape (S, N, K) (S samples, N stamps,
 K classes) and work on probabilities, never on averaged log-probabilities:
@@ -17,110 +19,11 @@ Entropies are in nats; 0 log 0 = 0.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-import torch
 
-if TYPE_CHECKING:
-    from hits_stamps.stamps import StampSet
-    from hits_stamps.training.modeldir import TrainedModel
-
-
-@torch.no_grad()
-def mc_predict_proba(
-    module: torch.nn.Module, x: torch.Tensor, n_samples: int = 30, seed: int = 0, dropout: bool = False
-) -> torch.Tensor:
-    """Class probabilities of `n_samples` stochastic forward passes.
-
-    x: (N, C, H, W) -> (S, N, K). Seeded: the same seed gives the same samples, and the global
-    torch RNG state is restored afterwards. A module that defines `mc_logits(x, n_samples) -> (S, N,
-    K)` (the Bayesian models in `hits_stamps.models.bayesian`) draws all samples at once from the
-    same per-stamp distribution, reusing the parts that do not depend on the weight sample;
-    otherwise `module(x)` is called `n_samples` times.
-
-    dropout=True is Monte-Carlo dropout (Gal & Ghahramani 2016): the module's `nn.Dropout` layers
-    draw a new mask on every pass while everything else (batch norm: running statistics) stays in
-    eval mode; the modes are restored afterwards. A module whose dropout sits only after its
-    `features` (a class attribute `dropout_only_in_head = True`, as `RotInvCNN`) computes
-    `features(x)` once and samples `head` `n_samples` times: the same draws, in the same order, as
-    full passes. A module without dropout gives `n_samples` identical rows.
-    """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1; got {n_samples}")
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        if dropout:
-            return _mc_dropout(module, x, n_samples)
-        if hasattr(module, "mc_logits"):
-            return torch.softmax(module.mc_logits(x, n_samples), dim=-1)
-        return torch.stack([torch.softmax(module(x), dim=-1) for _ in range(n_samples)])
-
-
-def _mc_dropout(module: torch.nn.Module, x: torch.Tensor, n_samples: int) -> torch.Tensor:
-    """(N, C, H, W) -> (S, N, K) with only the dropout layers in training mode (see mc_predict_proba)."""
-    drops = [m for m in module.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        if getattr(module, "dropout_only_in_head", False):
-            f = module.features(x)  # (N, F), dropout still off
-            for m in drops:
-                m.train()
-            return torch.stack([torch.softmax(module.head(f), dim=-1) for _ in range(n_samples)])
-        for m in drops:
-            m.train()
-        return torch.stack([torch.softmax(module(x), dim=-1) for _ in range(n_samples)])
-    finally:
-        for m, mode in modes.items():
-            m.train(mode)
-
-
-def mc_predict_stamps(
-    model: TrainedModel,
-    stamps: StampSet | np.ndarray,
-    n_samples: int,
-    batch_size: int = 1024,
-    seed: int = 0,
-    device: str = "cpu",
-) -> np.ndarray:
-    """Monte-Carlo class probabilities (S, N, K) of a trained model over a StampSet, in batches.
-
-    Batches are seeded as in `TrainedModel.predict_proba` (batch starting at stamp i uses seed
-    `seed + i`), so `mc_predict_stamps(m, s, S).mean(0)` equals
-    `m.predict_proba(s, mc_samples=S, seed=seed)` for the same batch size. A deterministic model
-    returns its softmax once, shape (1, N, K).
-    """
-    from hits_stamps.errors import HitsStampsError
-    from hits_stamps.stamps import StampSet
-
-    if n_samples < 1:
-        raise HitsStampsError(f"n_samples must be >= 1; got {n_samples}")
-    if batch_size < 1:
-        raise HitsStampsError(f"batch_size must be >= 1; got {batch_size}")
-    if model.spec.task == "generator":
-        raise HitsStampsError(f"{model.name} is a generator; it does not classify stamps")
-    if isinstance(stamps, StampSet):
-        model.check_input(stamps)
-        images = stamps.images
-    else:
-        images = np.asarray(stamps)
-    module = model.module.to(device).eval()
-    bayesian = model.spec.task == "bayesian-classifier"
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = model.inputs(images[start : start + batch_size]).to(device)  # (B, C, H, W)
-            if bayesian:
-                p = mc_predict_proba(module, x, n_samples=n_samples, seed=seed + start)  # (S, B, K)
-            else:
-                p = torch.softmax(module(x), dim=-1)[None]  # (1, B, K)
-            out.append(p.cpu().numpy())
-    if not out:
-        s = n_samples if bayesian else 1
-        return np.zeros((s, 0, len(model.config.get("class_names", (0, 1)))), dtype=np.float32)
-    return np.concatenate(out, axis=1)
+# the Monte-Carlo samples themselves come from the one prediction path (re-exported here)
+from hits_stamps.montecarlo import mc_predict_proba
+from hits_stamps.montecarlo import predict_samples as mc_predict_stamps
 
 
 def _check_probs(probs) -> np.ndarray:
@@ -218,3 +121,7 @@ def referral_threshold(y, p_real, uncertainty, target_accuracy: float, threshold
     best = max(kept_correct[r] / (n - r) for r in range(n) if r == 0 or us[r - 1] > us[r])
     raise HitsStampsError(f"target_accuracy {target_accuracy}: no referral cut reaches it on these {n} stamps "
                           f"(best accuracy on kept stamps {best:.4f})")
+
+
+__all__ = ["expected_entropy", "mc_predict_proba", "mc_predict_stamps", "mutual_information", "predictive_entropy",
+           "predictive_mean", "predictive_std", "referral_threshold", "summarize"]

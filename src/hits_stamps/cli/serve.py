@@ -90,7 +90,8 @@ def referral_threshold_cmd(
     model_dir: Path = typer.Argument(..., help="A trained Bayesian classifier directory."),
     data: Path = typer.Option(..., "--data", help="Labelled validation stamps (labels 0/1), never the test set."),
     target_accuracy: float = typer.Option(..., "--target-accuracy", help="Accuracy wanted on the kept stamps."),
-    mc_samples: int = typer.Option(30, "--mc-samples", help="Monte-Carlo samples, as you will use in predict."),
+    mc_samples: int | None = typer.Option(
+        None, "--mc-samples", help="Monte-Carlo samples, as you will use in predict (default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the Monte-Carlo samples."),
     threshold: float = typer.Option(0.5, "--threshold", help="label = 1 when p_real >= threshold."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
@@ -103,20 +104,22 @@ def referral_threshold_cmd(
 
     from hits_stamps.geometry import plan_for_model
     from hits_stamps.io import read_stamps
+    from hits_stamps.montecarlo import predict_samples
     from hits_stamps.training.modeldir import load_model
-    from hits_stamps.uncertainty import mc_predict_stamps, predictive_entropy, referral_threshold
+    from hits_stamps.uncertainty import predictive_entropy, referral_threshold
 
     model = load_model(model_dir)
-    if model.spec.task != "bayesian-classifier":
+    if not model.spec.task.bayesian:
         raise HitsStampsError(f"{model_dir}: {model.name} is a {model.spec.task}; the referral cut is on the "
                               "Monte-Carlo predictive entropy of a Bayesian classifier (seed-bnn, bayes-cnn)")
+    mc_samples = mc_samples or model.mc_samples
     stamps = read_stamps(data)
     labelled = stamps.labels >= 0
     if not labelled.any():
         raise HitsStampsError(f"{data} [labels]: expected labelled validation stamps (0/1); found none labelled")
     stamps = stamps[labelled]
     images = plan_for_model(model, stamps.images.shape[1:], stamps.channels, source=str(data)).apply(stamps.images)
-    samples = mc_predict_stamps(model, images, n_samples=mc_samples, seed=seed)  # (S, N, 2)
+    samples = predict_samples(model, images, n_samples=mc_samples, seed=seed)  # (S, N, 2)
     result = referral_threshold(stamps.labels, samples.mean(0)[:, 1], predictive_entropy(samples), target_accuracy,
                                 threshold=threshold)
     result.update({"mc_samples": mc_samples, "target_accuracy": target_accuracy})

@@ -127,7 +127,7 @@ def evaluate(
     if mc_samples is not None and mc_samples < 1:
         raise HitsStampsError(f"--mc-samples must be >= 1; got {mc_samples}")
     config = modeldir.read_config(model_dir, full=False)
-    generator = get_spec(config["model"]).task == "generator"
+    generator = not get_spec(config["model"]).task.classifies
     with staged_output_dir(out, overwrite, markers=(modeldir.METRICS, "generation.json"),
                            rewrite=(model_dir / modeldir.METRICS,)) as tmp:
         if generator:

@@ -21,7 +21,8 @@ def calibrate_uncertainty(
         None, "--member", help="Ensemble: a member's model directory (repeat the option); stored relative to "
         "DIRECTORY."),
     calibration: str = typer.Option("temperature", "--calibration", help="none | temperature | platt | isotonic"),
-    mc_samples: int = typer.Option(30, "--mc-samples", help="Monte-Carlo samples (flipout, mc-dropout)."),
+    mc_samples: int | None = typer.Option(
+        None, "--mc-samples", help="Monte-Carlo samples (flipout, mc-dropout; default: the model's recipe, 30)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the Monte-Carlo samples."),
     referral: str = typer.Option(
         "entropy", "--referral", help="Uncertainty to refer by: entropy | mutual_information."),
@@ -46,8 +47,8 @@ def calibrate_uncertainty(
     models = [load_model(p) for p in paths]
     if not method:
         method = "ensemble" if member else (
-            "flipout" if models[0].spec.task == "bayesian-classifier" else "softmax")
-    pred = Predictive(models, method, mc_samples=mc_samples, seed=seed, referral=referral)
+            "flipout" if models[0].spec.task.bayesian else "softmax")
+    pred = Predictive(models, method, mc_samples=mc_samples or models[0].mc_samples, seed=seed, referral=referral)
     stamps = read_stamps(data)
     labelled = stamps.labels >= 0
     if not labelled.any():

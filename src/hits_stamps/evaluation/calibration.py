@@ -22,17 +22,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.montecarlo import predict_samples
 
 if TYPE_CHECKING:
     from hits_stamps.stamps import StampSet
-    from hits_stamps.training.modeldir import TrainedModel
-
-DEFAULT_MC_SAMPLES = 100
+    from hits_stamps.training.modeldir import TrainedClassifier
 
 
-def mc_sample_count(mc_samples: int | None) -> int:
-    """Monte-Carlo passes for a Bayesian model: `mc_samples`, or DEFAULT_MC_SAMPLES when None; >= 1."""
-    s = DEFAULT_MC_SAMPLES if mc_samples is None else int(mc_samples)
+def mc_sample_count(mc_samples: int | None, model: TrainedClassifier) -> int:
+    """Monte-Carlo passes for a Bayesian model: `mc_samples`, or the model's default (its recipe's) when None; >= 1."""
+    s = model.mc_samples if mc_samples is None else int(mc_samples)
     if s < 1:
         raise HitsStampsError(f"mc_samples must be >= 1; got {s}")
     return s
@@ -203,7 +202,7 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def uncertainty_report(
-    model: TrainedModel,
+    model: TrainedClassifier,
     stamps: StampSet,
     out_dir: Path,
     probs: np.ndarray | None = None,
@@ -215,7 +214,7 @@ def uncertainty_report(
 
     probs: (N, 2) class probabilities the caller already computed for all of `stamps` (used for
     ECE, NLL and the referral curves); computed here when None. For Bayesian models
-    (task "bayesian-classifier") `mc_samples` Monte-Carlo passes (default 100) give the predictive
+    (task "bayesian-classifier") `mc_samples` Monte-Carlo passes (default: the model's recipe, 30) give the predictive
     std, entropy and mutual information and the seed report's Figures 3-5
     (`hits_stamps.evaluation.bayesian`); the headline referral uses the predictive entropy, the MI
     referral is reported beside it. Deterministic models refer by the entropy of their softmax and
@@ -229,11 +228,11 @@ def uncertainty_report(
     sample predictions), `mean_predictive_std`, `mean_entropy`, `mean_mutual_information`.
     """
     from hits_stamps.evaluation import bayesian as bayes_plots
-    from hits_stamps.uncertainty import mc_predict_stamps, summarize
+    from hits_stamps.uncertainty import summarize
 
-    if model.spec.task not in ("classifier", "bayesian-classifier"):
+    if not model.spec.task.classifies:
         raise HitsStampsError(f"{model.name} is a {model.spec.task}; uncertainty_report needs a classifier")
-    bayesian = model.spec.task == "bayesian-classifier"
+    bayesian = model.spec.task.bayesian
     if probs is not None:
         probs = np.asarray(probs, dtype=np.float64)
         if probs.shape != (len(stamps), 2):
@@ -252,7 +251,7 @@ def uncertainty_report(
         samples = None
     if bayesian:
         if samples is None:
-            samples = mc_predict_stamps(model, data, n_samples=mc_sample_count(mc_samples), seed=0)  # (S, N, 2)
+            samples = predict_samples(model, data, n_samples=mc_sample_count(mc_samples, model), seed=0)  # (S, N, 2)
         else:
             samples = np.asarray(samples)
             if samples.ndim != 3 or samples.shape[1:] != (len(stamps), 2):

@@ -35,14 +35,15 @@ from hits_stamps.evaluation.calibration import mc_sample_count, uncertainty_repo
 from hits_stamps.evaluation.intervals import DEFAULT_RESAMPLES
 from hits_stamps.evaluation.metrics import TARGET_FPR, classification_metrics, fnr_at_fpr, threshold_at_fpr
 from hits_stamps.io.atomic import atomic_path
+from hits_stamps.montecarlo import predict_samples
 from hits_stamps.stamps import StampSet
 from hits_stamps.training import modeldir
-from hits_stamps.training.modeldir import TrainedModel
+from hits_stamps.training.modeldir import TrainedClassifier
 
 CHUNK = 8192  # stamps per prediction chunk (a multiple of the 1024-stamp batch)
 
 
-def predict_with_progress(model: TrainedModel, stamps: StampSet, mc_samples: int | None = None,
+def predict_with_progress(model: TrainedClassifier, stamps: StampSet, mc_samples: int | None = None,
                           progress: bool = True, batch_size: int = 1024, device: str = "cpu") -> np.ndarray:
     """`model.predict_proba` over `stamps` in chunks, with a progress bar; returns (N, 2).
 
@@ -55,21 +56,19 @@ def predict_with_progress(model: TrainedModel, stamps: StampSet, mc_samples: int
     return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.float32)
 
 
-def mc_samples_with_progress(model: TrainedModel, stamps: StampSet, n_samples: int, progress: bool = True,
+def mc_samples_with_progress(model: TrainedClassifier, stamps: StampSet, n_samples: int, progress: bool = True,
                              batch_size: int = 1024, device: str = "cpu") -> np.ndarray:
     """Monte-Carlo probabilities (S, N, 2) over `stamps` in chunks, with a progress bar.
 
     Seeded like `predict_with_progress`, so `.mean(0)` equals its result for the same `n_samples`.
     """
-    from hits_stamps.uncertainty import mc_predict_stamps
-
     model.check_input(stamps)
-    parts = _chunked(model, stamps, progress, lambda part, start: mc_predict_stamps(
+    parts = _chunked(model, stamps, progress, lambda part, start: predict_samples(
         model, part, n_samples=n_samples, batch_size=batch_size, seed=start, device=device))
     return np.concatenate(parts, axis=1) if parts else np.zeros((n_samples, 0, 2), dtype=np.float32)
 
 
-def _chunked(model: TrainedModel, stamps: StampSet, progress: bool, fn) -> list[np.ndarray]:
+def _chunked(model: TrainedClassifier, stamps: StampSet, progress: bool, fn) -> list[np.ndarray]:
     """fn(images[start:start + CHUNK], start) for every chunk, with a progress bar over large sets."""
     n = len(stamps)
     out = []
@@ -113,7 +112,7 @@ def _labelled_only(stamps: StampSet, what: str) -> tuple[StampSet, int]:
 
 
 def threshold_from_validation(
-    model: TrainedModel,
+    model: TrainedClassifier,
     val_stamps: StampSet,
     mc_samples: int | None = None,
     progress: bool = True,
@@ -130,8 +129,8 @@ def threshold_from_validation(
     `evaluate_model(threshold_fpr1=...)` and the whole dict as its `threshold_source`.
     """
     val, _ = _labelled_only(val_stamps, "validation data")
-    if model.spec.task == "bayesian-classifier":
-        mc_samples = mc_sample_count(mc_samples)
+    if model.spec.task.bayesian:
+        mc_samples = mc_sample_count(mc_samples, model)
     else:
         mc_samples = None
     p = predict_with_progress(model, val, mc_samples=mc_samples, progress=progress, device=device)[:, 1]
@@ -155,7 +154,7 @@ def threshold_from_validation(
 
 
 def evaluate_model(
-    model: TrainedModel,
+    model: TrainedClassifier,
     stamps: StampSet,
     out_dir: str | os.PathLike,
     mc_samples: int | None = None,
@@ -176,7 +175,7 @@ def evaluate_model(
     (what it was chosen on) is stored as metrics["threshold_source"]. Returns the metrics dict that
     is written to out_dir/metrics.json and to the model directory's metrics.json.
     """
-    if model.spec.task == "generator":
+    if not model.spec.task.classifies:
         raise HitsStampsError(f"{model.path}: {model.name} is a generator; evaluate it with the generator judge")
     model.check_input(stamps)
     stamps, n_skipped = _labelled_only(stamps, "evaluation data")
@@ -185,8 +184,8 @@ def evaluate_model(
 
     t0 = time.perf_counter()
     samples = None
-    if model.spec.task == "bayesian-classifier":  # one Monte-Carlo pass serves the metrics and the uncertainty
-        samples = mc_samples_with_progress(model, stamps, mc_sample_count(mc_samples), progress=progress,
+    if model.spec.task.bayesian:  # one Monte-Carlo pass serves the metrics and the uncertainty
+        samples = mc_samples_with_progress(model, stamps, mc_sample_count(mc_samples, model), progress=progress,
                                            device=device)
         probs = samples.mean(axis=0)
     else:

@@ -351,7 +351,7 @@ def evaluate_generator(
     # the independent classifier
     if classifier is not None:
         judge = load_model(classifier)
-        if judge.spec.task == "generator":
+        if not judge.spec.task.classifies:
             raise HitsStampsError(f"{classifier}: the judge must be a classifier; {judge.name} is a generator")
         judge_cfg = train_config_of(judge)
         trained_here = False

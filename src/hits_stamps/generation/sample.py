@@ -24,6 +24,7 @@ from hits_stamps.generation.posthoc import (
     load_sampling,
 )
 from hits_stamps.stamps import LABEL_NAMES, StampSet
+from hits_stamps.tasks import Task
 from hits_stamps.training.loop import TrainConfig
 from hits_stamps.training.modeldir import TrainedModel, load_model
 
@@ -35,7 +36,7 @@ _SAMPLING = "_sampling_models"  # attribute of a loaded TrainedModel that holds 
 def load_generator(model: str | os.PathLike | TrainedModel, device: str = "cpu") -> TrainedModel:
     """A trained generator from a directory (or passed through); refuses classifiers."""
     tm = model if isinstance(model, TrainedModel) else load_model(model, device=device)
-    if tm.spec.task != "generator":
+    if tm.spec.task is not Task.GENERATOR:
         raise HitsStampsError(
             f"{tm.path}: model {tm.name!r} is a {tm.spec.task}, not a generator (train one with --model cvae)"
         )

@@ -72,7 +72,7 @@ def tune_temperatures(
         raise HitsStampsError(f"n_per_condition must be >= 1; got {n_per_condition}")
     tm = load_generator(model)
     judge = classifier if isinstance(classifier, TrainedModel) else load_model(classifier)
-    if judge.spec.task == "generator":
+    if not judge.spec.task.classifies:
         raise HitsStampsError(f"{judge.path}: the selection model must be a classifier, not a generator")
     mode = resolve_mode(tm, None)
     if mode == "loc":
@@ -156,7 +156,7 @@ def tune_guidance(
         raise HitsStampsError(f"{tm.path}: guidance applies to diffusion models; {tm.name} has none "
                               "(tune a cvae's temperatures with tune_temperatures)")
     judge = classifier if isinstance(classifier, TrainedModel) else load_model(classifier)
-    if judge.spec.task == "generator":
+    if not judge.spec.task.classifies:
         raise HitsStampsError(f"{judge.path}: the selection model must be a classifier, not a generator")
     agreement: dict[float, dict[str, float]] = {}
     for w in ws:

@@ -339,6 +339,7 @@ register(
         builder=build_cvae,
         objective=cvae_objective,
         data_kwargs=cvae_data_kwargs,
+        hooks={"training_targets", "fit_input_stats"},
         recipe=Recipe(
             optimizer="adam", lr=1e-3, batch_size=64, epochs=48, scaling="none", nan_policy="median",
             clip_grad_norm=100.0, lr_schedule="cosine",

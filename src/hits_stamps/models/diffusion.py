@@ -264,6 +264,7 @@ register(
         builder=build_diffusion,
         objective=diffusion_objective,
         data_kwargs=resolve_condition,
+        hooks={"training_targets", "fit_input_stats"},
         recipe=Recipe(optimizer="adamw", lr=2e-3, batch_size=64, epochs=30, scaling="none", nan_policy="median",
                       clip_grad_norm=1.0, lr_schedule="cosine"),
         description="Conditional diffusion model (small U-Net, DDPM training, DDIM sampling, classifier-free guidance)",

@@ -11,8 +11,13 @@ objective(model, x, y, n_train) -> ObjectiveOutput
     `loss` is the scalar to minimise for this batch (for variational models the per-batch share
     of the negative ELBO: `nll_mean + kl_sum / n_train`); `logits` (B, K) or None when the model
     is not a classifier; `parts` named scalar terms (floats) for the history. y is the label of
-    each stamp, or what the model's `training_targets(stamps)` returns when it defines one (cvae:
-    the index of the condition, e.g. the stamp kind).
+    each stamp, or what the model's `training_targets(stamps)` returns when it declares that hook
+    (cvae: the index of the condition, e.g. the stamp kind).
+
+Training hooks (`ModelSpec.hooks`: the training loop calls exactly the hooks a spec declares, as
+methods of the built module; `tests/test_tasks.py` checks declarations against the modules)
+    training_targets(stamps: StampSet) -> (N,) int64   targets for the objective instead of the labels
+    fit_input_stats(x_train: (N, C, H, W) tensor)      fit the model's own input scaling before training
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from typing import Any, NamedTuple
 import torch
 
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.tasks import Task
+
+#: the training hooks a model may declare (see the module docstring)
+HOOKS = ("training_targets", "fit_input_stats")
 
 BUILTIN_MODULES = (
     "hits_stamps.models.cnn",
@@ -57,12 +66,18 @@ class Recipe:
     augment: str = "none"  # "none" | "dihedral" (random rotations by 90 deg and flips)
     lr_schedule: str = "constant"  # "constant" | "cosine"
     clip_grad_norm: float | None = None  # clip the gradient norm if set
+    mc_samples: int = 30  # Monte-Carlo forward passes per stamp when a Bayesian model predicts (the one
+    #                       default of every prediction path; hits_stamps.montecarlo)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mc_samples, int) or isinstance(self.mc_samples, bool) or self.mc_samples < 1:
+            raise ValueError(f"mc_samples must be an integer >= 1; got {self.mc_samples!r}")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str  # user-facing name, e.g. "rotinv-cnn"
-    task: str  # "classifier" | "bayesian-classifier" | "generator"
+    task: Task  # classifier | bayesian-classifier | generator (a string value is converted)
     builder: Callable[..., torch.nn.Module]
     objective: Callable[..., ObjectiveOutput]
     recipe: Recipe
@@ -71,6 +86,18 @@ class ModelSpec:
     # (training StampSet, model kwargs) -> model kwargs completed from the data (cvae: the kinds it is
     # conditioned on); called by the training loop before building, so the values are stored in config.json
     data_kwargs: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
+    hooks: frozenset[str] = frozenset()  # training hooks its module implements (HOOKS; module docstring)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hooks", frozenset(self.hooks))
+        unknown = self.hooks - set(HOOKS)
+        if unknown:
+            raise HitsStampsError(f"model {self.name!r}: unknown hooks {sorted(unknown)}; known: {list(HOOKS)}")
+        try:
+            object.__setattr__(self, "task", Task(self.task))
+        except ValueError as exc:
+            raise HitsStampsError(f"model {self.name!r}: task must be one of {[t.value for t in Task]}; "
+                                  f"got {self.task!r}") from exc
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -27,12 +27,12 @@ from hits_stamps.errors import HitsStampsError, StampFileError
 from hits_stamps.io.atomic import atomic_path, output_lock
 from hits_stamps.pipeline.config import RunConfig, config_hash, diff_configs, from_dict, to_dict, to_toml
 from hits_stamps.pipeline.steps import TEST_SETS, RunContext, Step, plan
+from hits_stamps.rundir import REPORT, RUN_CONFIG, STEPS_DIR, SUMMARY, RunDir
 from hits_stamps.training.modeldir import read_json, write_json
 
-RUN_CONFIG = "run_config.json"
-SUMMARY = "summary.json"
-REPORT = "report.html"
-STEPS_DIR = "steps"
+__all__ = ["REPORT", "RUN_CONFIG", "STEPS_DIR", "SUMMARY", "StepFailed", "collect_summary", "load_config_of",
+           "marker_path", "prepare_run_dir", "read_marker", "read_run_config", "rebuild_report", "run_pipeline",
+           "write_summary"]
 
 
 class StepFailed(HitsStampsError):
@@ -78,7 +78,7 @@ def resolved_device(device: str) -> str:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / RUN_CONFIG).is_file()
+    return RunDir(path).run_config.is_file()
 
 
 def prepare_run_dir(out: Path, config: RunConfig, overwrite: bool) -> None:
@@ -103,12 +103,13 @@ def prepare_run_dir(out: Path, config: RunConfig, overwrite: bool) -> None:
                 "arguments to resume, pass --overwrite to start again, or choose another --out"
             )
     out.mkdir(parents=True, exist_ok=True)
+    layout = RunDir(out)
     if not is_run_dir(out):
-        write_json(out / RUN_CONFIG, {"config": current, "hash": config_hash(config),
-                                      "package_version": __version__, "created": _now()})
-        with atomic_path(out / "run_config.toml", overwrite=True) as tmp:
+        write_json(layout.run_config, {"config": current, "hash": config_hash(config),
+                                       "package_version": __version__, "created": _now()})
+        with atomic_path(layout.run_config_toml, overwrite=True) as tmp:
             tmp.write_text(to_toml(config))
-    (out / STEPS_DIR).mkdir(exist_ok=True)
+    layout.steps.mkdir(exist_ok=True)
 
 
 def _clear_run_dir(out: Path) -> None:
@@ -121,12 +122,12 @@ def _clear_run_dir(out: Path) -> None:
 
 
 def marker_path(out: Path, step: str) -> Path:
-    return out / STEPS_DIR / f"{step}.json"
+    return RunDir(out).marker(step)
 
 
 def read_run_config(out: Path) -> dict[str, Any]:
     """DIR/run_config.json, checked: a JSON object whose `config` is a table (StampFileError naming it)."""
-    path = out / RUN_CONFIG
+    path = RunDir(out).run_config
     stored = read_json(path)
     if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
         raise StampFileError(path, "config", "the run configuration written by hits-stamps run",
@@ -149,7 +150,7 @@ def load_config_of(out: Path) -> RunConfig:
     """The configuration a run directory was made with."""
     if not is_run_dir(out):
         raise HitsStampsError(f"{out}: not a hits-stamps run directory (no {RUN_CONFIG})")
-    return from_dict(read_run_config(out)["config"], str(out / RUN_CONFIG))
+    return from_dict(read_run_config(out)["config"], str(RunDir(out).run_config))
 
 
 def run_pipeline(
@@ -188,7 +189,7 @@ def _run_locked(config, out, overwrite, device, progress, console, steps, report
             console.print(f"[dim][{i}/{n}] {step.title}: done earlier ({done['duration_s']:.1f} s), skipped[/dim]")
             continue
         console.rule(f"[bold][{i}/{n}] {step.title}")
-        err_path = out / STEPS_DIR / f"{step.name}.error.txt"
+        err_path = RunDir(out).error(step.name)
         t0, c0 = time.perf_counter(), _cpu_seconds()
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -230,7 +231,7 @@ def _run_locked(config, out, overwrite, device, progress, console, steps, report
             stacklevel=2,
         )
     console.print(f"[bold]finished[/bold]: {ran} steps run, {n - ran} skipped, {elapsed:.1f} s this time; "
-                  f"summary: {out / SUMMARY}")
+                  f"summary: {RunDir(out).summary}")
     return summary
 
 
@@ -238,6 +239,7 @@ def collect_summary(out: Path, config: RunConfig | None = None, steps: list[Step
                     device: str | None = None) -> dict[str, Any]:
     """summary.json's content, gathered from the step markers and the files the steps wrote."""
     out = Path(out)
+    layout = RunDir(out)
     config = config or load_config_of(out)
     names = [s.name for s in steps] if steps is not None else [s.name for s in plan(config)]
     markers = {name: read_marker(out, name) for name in names if marker_path(out, name).exists()}
@@ -254,17 +256,17 @@ def collect_summary(out: Path, config: RunConfig | None = None, steps: list[Step
         if f"train-{name}" in results:
             training[name] = results[f"train-{name}"]
         for test_set in TEST_SETS:
-            mpath = out / "eval" / name / test_set / "metrics.json"
+            mpath = layout.metrics(name, test_set)
             if mpath.exists():
                 models.setdefault(name, {})[test_set] = read_json(mpath)
 
     uncertainty = {}
     for name in config.models:
-        upath = out / "uncertainty" / f"{name}.json"
+        upath = layout.uncertainty(name)
         if upath.exists():
             uncertainty[name] = read_json(upath)
-    generation = _read_first(out / "generation", ("generation.json",)) or results.get("generate")
-    augmentation = _read_first(out / "augmentation", ("augmentation.json",)) or results.get("augment")
+    generation = _read_if_present(layout.generation_json) or results.get("generate")
+    augmentation = _read_if_present(layout.augmentation_json) or results.get("augment")
     machine = machine_info(device or "cpu")
     return {
         "package_version": __version__,
@@ -281,25 +283,21 @@ def collect_summary(out: Path, config: RunConfig | None = None, steps: list[Step
         "cpu_s": cpu,
         "load_avg_at_step_end": load,
         "steps": {name: ("done" if name in markers else
-                         "failed" if (out / STEPS_DIR / f"{name}.error.txt").exists() else "not run")
+                         "failed" if layout.error(name).exists() else "not run")
                   for name in names},
         "machine": machine,
         "finished": max((m.get("finished", "") for m in markers.values()), default=None),
     }
 
 
-def _read_first(folder: Path, names: tuple[str, ...]) -> Any:
-    for name in names:
-        p = folder / name
-        if p.exists():
-            return read_json(p)
-    return None
+def _read_if_present(path: Path) -> Any:
+    return read_json(path) if path.exists() else None
 
 
 def write_summary(out: Path, config: RunConfig, steps: list[Step] | None = None,
                   device: str | None = None) -> dict[str, Any]:
     summary = collect_summary(out, config, steps, device)
-    write_json(out / SUMMARY, summary)
+    write_json(RunDir(out).summary, summary)
     return summary
 
 
@@ -309,11 +307,12 @@ def rebuild_report(out: str | os.PathLike) -> Path:
 
     out = Path(out)
     config = load_config_of(out)
-    stored = read_json(out / SUMMARY) if (out / SUMMARY).exists() else {}
+    summary_path = RunDir(out).summary
+    stored = read_json(summary_path) if summary_path.exists() else {}
     summary = collect_summary(out, config)
     if stored.get("machine"):
         summary["machine"] = stored["machine"]
-    write_json(out / SUMMARY, summary)
+    write_json(summary_path, summary)
     return write_report(out)
 
 

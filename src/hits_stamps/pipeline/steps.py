@@ -4,20 +4,7 @@ A step writes its outputs under the run directory (files atomically, directories
 `NAME.partial` and renaming it), and returns a small JSON-ready dict that the runner stores in
 `DIR/steps/<step>.json` together with its duration. The runner (`run.py`) decides what to skip.
 
-Layout of a run directory::
-
-    run_config.json / run_config.toml   the configuration the directory was made with
-    steps/<step>.json                    done-markers (duration, result); <step>.error.txt on failure
-    data/{train,val,test}.npz            simulated splits
-    data/{inject,real_train,real_val,real_test,variables_val,variables_test}.npz
-                                         real-pixel HiTS 2015 sets, split by object (hits_stamps.realsets)
-    data/{user_train,user_val,user_test}.npz  your own files ([data] train / val / test), when given
-    calibration/                         simulated vs real pixel statistics (KS) and figure
-    models/<name>/                       every trained model directory
-    eval/<model>/<test set>/             metrics.json and figures per classifier and test set
-    generation/                          generated stamps, judging numbers and figures
-    augmentation/                        the augmentation experiment
-    summary.json, report.html            written at the end (and by `hits-stamps report DIR`)
+The layout of a run directory is `hits_stamps.rundir` (`RunContext.layout`).
 """
 
 from __future__ import annotations
@@ -36,6 +23,7 @@ from rich.console import Console
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.io import read_stamps
 from hits_stamps.pipeline.config import RunConfig
+from hits_stamps.rundir import RunDir
 from hits_stamps.stamps import StampSet
 
 #: Test sets every classifier is evaluated on, in the report's order: name -> data file stem.
@@ -69,8 +57,13 @@ class RunContext:
     console: Console = field(default_factory=Console)
     _cache: dict[str, StampSet] = field(default_factory=dict)
 
+    @property
+    def layout(self) -> RunDir:
+        """Where each file of this run lives."""
+        return RunDir(self.out)
+
     def data_path(self, stem: str) -> Path:
-        return self.out / "data" / f"{stem}.npz"
+        return self.layout.data_file(stem)
 
     def stamps(self, stem: str) -> StampSet:
         """A data file of this run (cached in memory for the rest of the run)."""
@@ -117,10 +110,10 @@ class RunContext:
         return self._cache["_classifier_val"]
 
     def model_dir(self, name: str) -> Path:
-        return self.out / "models" / name
+        return self.layout.model(name)
 
     def eval_dir(self, model: str, test_set: str) -> Path:
-        return self.out / "eval" / model / test_set
+        return self.layout.eval(model, test_set)
 
     def status(self, message: str):
         """A spinner with `message` while a block runs (nothing when progress is off)."""
@@ -128,13 +121,15 @@ class RunContext:
 
 
 @contextlib.contextmanager
-def staged_dir(final: Path, keep_partial: bool = False) -> Iterator[Path]:
+def staged_dir(final: Path, keep_partial: bool = False, root: Path | None = None) -> Iterator[Path]:
     """Yield `final.partial`; when the block succeeds, it replaces `final` by a rename.
 
     A previous `.partial` is removed first unless `keep_partial` (training keeps it so that its
     checkpoint resumes an interrupted fit). On error the partial folder stays for inspection.
     Paths into the partial folder written in JSON files inside it (e.g. a metrics.json's
-    `figures`) are rewritten to the final folder.
+    `figures`) are rewritten to the final folder; with `root` (the run directory), every path
+    inside `root` that such a JSON string starts with (or lists after ", ") becomes relative to it
+    (`hits_stamps.rundir`: paths in a run's JSON are relative to the run directory).
     """
     partial = final.with_name(final.name + ".partial")
     if partial.exists() and not keep_partial:
@@ -145,10 +140,15 @@ def staged_dir(final: Path, keep_partial: bool = False) -> Iterator[Path]:
         shutil.rmtree(final)
     partial.rename(final)
     old, new = json.dumps(str(partial))[1:-1], json.dumps(str(final))[1:-1]
+    prefixes = [] if root is None else sorted({json.dumps(str(p))[1:-1] + "/" for p in (root, root.resolve())},
+                                              key=len, reverse=True)
     for path in final.rglob("*.json"):
         text = path.read_text()
-        if old in text:
-            path.write_text(text.replace(old, new))
+        changed = text.replace(old, new)
+        for prefix in prefixes:
+            changed = changed.replace('"' + prefix, '"').replace(", " + prefix, ", ")
+        if changed != text:
+            path.write_text(changed)
 
 
 def _labelled(stamps: StampSet) -> StampSet:
@@ -353,7 +353,7 @@ def step_calibrate(ctx: RunContext) -> dict[str, Any]:
         return {"available": False, "reason": "disabled in the configuration (data.calibration_n = 0)"}
     with ctx.status(f"simulating {n} star cutouts and measuring real and simulated pixels"):
         cal = calibrate(seq, n=n, seed=ctx.config.data.seed)
-    with staged_dir(ctx.out / "calibration") as tmp:
+    with staged_dir(ctx.layout.calibration, root=ctx.out) as tmp:
         plot_calibration(cal, tmp / "calibration.png")
     rows = cal.table()
     if rows:
@@ -379,7 +379,7 @@ def step_train(ctx: RunContext, name: str) -> dict[str, Any]:
     from hits_stamps.training import TrainConfig, fit
     from hits_stamps.training.modeldir import CHECKPOINT, load_model, resumable
 
-    if get_spec(name).task == "generator":
+    if not get_spec(name).task.classifies:
         train, val, data_path = ctx.stamps("train"), ctx.stamps("val"), ctx.data_path("train")
         mix, val_stems = ("simulated",), ("val",)
     else:
@@ -447,7 +447,7 @@ def validation_threshold(ctx: RunContext, model, bayesian: bool) -> dict[str, An
     if len(np.unique(val.labels)) < 2:
         return {"threshold": None, "reason": "the validation set has one class", "sets": stems}
     source = threshold_from_validation(model, val, mc_samples=ev.mc_samples if bayesian else None, progress=False,
-                                       data_path=", ".join(str(ctx.data_path(s)) for s in stems),
+                                       data_path=", ".join(ctx.layout.relative(ctx.data_path(s)) for s in stems),
                                        device=_eval_device(ctx))
     return {**source, "sets": stems}
 
@@ -468,7 +468,7 @@ def step_evaluate(ctx: RunContext, name: str) -> dict[str, Any]:
 
     ev = ctx.config.evaluate
     model = load_model(ctx.model_dir(name))
-    bayesian = model.spec.task == "bayesian-classifier"
+    bayesian = model.spec.task.bayesian
     with ctx.status(f"choosing {name}'s FPR = 1% threshold on the validation objects"):
         chosen = validation_threshold(ctx, model, bayesian)
     out: dict[str, Any] = {"validation_threshold": chosen}
@@ -485,7 +485,8 @@ def step_evaluate(ctx: RunContext, name: str) -> dict[str, Any]:
             stamps = _subset(stamps, ev.max_bayesian, ctx.config.seed)
         extra = f", {ev.mc_samples} Monte-Carlo samples each" if bayesian else ""
         ctx.console.print(f"  {name} on the {TEST_SET_TITLES[test_set]} ({len(stamps)} stamps{extra})")
-        with staged_dir(ctx.eval_dir(name, test_set)) as tmp, ctx.status(f"evaluating {name} on {test_set}"):
+        with staged_dir(ctx.eval_dir(name, test_set), root=ctx.out) as tmp, \
+                ctx.status(f"evaluating {name} on {test_set}"):
             metrics = evaluate_model(model, stamps, tmp, mc_samples=ev.mc_samples if bayesian else None,
                                      progress=ctx.progress, data_path=ctx.data_path(stem), device=_eval_device(ctx),
                                      threshold_fpr1=chosen["threshold"],
@@ -529,15 +530,14 @@ def step_uncertainty(ctx: RunContext) -> dict[str, Any]:
     val = ctx.classifier_validation()
     if len(np.unique(val.labels)) < 2:
         return {"skipped": "the validation set has one class"}
-    out_dir = ctx.out / "uncertainty"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx.layout.uncertainty_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"validation": {"sets": list(ctx.validation_stems()), "n": len(val),
                                              "objects": val.n_groups()}, "models": {}}
     for name in ctx.config.models:
         model = load_model(ctx.model_dir(name))
-        if model.spec.task == "generator":
+        if not model.spec.task.classifies:
             continue
-        bayesian = model.spec.task == "bayesian-classifier"
+        bayesian = model.spec.task.bayesian
         pred = Predictive([model], "flipout" if bayesian else "softmax", mc_samples=ev.mc_samples, seed=seed)
         v = _subset(val, ev.max_bayesian, seed) if bayesian else val
         with ctx.status(f"calibrating {name} on the validation objects"):
@@ -569,7 +569,7 @@ def step_uncertainty(ctx: RunContext) -> dict[str, Any]:
                 "calibrated": evaluate_uncertainty(stamps.labels, pred.calibrator.transform(raw), stamps.groups,
                                                    n_resamples=ev.uncertainty_resamples, seed=seed),
             }
-        write_json(out_dir / f"{name}.json", rec)
+        write_json(ctx.layout.uncertainty(name), rec)
         real = rec["test"].get("real", {})
         if real:
             ece = (real["raw"]["ece"]["value"], real["calibrated"]["ece"]["value"])
@@ -595,6 +595,8 @@ def step_tune(ctx: RunContext) -> dict[str, Any]:
     with ctx.status(f"tuning the generator's temperatures with {g.tune_with}"):
         result = tune_temperatures(ctx.model_dir("cvae"), ctx.model_dir(g.tune_with), n_per_condition=g.tune_n,
                                    seed=ctx.config.seed)
+    if isinstance(result.get("classifier"), str):  # the run's JSON holds paths relative to the run directory
+        result = {**result, "classifier": ctx.layout.relative(result["classifier"])}
     return result
 
 
@@ -609,7 +611,7 @@ def step_judge(ctx: RunContext) -> dict[str, Any]:
             f"generation.judge = {g.judge!r}, but {classifier} does not exist (is {g.judge} in `models`?)"
         )
     train = _subset(ctx.stamps("train"), g.reference_n or None, ctx.config.seed)
-    with staged_dir(ctx.out / "generation") as tmp:
+    with staged_dir(ctx.layout.generation, root=ctx.out) as tmp:
         result = evaluate_generator(ctx.model_dir("cvae"), ctx.stamps("test"), tmp,
                                     classifier=classifier, seed=ctx.config.seed, progress=ctx.progress, train=train,
                                     classifier_model=g.judge_model, classifier_epochs=g.judge_epochs,
@@ -627,7 +629,7 @@ def step_augment(ctx: RunContext) -> dict[str, Any]:
     from hits_stamps.generation.augment import augmentation_experiment
 
     a = ctx.config.augmentation
-    with staged_dir(ctx.out / "augmentation") as tmp:
+    with staged_dir(ctx.layout.augmentation, root=ctx.out) as tmp:
         result = augmentation_experiment(ctx.stamps("train"), ctx.stamps("test"), ctx.model_dir("cvae"),
                                          fractions=[a.fraction], seed=ctx.config.seed, epochs=a.epochs, out_dir=tmp,
                                          classifier_model=a.model, retrain_cvae=a.retrain_cvae,
@@ -660,9 +662,9 @@ def plan(config: RunConfig) -> list[Step]:
     tasks = {name: get_spec(name).task for name in config.models}
     for name, task in tasks.items():
         steps.append(Step(f"train-{name}", f"train {name}", lambda ctx, n=name: step_train(ctx, n)))
-        if task != "generator":
+        if task.classifies:
             steps.append(Step(f"evaluate-{name}", f"evaluate {name}", lambda ctx, n=name: step_evaluate(ctx, n)))
-    if any(t != "generator" for t in tasks.values()) and config.evaluate.uncertainty:
+    if any(t.classifies for t in tasks.values()) and config.evaluate.uncertainty:
         steps.append(Step("uncertainty", "calibrate on the validation objects and judge every uncertainty",
                           step_uncertainty))
     if "cvae" in tasks and config.generation.tune_with:

@@ -6,8 +6,8 @@ preprocessed stamps (B, C, H, W) float32 (the output of the model's `Preprocesso
 holds the same preprocessing (`hits_stamps.serve.export`; parity tested on stamps with NaNs).
 
 - `torch`: classifiers give softmax(f(x)); Bayesian classifiers the Monte-Carlo predictive mean
-  (1/S) sum_s softmax(f_{w_s}(x)) with S = `mc_samples` (default: the model's config, else 30),
-  seeded per batch with `seed + first row of the batch`, exactly as `TrainedModel.predict_proba`
+  (1/S) sum_s softmax(f_{w_s}(x)) with S = `mc_samples` (default: the model's recipe, `TrainedClassifier.mc_samples`),
+  seeded per batch with `seed + first row of the batch`, exactly as `TrainedClassifier.predict_proba`
   seeds its batches. Predicting a file in chunks whose boundaries are multiples of the batch size
   therefore gives the same numbers as `predict_proba` on the whole file.
 - `onnxruntime`: the exported network (`hits_stamps.serve.export`); for Bayesian models that is the
@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.montecarlo import model_sampling, sample_batch
 from hits_stamps.serve import export
-from hits_stamps.training.modeldir import TrainedModel
+from hits_stamps.training.modeldir import TrainedClassifier
 
 BACKENDS = ("torch", "onnxruntime")
 UNCERTAINTY_COLUMNS = ("p_std", "entropy", "mutual_information")
@@ -38,37 +39,35 @@ class TorchBackend:
 
     def __init__(
         self,
-        model: TrainedModel,
+        model: TrainedClassifier,
         device: str = "cpu",
         mc_samples: int | None = None,
         seed: int = 0,
         threads: int | None = None,
     ):
-        if model.spec.task not in ("classifier", "bayesian-classifier"):
+        if not model.spec.task.classifies:
             raise HitsStampsError(f"{model.path}: {model.name} is a {model.spec.task}; it does not classify stamps")
         if threads:
             torch.set_num_threads(int(threads))
         self.model = model
         self.device = torch.device(device)
         self.module = model.module.to(self.device).eval()
-        self.bayesian = model.spec.task == "bayesian-classifier"
-        self.mc_samples = int(mc_samples or model.config.get("mc_samples", 30)) if self.bayesian else 1
+        self.bayesian = model.spec.task.bayesian
+        self.sampling = model_sampling(model)
+        self.mc_samples = int(mc_samples or model.mc_samples) if self.bayesian else 1
         if self.mc_samples < 1:
             raise HitsStampsError(f"mc_samples must be >= 1; got {self.mc_samples}")
         self.seed = int(seed)
         self.network = f"Monte-Carlo mean of {self.mc_samples} samples" if self.bayesian else "deterministic"
 
-    @torch.no_grad()
+    def samples(self, x: np.ndarray, start: int) -> torch.Tensor:
+        """x (B, C, H, W) float32, rows start..start+B-1 of the file -> probabilities (S, B, 2) on the device."""
+        xt = torch.from_numpy(x).to(self.device)
+        return sample_batch(self.module, xt, self.mc_samples, self.seed + start, self.sampling)
+
     def predict_proba(self, x: np.ndarray, start: int) -> np.ndarray:
         """x (B, C, H, W) float32, rows start..start+B-1 of the file -> probabilities (B, 2)."""
-        from hits_stamps.uncertainty import mc_predict_proba
-
-        xt = torch.from_numpy(x).to(self.device)
-        if self.bayesian:
-            probs = mc_predict_proba(self.module, xt, n_samples=self.mc_samples, seed=self.seed + start).mean(0)
-        else:
-            probs = torch.softmax(self.module(xt), dim=-1)
-        return probs.cpu().numpy().astype(np.float32, copy=False)
+        return self.samples(x, start).mean(0).cpu().numpy().astype(np.float32, copy=False)
 
     @torch.no_grad()
     def predict_uncertainty(self, x: np.ndarray, start: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -77,13 +76,12 @@ class TorchBackend:
         The same S seeded samples as `predict_proba` (so the mean is identical); p_std is the spread
         of p_real over the samples, entropy and mutual information as in `hits_stamps.uncertainty`.
         """
-        from hits_stamps.uncertainty import mc_predict_proba, summarize
+        from hits_stamps.uncertainty import summarize
 
         if not self.bayesian:
             raise HitsStampsError(f"{self.model.path}: {self.model.name} is deterministic; it has no Monte-Carlo "
                                   "uncertainty (use a Bayesian model: seed-bnn, bayes-cnn)")
-        xt = torch.from_numpy(x).to(self.device)
-        samples = mc_predict_proba(self.module, xt, n_samples=self.mc_samples, seed=self.seed + start)  # (S, B, 2)
+        samples = self.samples(x, start)  # (S, B, 2)
         probs = samples.mean(0).cpu().numpy().astype(np.float32, copy=False)
         u = summarize(samples.cpu().numpy())
         return probs, {"p_std": u["std"][:, 1], "entropy": u["entropy"], "mutual_information": u["mutual_information"]}
@@ -127,7 +125,7 @@ class OnnxBackend:
 
     def __init__(
         self,
-        model: TrainedModel,
+        model: TrainedClassifier,
         onnx_model: str | os.PathLike | bytes | None = None,
         threads: int | None = None,
     ):
@@ -157,7 +155,7 @@ class OnnxBackend:
 
 
 def make_backend(
-    model: TrainedModel,
+    model: TrainedClassifier,
     backend: str = "torch",
     onnx_model: str | os.PathLike | bytes | None = None,
     device: str = "cpu",
@@ -178,7 +176,7 @@ def make_backend(
 
 
 def predict_chunk(
-    model: TrainedModel,
+    model: TrainedClassifier,
     backend: TorchBackend | OnnxBackend,
     images: np.ndarray,
     start: int,
@@ -220,5 +218,15 @@ def predict_chunk(
     return (out, nan_count) if extra is None else (out, nan_count, extra)
 
 
+def record(writer, state: dict, ids, p_real, nan_count: int, threshold: float, extras: dict | None = None) -> None:
+    """Append one chunk's rows (and extra columns) to a `PredictionWriter`; update the running totals.
+
+    Shared by the local and the Dask engine (`state`: {"nan": pixels replaced, "real": rows labelled 1}).
+    """
+    writer.append(ids, p_real, extras)
+    state["nan"] += int(nan_count)
+    state["real"] += int((p_real >= threshold).sum())
+
+
 __all__ = ["BACKENDS", "UNCERTAINTY_COLUMNS", "OnnxBackend", "PredictiveBackend", "TorchBackend", "make_backend",
-           "predict_chunk"]
+           "predict_chunk", "record"]

@@ -6,8 +6,9 @@
 (column 0 of `result` is p_real, column 1 the stamp's count of non-finite pixels.)
 
 Each block is R rows (the same blocks as the local engine), read by the worker straight from the
-HDF5 file, so only the file path travels in the task graph, never pixels. `_predict_block` runs
-`predict_chunk` (the local engine's code) with a model loaded once per worker process: the loader
+HDF5 file, so only the file path travels in the task graph, never pixels. `_predict_block` adapts
+the block to the model (channels by name, crop / NaN pad: the local engine's `InputAdapter`) and
+runs `predict_chunk` (the local engine's code) with a model loaded once per worker process: the loader
 is cached by model directory (and the modification times of its weights and of the ONNX file).
 Each task runs its backend on one thread (torch.set_num_threads(1), onnxruntime intra-op 1), so a
 worker's parallelism is its number of Dask threads; LocalClusters use one thread per worker.
@@ -36,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.geometry import InputAdapter
+from hits_stamps.serve.backends import make_backend, predict_chunk, record
 from hits_stamps.training.modeldir import WEIGHTS
 
 #: Dask settings while `run_dask` runs: short diagnostic logs (a LocalCluster's scheduler runs in
@@ -89,7 +92,6 @@ def _worker_backend(model_dir: str, weights_mtime: int, backend: str, onnx_path:
     """(model, backend) for this worker process, built once per distinct argument tuple."""
     import torch
 
-    from hits_stamps.serve.backends import make_backend
     from hits_stamps.training.modeldir import load_model
 
     torch.set_num_threads(1)
@@ -109,15 +111,17 @@ def _cpu_seconds() -> float:
 
 
 def _predict_block(images: np.ndarray, *, offset: int, batch_size: int, loader_args: tuple,
-                   block_info=None) -> np.ndarray:
-    """One block of stamps (M, H, W, C) -> (M, 2) float32 on a worker.
+                   adapter: InputAdapter | None = None, block_info=None) -> np.ndarray:
+    """One block of the file's stamps (M, H, W, C) -> (M, 2) float32 on a worker.
 
-    Column 0: p_real; column 1: the stamp's number of non-finite pixels (replaced by the model's
-    NaN policy), so the client can report the total as the local engine does.
+    `adapter` makes the file's stamps the model's (channels by name, centre crop / NaN pad;
+    `hits_stamps.geometry`), as the local engine does chunk by chunk. Column 0: p_real; column 1:
+    the adapted stamp's number of non-finite pixels (replaced by the model's NaN policy; NaN padding
+    included), so the client can report the total as the local engine does.
     """
-    from hits_stamps.serve.backends import predict_chunk
-
     model, backend = _worker_backend(*loader_args)
+    if adapter is not None:
+        images = adapter.apply(images)  # (M, h, w, C_model)
     first = offset + (block_info[0]["array-location"][0][0] if block_info else 0)
     probs, _ = predict_chunk(model, backend, images, first, batch_size)
     bad = (~np.isfinite(images)).sum(axis=(1, 2, 3))  # (M,)
@@ -180,14 +184,19 @@ def _open_client(config):
         raise
 
 
-def run_dask(model, backend, stream, writer, config, rows: int, start: int, state: dict, progress) -> None:
+def run_dask(model, backend, stream, writer, config, rows: int, start: int, state: dict, progress,
+             adapter: InputAdapter | None = None) -> None:
     """Predict rows start.. of an HDF5 `stream` on Dask; append them to `writer` in file order.
+
+    `adapter` (from `serve.predict.check_compatible`) is applied to every block on the workers, so a
+    file in another channel order or stamp size is predicted as the local engine predicts it.
 
     `backend` is the backend built (and so validated) in this process; the workers build their own
     from the same arguments. An ONNX model exported in memory is written to a temporary file for
     the workers of a LocalCluster and removed afterwards.
     """
     import dask
+    import distributed  # noqa: F401  (before dask.config.set below; see the comment there)
 
     if start >= stream.n:
         return
@@ -197,8 +206,11 @@ def run_dask(model, backend, stream, writer, config, rows: int, start: int, stat
             tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="hits-stamps-onnx-"))
             onnx_path = Path(tmpdir) / "model.onnx"
             onnx_path.write_bytes(backend.onnx_bytes)
+        # distributed adds its defaults to dask's config when first imported; imported inside this
+        # context, leaving it would remove them all again (the context restores the keys it found
+        # missing), and the next LocalCluster in this process failed with KeyError 'comm'
         stack.enter_context(dask.config.set(DASK_CONFIG))
-        result = _block_array(model, stream, config, rows, start, onnx_path)
+        result = _block_array(model, stream, config, rows, start, onnx_path, adapter)
         t0 = time.perf_counter()
         client, cluster = _open_client(config)
         state["setup_seconds"] = time.perf_counter() - t0
@@ -213,7 +225,7 @@ def run_dask(model, backend, stream, writer, config, rows: int, start: int, stat
                 client.close()
 
 
-def _block_array(model, stream, config, rows: int, start: int, onnx_path):
+def _block_array(model, stream, config, rows: int, start: int, onnx_path, adapter: InputAdapter | None = None):
     """The lazy (N - start, 2) result: column 0 p_real, column 1 non-finite pixels per stamp."""
     import dask.array as da
     from dask.base import tokenize
@@ -232,6 +244,7 @@ def _block_array(model, stream, config, rows: int, start: int, onnx_path):
                            meta=np.empty((0, h, w, c), dtype=source.dtype))
     return images.map_blocks(
         _predict_block, offset=start, batch_size=config.batch_size, loader_args=loader_args,
+        adapter=None if adapter is None or adapter.identity else adapter,
         drop_axis=[2, 3], chunks=(images.chunks[0], (2,)), dtype=np.float32,
         meta=np.empty((0, 2), dtype=np.float32),
     )
@@ -239,8 +252,6 @@ def _block_array(model, stream, config, rows: int, start: int, onnx_path):
 
 def _compute_in_order(client, result, stream, writer, config, start: int, state: dict, progress) -> None:
     """Keep a window of blocks computing; append finished blocks to the CSV in file order."""
-    from hits_stamps.serve.predict import record
-
     n = stream.n
     bounds = np.cumsum((0,) + result.chunks[0]) + start
     window = max(2, 2 * sum(client.nthreads().values()))

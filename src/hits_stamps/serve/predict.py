@@ -26,7 +26,14 @@ from hits_stamps.errors import HitsStampsError
 from hits_stamps.geometry import InputAdapter, plan_for_model
 from hits_stamps.io.atomic import output_lock
 from hits_stamps.predictive import has_predictive, load_predictive
-from hits_stamps.serve.backends import BACKENDS, UNCERTAINTY_COLUMNS, PredictiveBackend, make_backend, predict_chunk
+from hits_stamps.serve.backends import (
+    BACKENDS,
+    UNCERTAINTY_COLUMNS,
+    PredictiveBackend,
+    make_backend,
+    predict_chunk,
+    record,
+)
 from hits_stamps.serve.csvout import PredictionWriter, check_output
 from hits_stamps.serve.stream import StampStream, open_stamp_stream
 from hits_stamps.training.modeldir import TrainedModel, file_sha256, load_model, torch_device, weights_sha256
@@ -174,7 +181,7 @@ def prediction_identity(model: TrainedModel, stream: StampStream, config: Predic
         "batch_size": config.batch_size,
         "backend": config.backend,
         "onnx": file_sha256(config.onnx_path) if config.onnx_path else None,
-        "mc_samples": (config.mc_samples or model.config.get("mc_samples", 30)) if bayesian else None,
+        "mc_samples": (config.mc_samples or model.mc_samples) if bayesian else None,
         "seed": config.seed if bayesian else None,
         "device": config.device,
         "columns": list(config.extra_columns),
@@ -233,11 +240,6 @@ def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> 
         raise HitsStampsError(f"{model.path}: {model.name} is a {model.spec.task}; it does not classify stamps")
     with open_stamp_stream(data, trust_pickle=config.trust_pickle) as stream:
         adapter = check_compatible(model, stream)
-        if config.engine == "dask" and not adapter.identity:
-            raise HitsStampsError(
-                f"{stream.path}: --engine dask needs stamps of the model's size and channel order; found "
-                f"{'x'.join(map(str, stream.stamp_shape))} ({', '.join(stream.channels)}); use --engine local"
-            )
         if config.limit is not None:
             stream.head(config.limit)
         if config.engine == "dask" and stream.format != "h5":
@@ -277,7 +279,7 @@ def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> 
             else:
                 from hits_stamps.serve.dask_engine import run_dask
 
-                run_dask(model, backend, stream, writer, config, rows, start, state, progress)
+                run_dask(model, backend, stream, writer, config, rows, start, state, progress, adapter)
             seconds = time.perf_counter() - t0
             writer.finish()
     if state["nan"]:
@@ -310,14 +312,6 @@ def _run_local(model, backend, stream, writer, config, rows, start, state, progr
             record(writer, state, ids, probs[:, 1], nan_count, config.threshold)
         if progress is not None:
             progress(a + len(ids), stream.n)
-
-
-def record(writer: PredictionWriter, state: dict, ids, p_real, nan_count: int, threshold: float,
-           extras: dict | None = None) -> None:
-    """Append one chunk's rows (and extra columns) and update the running totals."""
-    writer.append(ids, p_real, extras)
-    state["nan"] += int(nan_count)
-    state["real"] += int((p_real >= threshold).sum())
 
 
 __all__ = ["ENGINES", "PredictConfig", "PredictionSummary", "check_compatible", "chunk_rows_for", "predict_file"]

@@ -271,13 +271,13 @@ def _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch)
             f"{spec.name}: cannot build the model for {train.size[0]}x{train.size[1]}x{train.n_channels} "
             f"stamps with arguments {kwargs}: {exc}"
         ) from exc
-    if hasattr(model, "training_targets"):  # models trained on other targets than the label (cvae: kinds)
+    if "training_targets" in spec.hooks:  # models trained on other targets than the label (cvae: kinds)
         try:
             y_train = torch.from_numpy(model.training_targets(train))
             y_val = torch.from_numpy(model.training_targets(val))
         except ValueError as exc:
             raise HitsStampsError(f"{spec.name}: {exc}") from exc
-    if hasattr(model, "fit_input_stats"):  # models that hold their own invertible input scaling (cvae)
+    if "fit_input_stats" in spec.hooks:  # models that hold their own invertible input scaling (cvae)
         model.fit_input_stats(x_train)
     optimizer = make_optimizer(recipe, model.parameters())
     n_train = len(train)

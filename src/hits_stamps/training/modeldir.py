@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from hits_stamps.errors import HitsStampsError, StampFileError
 from hits_stamps.io.atomic import atomic_path
 from hits_stamps.models.registry import ModelSpec, count_parameters, get_spec
+from hits_stamps.montecarlo import default_mc_samples, predict_mean
 from hits_stamps.preprocess import Preprocessor
 from hits_stamps.stamps import StampSet
 
@@ -115,7 +116,11 @@ def save_weights(module: torch.nn.Module, path: str | os.PathLike) -> None:
 
 @dataclass
 class TrainedModel:
-    """A model rebuilt from its directory, ready to predict."""
+    """A model rebuilt from its directory: what classifiers and generators share.
+
+    `load_model` returns a `TrainedClassifier` (it predicts) or a `TrainedGenerator` (it samples
+    stamps with `hits_stamps.generation`); each has only the methods its task supports.
+    """
 
     path: Path
     spec: ModelSpec
@@ -145,7 +150,17 @@ class TrainedModel:
         """(N, H, W, C) stamps -> preprocessed (N, C, H, W) tensor."""
         return torch.from_numpy(self.preprocessor.transform(images))
 
-    @torch.no_grad()
+
+
+@dataclass
+class TrainedClassifier(TrainedModel):
+    """A trained classifier (task classifier or bayesian-classifier): class probabilities of stamps."""
+
+    @property
+    def mc_samples(self) -> int:
+        """Monte-Carlo samples per stamp by default (its recipe's `mc_samples`; see `hits_stamps.montecarlo`)."""
+        return default_mc_samples(self.config)
+
     def predict_proba(
         self,
         stamps: StampSet | np.ndarray,
@@ -156,31 +171,19 @@ class TrainedModel:
     ) -> np.ndarray:
         """Class probabilities (N, 2) (columns: bogus, real), computed in batches.
 
-        Bayesian models average `mc_samples` Monte-Carlo forward passes (default from the model's
-        config, `mc_samples` key, else 30); deterministic models ignore it.
+        Bayesian models average `mc_samples` Monte-Carlo forward passes (default: the model's
+        recipe, `self.mc_samples`); deterministic models ignore it. `hits_stamps.montecarlo.predict_mean`.
         """
-        from hits_stamps.uncertainty import mc_predict_proba
-
-        images = stamps.images if isinstance(stamps, StampSet) else np.asarray(stamps)
-        if isinstance(stamps, StampSet):
-            self.check_input(stamps)
-        if self.spec.task == "generator":
-            raise HitsStampsError(f"{self.name} is a generator; it does not classify stamps")
-        module = self.module.to(device).eval()
-        bayesian = self.spec.task == "bayesian-classifier"
-        s = (mc_samples or self.config.get("mc_samples", 30)) if bayesian else 1
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = self.inputs(images[start : start + batch_size]).to(device)
-            if bayesian:
-                probs = mc_predict_proba(module, x, n_samples=s, seed=seed + start).mean(0)
-            else:
-                probs = torch.softmax(module(x), dim=-1)
-            out.append(probs.cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
+        return predict_mean(self, stamps, n_samples=mc_samples, batch_size=batch_size, seed=seed, device=device)
 
     def predict(self, stamps: StampSet | np.ndarray, threshold: float = 0.5, **kw) -> np.ndarray:
         return (self.predict_proba(stamps, **kw)[:, 1] >= threshold).astype(np.int64)
+
+
+@dataclass
+class TrainedGenerator(TrainedModel):
+    """A trained generator (task generator): it samples stamps (`hits_stamps.generation.sample`) and
+    does not classify, so it has no `predict_proba`."""
 
 
 def torch_device(device: str) -> torch.device:
@@ -238,8 +241,10 @@ def read_config(path: str | os.PathLike, full: bool = True) -> dict[str, Any]:
     return config
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu") -> TrainedModel:
+def load_model(path: str | os.PathLike, device: str = "cpu") -> TrainedClassifier | TrainedGenerator:
     """Rebuild a model from its directory (weights via safetensors: no code is executed).
+
+    A classifier comes back as a `TrainedClassifier`, a generator as a `TrainedGenerator`.
 
     A foreign, corrupt, truncated or mismatched file (config.json, model.safetensors, history.json)
     raises a StampFileError naming it.
@@ -282,4 +287,5 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> TrainedModel:
         history = read_json(path / HISTORY)
         if not (isinstance(history, list) and all(isinstance(r, dict) for r in history)):
             raise StampFileError(path / HISTORY, None, "a JSON list of per-epoch objects", f"{history!r:.80}")
-    return TrainedModel(path, spec, module.to(dev), config, pre, history)
+    kind = TrainedClassifier if spec.task.classifies else TrainedGenerator
+    return kind(path, spec, module.to(dev), config, pre, history)
