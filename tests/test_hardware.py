@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -123,3 +124,16 @@ def test_bf16_training_where_detected(tmp_path, monkeypatch):
     wa, wb = _weights(a), _weights(b)
     assert all(torch.isfinite(v).all() for v in wa.values())
     assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_chosen_threads_never_exceed_torchs_setting(monkeypatch):
+    monkeypatch.delenv(hardware.THREADS_ENV, raising=False)
+    monkeypatch.setitem(hardware._BUSY_CACHE, "at", time.monotonic())  # a fresh sample
+    monkeypatch.setitem(hardware._BUSY_CACHE, "busy", 0.0)  # an idle machine
+    before = torch.get_num_threads()
+    with hardware.torch_threads():
+        assert torch.get_num_threads() == min(before, hardware.usable_cores())
+    monkeypatch.setitem(hardware._BUSY_CACHE, "busy", 64.0)  # every core busy
+    with hardware.torch_threads():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

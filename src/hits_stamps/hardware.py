@@ -18,6 +18,7 @@ at least 1. `HITS_STAMPS_THREADS=N` overrides it.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 from functools import lru_cache
@@ -120,26 +121,38 @@ def _busy_jiffies(stat: str = "/proc/stat") -> tuple[int, int] | None:
     return sum(fields[:8]) - idle, sum(fields[:8])
 
 
-def busy_cores(window: float = 0.1, cores: int | None = None) -> float:
+_BUSY_CACHE: dict[str, float] = {}
+#: seconds a `busy_cores` sample is reused (prediction calls it once per `predict_proba`)
+BUSY_MAX_AGE = 10.0
+
+
+def busy_cores(window: float = 0.1, cores: int | None = None, max_age: float = BUSY_MAX_AGE) -> float:
     """Cores kept busy by other work, sampled over `window` seconds while this thread sleeps.
 
     From /proc/stat where there is one (this process is asleep in the window, so its own earlier
-    work does not count, unlike in the load average); else the 1-minute load average.
+    work does not count, unlike in the load average); else the 1-minute load average. A sample
+    younger than `max_age` seconds is reused.
     """
     import time
 
+    now = time.monotonic()
+    if max_age > 0 and now - _BUSY_CACHE.get("at", -math.inf) < max_age:
+        return _BUSY_CACHE["busy"]
     cores = usable_cores() if cores is None else cores
+    busy = None
     a = _busy_jiffies()
     if a is not None:
         time.sleep(window)
         b = _busy_jiffies()
         if b is not None and b[1] > a[1]:
-            n_cpu = os.cpu_count() or cores
-            return (b[0] - a[0]) / (b[1] - a[1]) * n_cpu
-    try:
-        return float(os.getloadavg()[0])
-    except (AttributeError, OSError):
-        return 0.0
+            busy = (b[0] - a[0]) / (b[1] - a[1]) * (os.cpu_count() or cores)
+    if busy is None:
+        try:
+            busy = float(os.getloadavg()[0])
+        except (AttributeError, OSError):
+            busy = 0.0
+    _BUSY_CACHE.update(at=time.monotonic(), busy=busy)
+    return busy
 
 
 def choose_threads(requested: int | None = None, cores: int | None = None,
@@ -166,9 +179,14 @@ def choose_threads(requested: int | None = None, cores: int | None = None,
 
 
 @contextlib.contextmanager
-def torch_threads(n: int):
-    """Run the block with `torch.set_num_threads(n)`, restoring the previous count afterwards."""
+def torch_threads(n: int | None = None):
+    """Run the block with `torch.set_num_threads(n)`, restoring the previous count afterwards.
+
+    n None: `choose_threads()`, but never more than torch is set to now (its default: the cores).
+    """
     before = torch.get_num_threads()
+    if n is None:
+        n = min(choose_threads(), before)
     torch.set_num_threads(int(n))
     try:
         yield

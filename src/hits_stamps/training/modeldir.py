@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from hits_stamps import hardware
 from hits_stamps.errors import HitsStampsError, StampFileError
 from hits_stamps.io.atomic import atomic_path
 from hits_stamps.models.registry import ModelSpec, count_parameters, get_spec
@@ -170,13 +171,14 @@ class TrainedModel:
         bayesian = self.spec.task == "bayesian-classifier"
         s = (mc_samples or self.config.get("mc_samples", 30)) if bayesian else 1
         out = []
-        for start in range(0, len(images), batch_size):
-            x = self.inputs(images[start : start + batch_size]).to(device)
-            if bayesian:
-                probs = mc_predict_proba(module, x, n_samples=s, seed=seed + start).mean(0)
-            else:
-                probs = torch.softmax(module(x), dim=-1)
-            out.append(probs.cpu().numpy())
+        with hardware.torch_threads():  # leave the cores other work keeps busy (hits_stamps.hardware)
+            for start in range(0, len(images), batch_size):
+                x = self.inputs(images[start : start + batch_size]).to(device)
+                if bayesian:
+                    probs = mc_predict_proba(module, x, n_samples=s, seed=seed + start).mean(0)
+                else:
+                    probs = torch.softmax(module(x), dim=-1)
+                out.append(probs.cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
 
     def predict(self, stamps: StampSet | np.ndarray, threshold: float = 0.5, **kw) -> np.ndarray:
