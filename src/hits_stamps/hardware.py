@@ -9,10 +9,9 @@ and float32 results are exactly those of a run without autocast. `HITS_STAMPS_PR
 
 Threads. On a machine whose cores are already busy (its 1-minute load average close to the core
 count), PyTorch's OpenMP threads wait for each other at every barrier and a small network's step
-gets many times slower with 2 threads than with 1 (seed-cnn, 2 cores, load 9: 60 s per epoch with
-2 threads, 1.3 s with 1; docs/benchmarks/speed.md). `choose_threads` therefore takes the cores
-this process may run on minus the cores other work keeps busy (sampled from /proc/stat for 0.1 s),
-at least 1. `HITS_STAMPS_THREADS=N` overrides it.
+gets many times slower with all cores' threads than with one (docs/benchmarks/speed.md).
+`choose_threads` therefore takes the cores this process may run on minus the cores other work
+keeps busy (sampled from /proc/stat for 0.1 s), at least 1. `HITS_STAMPS_THREADS=N` overrides it.
 """
 
 from __future__ import annotations
