@@ -192,9 +192,14 @@ def test_resume_after_interruption_gives_the_same_file(work, tmp_path):
 
 @pytest.mark.parametrize("layout", ["h5", "npz"])
 def test_peak_memory_does_not_grow_with_file_size(work, layout, tmp_path):
-    """Python-side peak allocations (numpy arrays are traced) for 200 vs 1,200 stamps in 50-row chunks."""
+    """Python-side peak allocations (numpy arrays are traced) for 200 vs 3,000 stamps in 50-row chunks.
+
+    The reader thread may hold up to READ_AHEAD + 2 chunks in flight (raw and preprocessed), which a
+    200-stamp file (4 chunks) need not reach; beyond that nothing may grow with the file."""
+    from hits_stamps.serve.predict import READ_AHEAD
+
     model = load_model(work["models"]["seed-cnn"])
-    big = StampSet.concat([work["data"]] * 4)[np.arange(1200)]
+    big = StampSet.concat([work["data"]] * 10)[np.arange(3000)]
     small = work["data"][np.arange(200)]
     peaks = {}
     for label, stamps in (("small", small), ("big", big)):
@@ -206,8 +211,9 @@ def test_peak_memory_does_not_grow_with_file_size(work, layout, tmp_path):
         peaks[label] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     chunk_bytes = 50 * 21 * 21 * 4 * 4
-    assert peaks["big"] < 1.25 * peaks["small"] + chunk_bytes, peaks
-    assert peaks["big"] < big.images.nbytes / 2, (peaks, big.images.nbytes)
+    in_flight = 2 * (READ_AHEAD + 2) * chunk_bytes  # raw + preprocessed chunks the reader may hold
+    assert peaks["big"] < 1.25 * peaks["small"] + in_flight, peaks
+    assert peaks["big"] < big.images.nbytes / 4, (peaks, big.images.nbytes)
 
 
 # ----------------------------------------------------------------------------- ONNX

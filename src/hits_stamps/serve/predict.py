@@ -337,9 +337,11 @@ def _run_local(model, backend, stream, writer, config, rows, start, state, progr
 
 
 _DONE = object()
+#: chunks the reader thread may have ready beyond the one being predicted (and the one it is reading)
+READ_AHEAD = 2
 
 
-def prepared_chunks(model, backend, stream, rows: int, start: int = 0, adapter=None, ahead: int = 2):
+def prepared_chunks(model, backend, stream, rows: int, start: int = 0, adapter=None, ahead: int = READ_AHEAD):
     """Yield (first row, ids, backend input, non-finite pixel count) per chunk of `rows` rows from `start`.
 
     A reader thread reads each chunk, adapts it to the model (`adapter`) and preprocesses it
