@@ -2,8 +2,8 @@
 
 Precision. bfloat16 autocast pays only where the CPU multiplies bf16 matrices in hardware: Intel AMX
 (`amx_bf16`) or AVX-512 BF16 (`avx512_bf16`), read from the `flags` of /proc/cpuinfo. Everywhere else
-PyTorch emulates bf16 and it is far slower than float32 (on a 2-core AMD EPYC with AVX2 only, a
-2048 x 2048 bf16 matrix product took 54 s against 0.17 s in float32), so `auto` means float32 there,
+PyTorch emulates bf16 and it is far slower than float32 (on an AMD EPYC with AVX2 only, a bf16
+matrix product is hundreds of times slower), so `auto` means float32 there,
 and float32 results are exactly those of a run without autocast. `HITS_STAMPS_PRECISION=float32`
 (or `bfloat16`) overrides the choice; nobody needs to set it.
 
