@@ -22,8 +22,8 @@ epoch: the prediction cost does not depend on the weights. Files live in --workd
 at the end unless --keep (a kept file with the right number of rows is reused by the next run).
 Results are written to --json after every measurement, so an interrupted run keeps what it measured.
 
-    nice -n 10 .venv/bin/python benchmarks/bench_serve.py --workdir /tmp/hits-serve-bench \\
-        --json /tmp/hits-serve-bench/serving.json
+    nice -n 10 .venv/bin/python benchmarks/bench_serve.py --workdir runs/serve-bench \\
+        --json benchmarks/results/serving.json
 
 A child run (used internally, also handy alone):
     .venv/bin/python benchmarks/bench_serve.py one --model DIR --data FILE.h5 --backend onnxruntime
@@ -393,7 +393,7 @@ def main(argv=None) -> None:
     o.add_argument("--limit", type=int)
     o.add_argument("--onnx")
     o.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/hits-serve-bench"))
+    p.add_argument("--workdir", type=Path, default=Path("runs/serve-bench"))
     p.add_argument("--json", type=Path, help="write all results here (after every measurement)")
     p.add_argument("--rate-stamps", type=int, default=32768, help="leading stamps of the large file per rate run")
     p.add_argument("--rate-configs", default="torch-1thread,onnxruntime-1thread,dask-1-torch,dask-2-torch,"

@@ -189,10 +189,18 @@ def predict_chunk(
     the result; the onnxruntime backend does the same inside its graph and gets the raw stamps) and
     runs the backend on consecutive batches of `batch_size` rows. Returns the probabilities and the
     number of non-finite pixels the NaN policy replaced. Under nan_policy `error` a chunk with a
-    non-finite pixel raises, whichever the backend.
+    non-finite pixel raises, whichever the backend. The two halves, `prepare_chunk` and
+    `predict_prepared`, can run in different threads (`hits_stamps.serve.predict` overlaps them).
     """
+    x, nan_count = prepare_chunk(model, backend, images, start)
+    return predict_prepared(backend, x, nan_count, start, batch_size, uncertainty)
+
+
+def prepare_chunk(model: TrainedClassifier, backend, images: np.ndarray, start: int) -> tuple[np.ndarray, int]:
+    """The backend's input for stamps (M, H, W, C) (preprocessed (M, C, H, W), or raw for a graph that
+    preprocesses) and the number of non-finite pixels; see `predict_chunk`."""
     if len(images) == 0:
-        return np.zeros((0, 2), dtype=np.float32), 0
+        return np.zeros((0, *images.shape[1:]), dtype=np.float32), 0
     pre = model.preprocessor
     try:
         if getattr(backend, "takes_raw", False):
@@ -205,6 +213,14 @@ def predict_chunk(
             nan_count = int(pre.last_nan_count_)
     except HitsStampsError as exc:
         raise HitsStampsError(f"rows {start}-{start + len(images) - 1}: {exc}") from exc
+    return x, nan_count
+
+
+def predict_prepared(backend, x: np.ndarray, nan_count: int, start: int, batch_size: int,
+                     uncertainty: bool = False):
+    """`predict_chunk`'s result for the output `x` of `prepare_chunk`: the backend on batches of `batch_size`."""
+    if len(x) == 0:
+        return np.zeros((0, 2), dtype=np.float32), 0
     out = np.empty((len(x), 2), dtype=np.float32)
     extra = {k: np.empty(len(x), dtype=np.float64) for k in UNCERTAINTY_COLUMNS} if uncertainty else None
     for a in range(0, len(x), batch_size):
@@ -229,4 +245,4 @@ def record(writer, state: dict, ids, p_real, nan_count: int, threshold: float, e
 
 
 __all__ = ["BACKENDS", "UNCERTAINTY_COLUMNS", "OnnxBackend", "PredictiveBackend", "TorchBackend", "make_backend",
-           "predict_chunk", "record"]
+           "predict_chunk", "predict_prepared", "prepare_chunk", "record"]

@@ -379,6 +379,21 @@ def export_onnx(
     return out
 
 
+def quantize_int8(onnx_bytes: bytes) -> bytes:
+    """The model with int8 weights (onnxruntime dynamic quantization: int8 weights, activations
+    quantized per batch at run time). Not used by `predict`: on a CPU without VNNI (AVX2 only) it
+    ran 3.7 times slower than float32 (docs/benchmarks/speed.md, which also gives its accuracy change)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "float32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(onnx_bytes)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        return dst.read_bytes()
+
+
 def make_session(onnx_model: bytes | str | os.PathLike, threads: int | None = None):
     """An onnxruntime `InferenceSession` on the CPU; `threads` sets the intra-op thread count."""
     import onnxruntime as ort

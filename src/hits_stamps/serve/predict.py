@@ -3,6 +3,11 @@
     stamp file --(chunks of R rows, stream.py)--> preprocess (Python, per stamp)
                --> backend (torch | onnxruntime), batches of B rows --> p_real --> CSV (csvout.py)
 
+With the local engine, reading, decompressing and preprocessing run in a reader thread that stays
+at most two chunks ahead (a bounded queue), overlapped with the network in the calling thread;
+h5py, numpy's reductions and torch release the GIL, so the two share the cores. The results do not
+depend on the overlap (the same chunks in the same order).
+
 The chunk size R is a multiple of the batch size B (at least the file's HDF5 chunk rows, 4096 for
 files written by hits-stamps), and the `local` and `dask` engines cut the file into the same
 blocks, so both give identical results, and for Bayesian models the same Monte-Carlo samples as
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import math
 import os
+import queue
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -22,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hits_stamps import hardware
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.geometry import InputAdapter, plan_for_model
 from hits_stamps.io.atomic import output_lock
@@ -31,7 +39,8 @@ from hits_stamps.serve.backends import (
     UNCERTAINTY_COLUMNS,
     PredictiveBackend,
     make_backend,
-    predict_chunk,
+    predict_prepared,
+    prepare_chunk,
     record,
 )
 from hits_stamps.serve.csvout import PredictionWriter, check_output
@@ -57,7 +66,7 @@ class PredictConfig:
     device: str = "cpu"  # torch device ("cpu", "cuda"); onnxruntime runs on the CPU
     mc_samples: int | None = None  # Bayesian models, torch backend: MC samples (None: model default)
     seed: int = 0  # Bayesian models: seed of the Monte-Carlo samples
-    threads: int | None = None  # local engine: torch / onnxruntime intra-op threads (None: library default)
+    threads: int | None = None  # local engine: torch / onnxruntime intra-op threads (None: local_threads chooses)
     trust_pickle: bool = False  # allow pickle stamp files (they can run code)
     limit: int | None = None  # predict only the first `limit` rows of the file (None: all of them)
     uncertainty: bool = False  # Bayesian models, torch backend, local engine: add p_std, entropy, mutual_information
@@ -189,6 +198,17 @@ def prediction_identity(model: TrainedModel, stream: StampStream, config: Predic
     }
 
 
+def local_threads(config: PredictConfig) -> int | None:
+    """Intra-op threads of the local engine: `config.threads`, else the cores other work leaves free
+    (`hardware.choose_threads`) less one for the reader thread, at least 1. None for Dask (its tasks
+    run on one thread each). Predictions do not depend on it (tested)."""
+    if config.engine != "local":
+        return None
+    if config.threads is not None:
+        return config.threads
+    return max(1, hardware.choose_threads() - 1)
+
+
 def chunk_rows_for(stream: StampStream, config: PredictConfig) -> int:
     """Rows per chunk: `config.chunk_rows` or the file's chunk rows, rounded up to a multiple of the batch."""
     want = config.chunk_rows or stream.chunk_rows
@@ -255,12 +275,12 @@ def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> 
             )
         # built before the output is touched, so a bad backend (e.g. a foreign ONNX file) writes nothing
         if predictive is not None:
-            backend = PredictiveBackend(predictive, threads=config.threads)
+            backend = PredictiveBackend(predictive, threads=local_threads(config))
         else:
             backend = make_backend(
                 model, config.backend, onnx_model=config.onnx_path, device=config.device,
                 mc_samples=config.mc_samples, seed=config.seed,
-                threads=config.threads if config.engine == "local" else None,
+                threads=local_threads(config),
             )
         rows = chunk_rows_for(stream, config)
         identity = prediction_identity(model, stream, config, predictive)
@@ -298,20 +318,70 @@ def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> 
 def _run_local(model, backend, stream, writer, config, rows, start, state, progress, adapter=None) -> None:
     if progress is not None:
         progress(start, stream.n)
-    for a, ids, images in stream.chunks(rows, start=start):
-        if adapter is not None:
-            images = adapter.apply(images)  # channels by name, crop / NaN pad to the model's size
+    for a, ids, x, nan_count in prepared_chunks(model, backend, stream, rows, start, adapter):
         if config.wants_uncertainty:
-            probs, nan_count, extras = predict_chunk(model, backend, images, a, config.batch_size, uncertainty=True)
+            probs, nan_count, extras = predict_prepared(backend, x, nan_count, a, config.batch_size, uncertainty=True)
             if config.refer_above is not None:
                 score = backend.predictive.config.referral if isinstance(backend, PredictiveBackend) else "entropy"
                 extras["refer"] = (extras[score] >= config.refer_above).astype(np.int8)
             record(writer, state, ids, probs[:, 1], nan_count, config.threshold, extras)
         else:
-            probs, nan_count = predict_chunk(model, backend, images, a, config.batch_size)
+            probs, nan_count = predict_prepared(backend, x, nan_count, a, config.batch_size)
             record(writer, state, ids, probs[:, 1], nan_count, config.threshold)
         if progress is not None:
             progress(a + len(ids), stream.n)
+
+
+_DONE = object()
+#: chunks the reader thread may have ready beyond the one being predicted (and the one it is reading)
+READ_AHEAD = 2
+
+
+def prepared_chunks(model, backend, stream, rows: int, start: int = 0, adapter=None, ahead: int = READ_AHEAD):
+    """Yield (first row, ids, backend input, non-finite pixel count) per chunk of `rows` rows from `start`.
+
+    A reader thread reads each chunk, adapts it to the model (`adapter`) and preprocesses it
+    (`prepare_chunk`) while the caller predicts the previous one; it stays at most `ahead` chunks
+    ahead, so memory stays bounded by the chunk size. An error in the reader is raised here, in
+    file order; leaving the loop early stops the reader.
+    """
+    q: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for a, ids, images in stream.chunks(rows, start=start):
+                if adapter is not None:
+                    images = adapter.apply(images)  # channels by name, crop / NaN pad to the model's size
+                x, nan_count = prepare_chunk(model, backend, images, a)
+                if not put((a, ids, x, nan_count)):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    reader = threading.Thread(target=read, name="hits-stamps-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
 __all__ = ["ENGINES", "PredictConfig", "PredictionSummary", "check_compatible", "chunk_rows_for", "predict_file"]

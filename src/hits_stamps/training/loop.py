@@ -3,6 +3,14 @@
 Reproducible: the shuffling of epoch e comes from `default_rng([seed, e])`, torch's RNG is seeded
 once and its state is checkpointed, so `--resume` after an interruption gives the same final
 weights as an uninterrupted run with the same seed.
+
+Speed (docs/benchmarks/speed.md): the training stamps are one preprocessed tensor, each step's
+batch is gathered from it by an index tensor (no DataLoader, no per-sample Python); the step runs
+with the intra-op threads and the precision `hits_stamps.hardware` chooses for this machine:
+bfloat16 autocast only where the CPU has AMX or AVX-512 BF16, float32 (no autocast, the same
+numbers as before) elsewhere; the cores other work keeps busy are left to it. Both choices are
+recorded in the model's config.json (`compute`), and `--resume` continues with the recorded thread
+count (a few models, e.g. rotinv-cnn, give slightly different weights with another thread count).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hits_stamps import __version__
+from hits_stamps import __version__, hardware
 from hits_stamps.errors import HitsStampsError, StampFileError
 from hits_stamps.io.atomic import atomic_path, output_lock, replace_dir
 from hits_stamps.models.registry import Recipe, count_parameters, get_spec
@@ -46,6 +54,8 @@ class TrainConfig:
     device: str = "auto"  # "cpu" | "cuda" | "auto"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model builder
     recipe_overrides: dict[str, Any] = field(default_factory=dict)  # any other Recipe field
+    precision: str = "auto"  # "auto" (bfloat16 where the CPU has AMX / AVX-512 BF16) | "float32" | "bfloat16"
+    threads: int | None = None  # intra-op threads (None: chosen by hardware.choose_threads)
 
     def __post_init__(self) -> None:
         problems = []
@@ -57,6 +67,11 @@ class TrainConfig:
             problems.append(f"lr must be a finite number > 0; got {self.lr!r}")
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 1):
             problems.append(f"val_fraction must be in (0, 1); got {self.val_fraction!r}")
+        if self.precision not in hardware.PRECISIONS:
+            problems.append(f"precision must be one of {hardware.PRECISIONS}; got {self.precision!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                         or self.threads < 1):
+            problems.append(f"threads must be an integer >= 1; got {self.threads!r}")
         if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)):
             problems.append(f"device must be cpu, cuda, cuda:N or auto; got {self.device!r}")
         if problems:
@@ -207,6 +222,7 @@ def _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch)
     ckpt_path = work / modeldir.CHECKPOINT
     stored_cfg = None
     stored_kwargs = None
+    stored_threads = None
     if source is not None and (source / modeldir.CONFIG).exists():
         stored_cfg = modeldir.read_json(source / modeldir.CONFIG)
         if not isinstance(stored_cfg, dict):
@@ -214,6 +230,7 @@ def _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch)
         if stored_cfg.get("model") != spec.name:
             raise HitsStampsError(f"{out}: cannot resume {stored_cfg.get('model')!r} training as model {spec.name!r}")
         stored_kwargs = stored_cfg.get("model_kwargs")
+        stored_threads = (stored_cfg.get("compute") or {}).get("threads")
     data_identity = {
         "train_sha256": modeldir.stamps_sha256(train),
         "val_sha256": modeldir.stamps_sha256(val) if val is not None else None,
@@ -288,6 +305,12 @@ def _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch)
         else None
     )
 
+    precision = hardware.choose_precision(cfg.precision, device)
+    if cfg.threads is not None or stored_threads is None:
+        # never more than torch is set to (its default: the cores), fewer where other work keeps cores busy
+        threads = cfg.threads or min(hardware.choose_threads(), torch.get_num_threads())
+    else:
+        threads = int(stored_threads)  # resume: the thread count the checkpoint was computed with
     config = {
         "model": spec.name,
         "task": spec.task,
@@ -308,6 +331,7 @@ def _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch)
             "class_balance_train": train.class_balance(),
         },
         "package_version": __version__,
+        "compute": {"precision": precision, "threads": threads, "cpu": hardware.describe_cpu()},
     }
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -328,11 +352,12 @@ def _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch)
     modeldir.write_json(work / modeldir.CONFIG, config)
 
     bar = _Progress(progress, recipe.epochs, steps, spec.name)
-    with bar:
+    cast = hardware.autocast(precision, device)
+    with bar, hardware.torch_threads(threads):
         for epoch in range(start_epoch, recipe.epochs):
             t0 = time.perf_counter()
             rng = np.random.default_rng([cfg.seed, epoch])
-            order = _epoch_order(rng, n_train, steps * recipe.batch_size)
+            order = torch.from_numpy(_epoch_order(rng, n_train, steps * recipe.batch_size))
             model.train()
             sums = {"loss": 0.0, "correct": 0, "n": 0}
             parts_sum: dict[str, float] = {}
@@ -341,11 +366,12 @@ def _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch)
                 idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
                 if len(idx) == 0:
                     break
-                xb = x_train[idx]
+                xb = x_train.index_select(0, idx)  # (B, C, H, W) gathered from the epoch's tensor
                 if recipe.augment != "none":
                     xb = augment_batch(xb, recipe.augment, rng)
-                xb, yb = xb.to(device), y_train[idx].to(device)
-                res = spec.objective(model, xb, yb, n_train)
+                xb, yb = xb.to(device), y_train.index_select(0, idx).to(device)
+                with cast:
+                    res = spec.objective(model, xb, yb, n_train)
                 optimizer.zero_grad(set_to_none=True)
                 res.loss.backward()
                 if recipe.clip_grad_norm:
@@ -371,7 +397,8 @@ def _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch)
             if spec.task != "generator":
                 row["accuracy"] = sums["correct"] / sums["n"]
             row.update({k: v / sums["n"] for k, v in parts_sum.items()})
-            row.update(evaluate_objective(spec, model, x_val, y_val, n_train, recipe.batch_size, device))
+            with cast:
+                row.update(evaluate_objective(spec, model, x_val, y_val, n_train, recipe.batch_size, device))
             row["seconds"] = time.perf_counter() - t0
             history.append(row)
             bar.end_epoch(row)

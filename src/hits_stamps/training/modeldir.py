@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from hits_stamps import hardware
 from hits_stamps.errors import HitsStampsError, StampFileError
 from hits_stamps.io.atomic import atomic_path
 from hits_stamps.models.registry import ModelSpec, count_parameters, get_spec
@@ -174,7 +175,8 @@ class TrainedClassifier(TrainedModel):
         Bayesian models average `mc_samples` Monte-Carlo forward passes (default: the model's
         recipe, `self.mc_samples`); deterministic models ignore it. `hits_stamps.montecarlo.predict_mean`.
         """
-        return predict_mean(self, stamps, n_samples=mc_samples, batch_size=batch_size, seed=seed, device=device)
+        with hardware.torch_threads():  # leave the cores other work keeps busy (hits_stamps.hardware)
+            return predict_mean(self, stamps, n_samples=mc_samples, batch_size=batch_size, seed=seed, device=device)
 
     def predict(self, stamps: StampSet | np.ndarray, threshold: float = 0.5, **kw) -> np.ndarray:
         return (self.predict_proba(stamps, **kw)[:, 1] >= threshold).astype(np.int64)
