@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from hits_stamps import plotting as plots
 from hits_stamps.datasets import make_synthetic_stamps
 from hits_stamps.errors import HitsStampsError
-from hits_stamps.evaluation import plots
 from hits_stamps.evaluation.evaluate import evaluate_model
 from hits_stamps.evaluation.metrics import classification_metrics, fnr_at_fpr
 from hits_stamps.training import TrainConfig, fit, load_model

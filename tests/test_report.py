@@ -85,7 +85,7 @@ def run_dir(tmp_path, stored):
 @pytest.fixture
 def quick_figures(monkeypatch):
     """The report's own figures replaced by one tiny PNG: for tests of the context, not of the drawing."""
-    from hits_stamps.report import figures
+    from hits_stamps import plotting as figures
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, format="PNG")

@@ -534,9 +534,9 @@ def training_words(summary: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> s
 
 
 def _data_section(out: Path, summary: Mapping[str, Any], seed: int) -> DataSection:
+    from hits_stamps import plotting as F
     from hits_stamps.io import read_stamps
     from hits_stamps.pipeline.steps import PROVENANCE
-    from hits_stamps.report import figures as F
 
     cfg = summary["config"]
     d = need(cfg, "data", "config")
@@ -709,7 +709,7 @@ def _test_sets(models: Mapping[str, Any]) -> list[str]:
 
 
 def _classifier_section(out: Path, summary: Mapping[str, Any]) -> ClassifierSection:
-    from hits_stamps.report import figures as F
+    from hits_stamps import plotting as F
 
     titles = _test_set_titles()
     cfg = summary["config"]
@@ -751,7 +751,7 @@ def _classifier_section(out: Path, summary: Mapping[str, Any]) -> ClassifierSect
 
 
 def _calibrated_uncertainty(summary: Mapping[str, Any]) -> CalibratedUncertainty | None:
-    from hits_stamps.report import figures as F
+    from hits_stamps import plotting as F
 
     unc = summary["uncertainty"] or {}
     models = unc.get("models") or {}
@@ -816,7 +816,7 @@ def _mc_table(m: Mapping[str, Any]) -> MonteCarloTable | None:
 
 
 def _uncertainty_section(out: Path, summary: Mapping[str, Any]) -> UncertaintySection:
-    from hits_stamps.report import figures as F
+    from hits_stamps import plotting as F
 
     titles = _test_set_titles()
     models = summary["models"] or {}
