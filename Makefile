@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks experiments
 
 test: $(STAMP) lint
-	$(BIN)/pytest
+	$(BIN)/pytest -rs
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
+from hits_stamps import plotting as plots
 from hits_stamps.datasets import make_synthetic_stamps
 from hits_stamps.errors import HitsStampsError
-from hits_stamps.evaluation import plots
 from hits_stamps.evaluation.evaluate import evaluate_model
 from hits_stamps.evaluation.metrics import classification_metrics, fnr_at_fpr
 from hits_stamps.training import TrainConfig, fit, load_model
@@ -202,28 +202,3 @@ def test_evaluate_model_with_objects_and_a_validation_threshold(tiny_model, tmp_
     assert lo <= on_disk["accuracy"] <= hi
     with pytest.raises(HitsStampsError, match="needs real and bogus"):
         threshold_from_validation(tiny_model, val[val.labels == 1], progress=False)
-
-
-def test_report_leaderboard_shows_intervals_objects_and_the_validation_threshold():
-    from hits_stamps.report.html import _leaderboard, _per_kind_details
-
-    y = np.r_[np.zeros(60, int), np.ones(60, int)]
-    p = np.clip(np.r_[np.linspace(0, 0.7, 60), np.linspace(0.3, 1, 60)], 0, 1)
-    kind = np.where(y == 1, "sn", "cosmic_ray")
-    new = classification_metrics(y, p, kind=kind, groups=np.repeat(np.arange(30).astype(str), 4),
-                                 threshold_fpr1=0.6, n_resamples=200)
-    new["threshold_source"] = {"threshold": 0.6, "n": 500, "n_objects": 90, "data": "val.npz"}
-    old = {"n": 120, "accuracy": 0.9, "f1": 0.9, "roc_auc": 0.95, "fnr_at_fpr_1pct": 0.3}  # an older summary
-    summary = {"models": {"a": {"real": new}, "b": {"real": old}}, "training": {}}
-    html = _leaderboard(summary, "real")
-    lo, hi = new["ci95"]["accuracy"]
-    assert f"{new['accuracy']:.3f} <span class=\"muted\">[{lo:.3f}, {hi:.3f}]</span>" in html
-    assert "tuned on this set (optimistic)" in html and "validation threshold" in html
-    assert f"(FPR {new['fpr_at_val_threshold']:.4g}" in html  # the achieved test FPR beside the honest FNR
-    assert "<th class=\"\">objects</th>" in html and ">30<" in html and "500 validation stamps from 90 objects" in html
-    assert "0.9</td>" in html  # the old summary still renders, without intervals
-    kinds = "".join(_per_kind_details(summary["models"], ["real"]))
-    assert "cosmic_ray" in kinds and "FPR (bogus called real)" in kinds and "FNR (real missed)" in kinds
-    fpr, (flo, fhi) = new["by_kind"]["cosmic_ray"]["fpr"], new["by_kind"]["cosmic_ray"]["fpr_ci95"]
-    assert f"{fpr:.3f} <span class=\"muted\">[{flo:.3f}, {fhi:.3f}]</span>" in kinds
-    assert _leaderboard({"models": {"b": {"real": old}}, "training": {}}, "real").count("objects") == 0

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from hits_stamps import plotting as plots
 from hits_stamps.errors import HitsStampsError
-from hits_stamps.evaluation import plots
 from hits_stamps.evaluation.calibration import mc_sample_count, uncertainty_report
 from hits_stamps.evaluation.intervals import DEFAULT_RESAMPLES
 from hits_stamps.evaluation.metrics import TARGET_FPR, classification_metrics, fnr_at_fpr, threshold_at_fpr

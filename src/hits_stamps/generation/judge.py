@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hits_stamps import plotting as figures
 from hits_stamps.errors import HitsStampsError
-from hits_stamps.generation import figures
 from hits_stamps.generation.sample import (
     GENERATED_KIND,
     conditions_of,
