@@ -115,7 +115,7 @@ def smoke_inputs(out: Path) -> dict[str, str]:
     train = simulate_stamps(400, seed=0, workers=1)
     paths = {"train": str(write_stamps(train, d / "train.npz", overwrite=True)),
              "test": str(write_stamps(simulate_stamps(200, seed=2, workers=1), d / "test.npz", overwrite=True))}
-    small = {"cvae": {"base_channels": 8, "latent_components": 2}, "diffusion": {"base_channels": 8}}
+    small = {"cvae": {"base_channels": 8}, "diffusion": {"base_channels": 8}}
     for role, model in (("cvae", "cvae"), ("diffusion", "diffusion"), ("tuner", "deephits"), ("judge", "rotinv-cnn")):
         cfg = TrainConfig(model=model, epochs=1, model_kwargs=small.get(model, {}))
         fit(cfg, train, d / role, overwrite=True, progress=False, data_path=paths["train"])
