@@ -39,7 +39,8 @@ TINY = {
     # the packaged HiTS 2015 sample: the real-pixel steps run without ../shared
     "data": {"n_train": 240, "n_val": 60, "n_test": 100, "calibration_n": 60,
              "real_sequences": str(packaged_sample_path())},
-    "model": {"seed-cnn": {"epochs": 1}, "seed-bnn": {"epochs": 1},
+    # seed-cnn under another scaling than its recipe's: the override reaches training and prediction
+    "model": {"seed-cnn": {"epochs": 1, "scaling": "joint"}, "seed-bnn": {"epochs": 1},
               "cvae": {"epochs": 1, "batch_size": 32, "steps_per_epoch": 2}},
     "evaluate": {"mc_samples": 2, "max_bayesian": 40, "max_real": 60},
     "generation": {"judge": "seed-cnn", "max_per_class": 16, "tune_with": "seed-bnn", "tune_n": 8},
@@ -132,6 +133,7 @@ def test_quick_preset_is_smaller_and_file_overrides_apply_on_top(tmp_path):
         ("models = \"seed-cnn\"\n", r"models must be a list of strings"),
         ("[data]\nn_train = 1\n", r"data\.n_train must be >= 2; got 1"),
         ("[evaluate]\nmc_samples = 0\n", r"evaluate\.mc_samples must be >= 1"),
+        ("[model.rotinv-cnn]\nscaling = \"log\"\n", r"model\.rotinv-cnn\.scaling must be one of"),
         ("[data\n", r"not valid TOML"),
     ],
 )
@@ -271,6 +273,8 @@ def test_classifiers_train_on_the_mix_and_are_tested_on_unseen_objects(finished_
     out, summary, _ = finished_run
     train = summary["training"]["seed-cnn"]["training_data"]
     assert train["mix"] == ["simulated", "injected", "real"]
+    assert summary["training"]["seed-cnn"]["recipe"]["scaling"] == "joint"  # the run's override, not the recipe's
+    assert summary["training"]["seed-bnn"]["recipe"]["scaling"] == "minmax"
     sets = {stem: read_stamps(out / "data" / f"{stem}.npz")
             for stem in ("inject", "real_train", "real_val", "real_test")}
     assert train["n"] == sum(len(read_stamps(out / "data" / f"{s}.npz")) for s in ("train", "inject", "real_train"))

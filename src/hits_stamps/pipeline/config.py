@@ -65,6 +65,7 @@ class ModelConfig:
     batch_size: int | None = None  # stamps per step (None: the recipe's)
     lr: float | None = None  # learning rate (None: the recipe's)
     steps_per_epoch: int | None = None  # fixed optimizer steps per epoch (None: one pass)
+    scaling: str | None = None  # per-stamp input scaling, one of hits_stamps.preprocess.SCALINGS (None: the recipe's)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,9 @@ def _default_model_table() -> dict[str, ModelConfig]:
     return {
         "seed-cnn": ModelConfig(epochs=5),
         "deephits": ModelConfig(epochs=2),
-        "rotinv-cnn": ModelConfig(epochs=4),
+        # joint scaling keeps how bright the difference is against the star under it; chosen on validation
+        # objects by benchmarks/bench_transfer.py (docs/benchmarks/transfer.md)
+        "rotinv-cnn": ModelConfig(epochs=4, scaling="joint"),
         "seed-bnn": ModelConfig(epochs=10),
         "bayes-cnn": ModelConfig(epochs=3),
         "cvae": ModelConfig(epochs=8),
@@ -188,6 +191,10 @@ def _check_values(cfg: RunConfig) -> None:
                 problems.append(f"model.{name}.{key} must be >= 1; got {v}")
         if m.lr is not None and not (math.isfinite(m.lr) and m.lr > 0):
             problems.append(f"model.{name}.lr must be a finite number > 0; got {m.lr}")
+        from hits_stamps.preprocess import SCALINGS
+
+        if m.scaling is not None and m.scaling not in SCALINGS:
+            problems.append(f"model.{name}.scaling must be one of {list(SCALINGS)}; got {m.scaling!r}")
     if cfg.evaluate.mc_samples < 1:
         problems.append(f"evaluate.mc_samples must be >= 1; got {cfg.evaluate.mc_samples}")
     if cfg.evaluate.uncertainty_resamples < 0:

@@ -393,6 +393,7 @@ def step_train(ctx: RunContext, name: str) -> dict[str, Any]:
         batch_size=mc.batch_size if mc else None,
         lr=mc.lr if mc else None,
         steps_per_epoch=mc.steps_per_epoch if mc else None,
+        recipe_overrides={"scaling": mc.scaling} if mc and mc.scaling else {},
         device=ctx.device,
     )
     final = ctx.model_dir(name)
