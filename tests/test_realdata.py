@@ -10,9 +10,12 @@ from hits_stamps.errors import StampFileError
 from hits_stamps.io import read_stamps
 from hits_stamps.realdata import (
     RealConfig,
+    best_template,
     build_real,
     default_sequences_path,
+    object_epochs,
     packaged_sample_path,
+    prepare_cutouts,
     read_sequences,
     write_sequence_sample,
 )
@@ -125,6 +128,25 @@ def test_missing_pixels_become_nan(tmp_path):
     s = build_real(path)
     assert s.meta["skipped"]["no_data"] == 1
     assert np.isnan(s.images).any()
+
+
+def test_flagged_pixel_values_are_missing_and_never_the_template(tmp_path):
+    """HiTS 2015 cutouts hold 9.998e7 where a pixel was flagged: not flux, so never a template's pixels."""
+    path = make_sequences(tmp_path / "flag.npz")
+    seq = read_sequences(path)
+    cut = prepare_cutouts(seq)
+    _, pre = object_epochs(seq, cut, 2)  # RRLfake: bright, brightens from epoch 5
+    t = best_template(pre, cut)
+    with np.load(path) as d:
+        arrays = dict(d)
+    arrays["stamps"][t, 9:11, 9:11] = 9.998e7  # on the star, in the epoch that would be the template
+    np.savez(path, **arrays)
+    s = build_real(path)
+    assert s.meta["bad_value_pixels"] == 4
+    assert np.nanmax(s.images) < 1e6
+    flagged = prepare_cutouts(read_sequences(path))
+    assert np.isnan(flagged.images[t, 9:11, 9:11]).all() and flagged.cond["bad_pixels"][t] == 4
+    assert best_template(pre, flagged) != t
 
 
 def test_bad_sequence_files(tmp_path, fake):

@@ -4,8 +4,10 @@ A sequence file (schema of ../shared/data/hits2015/hits2015_sequences.npz, see i
 science cutouts (M, H, W) of K objects, one per epoch, and optionally the survey's own difference
 light curves of the supernovae (`lc_*`). For each object:
 
-1. Missing pixels: cutouts store 0 where the CCD had no data; those pixels become NaN. A cutout
-   with no finite pixel is skipped (counted as `no_data`).
+1. Missing pixels: cutouts store 0 where the CCD had no data; those pixels become NaN, and so do
+   pixels at or above `bad_above` ADU (no flux: the HiTS 2015 files hold 9.998e7 where a pixel was
+   flagged, while DECam saturates at about 40,000 ADU; counted per cutout as `bad_pixels`). A
+   cutout with no finite pixel is skipped (counted as `no_data`).
 2. Conditions: each cutout is matched to the HiTS 2015 g-band conditions table by field and time
    (|dt| <= 5e-3 d; by time alone, |dt| <= 1e-4 d, where the object has no field). Its PSF FWHM is
    `psf_scale` * seeing / 0.27" (the cutouts carry no per-epoch PSF; `psf_scale` = 0.875 is the
@@ -82,6 +84,7 @@ class RealConfig:
 
     psf_scale: float = 0.875  # FWHM (px) = psf_scale * seeing / pixel_scale (median over HiTS 2015 NV stars)
     template_candidates: int = 5  # the template is the best-seeing of this many earliest usable epochs
+    bad_above: float = 1e6  # ADU: pixel values at or above are flags, not flux (missing; DECam saturates ~40,000)
     rise_snr: float = 3.0  # survey |SNR| that marks the start of a supernova light curve
     survey_snr_min: float = 5.0  # survey SNR at or above which a supernova epoch is real
     lc_match_tol: float = 1e-3  # days: light-curve row to cutout time match
@@ -306,7 +309,7 @@ class SequencePairs:
     survey_snr: np.ndarray  # (M,) per cutout: the survey light curve's SNR (NaN where none)
     has_lc: np.ndarray  # (K,) per object: the file has light-curve rows for it
     cutout: dict[str, np.ndarray]  # (M,) per cutout: seeing, fwhm, sky, zero_point, exp_time, limit_mag, airmass,
-    #                                matched (bool)
+    #                                matched (bool), bad_pixels
     skipped: dict[str, int]
     variety: PairVariety | None = None  # (P,) departures from the nominal differencing, None when nominal
 
@@ -318,7 +321,8 @@ class Cutouts:
     images: np.ndarray  # (M, H, W) float32 ADU, NaN where the CCD had no data
     usable: np.ndarray  # (M,) bool: at least one finite pixel
     complete: np.ndarray  # (M,) bool: every pixel finite
-    cond: dict[str, np.ndarray]  # seeing, fwhm, sky, zero_point, exp_time, limit_mag, airmass, matched
+    cond: dict[str, np.ndarray]  # seeing, fwhm, sky, zero_point, exp_time, limit_mag, airmass, matched,
+    #                              bad_pixels (flagged values made missing)
     survey_snr: np.ndarray  # (M,) the survey light curve's SNR at this epoch (NaN where none)
     rise: np.ndarray  # (K,) per object: first light-curve time with |SNR| >= rise_snr (inf where none)
     has_lc: np.ndarray  # (K,) bool: the file has light-curve rows for the object
@@ -337,7 +341,8 @@ def prepare_cutouts(
     m = seq.stamps.shape[0]
     skipped: dict[str, int] = {}
     # 1. missing pixels
-    images = np.where(seq.stamps == 0, np.float32(np.nan), seq.stamps)
+    flagged = seq.stamps >= cfg.bad_above
+    images = np.where((seq.stamps == 0) | flagged, np.float32(np.nan), seq.stamps)
     finite_frac = np.isfinite(images).reshape(m, -1).mean(axis=1) if m else np.zeros(0)
     usable = finite_frac > 0
     complete = finite_frac == 1
@@ -396,7 +401,7 @@ def prepare_cutouts(
                 lc_snr[cut[hit]] = l_snr[r][near[hit]]
     cond = {"seeing": seeing, "fwhm": fwhm, "sky": sky, "zero_point": zp, "exp_time": exptime,
             "limit_mag": limit_mag, "airmass": airmass,
-            "matched": matched}
+            "matched": matched, "bad_pixels": flagged.reshape(m, -1).sum(axis=1)}
     return Cutouts(images=images, usable=usable, complete=complete, cond=cond, survey_snr=lc_snr, rise=rise,
                    has_lc=has_lc, skipped=skipped)
 
@@ -630,6 +635,7 @@ def build_real(
         "written": int(keep.size),
         "skipped": skipped,
         "cutouts_without_conditions": int((~matched & np.isfinite(sky)).sum()),
+        "bad_value_pixels": int(cut["bad_pixels"].sum()),  # flagged values made missing (RealConfig.bad_above)
         "object_names": seq.object_name.tolist(),
         "config": asdict(cfg),
         "variety": asdict(variety) if variety is not None else asdict(NOMINAL),
