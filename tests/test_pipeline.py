@@ -458,3 +458,38 @@ def test_staged_dir_with_the_run_root_stores_paths_relative_to_it(tmp_path, monk
                        "sets": "data/val.npz, data/real_val.npz", "user": str(elsewhere)}
     assert run.resolve(metrics["figures"]["roc"]) == run.eval("m", "real") / "roc.png"
     assert run.relative(elsewhere) == str(elsewhere) and run.relative(run.model("cvae")) == "models/cvae"
+
+
+def test_run_command_on_your_own_files_end_to_end(tmp_path):
+    """`hits-stamps run --config` with [data] train / test files: trains on them, leads with their test."""
+    from hits_stamps.cli import main
+    from hits_stamps.io import write_stamps
+
+    train = write_stamps(_grouped_toy(160, 4, "a"), tmp_path / "my_train.h5")
+    test = write_stamps(_grouped_toy(60, 5, "b"), tmp_path / "my_test.npz")
+    config = tmp_path / "mine.toml"
+    config.write_text(f"""
+models = ["seed-cnn"]
+[data]
+n_train = 40
+n_val = 20
+n_test = 40
+real = false
+variables = false
+calibration_n = 0
+train = "{train}"
+test = "{test}"
+[model.seed-cnn]
+epochs = 1
+[augmentation]
+enabled = false
+""")
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    training = summary["training"]["seed-cnn"]["training_data"]
+    assert training["mix"] == ["user"] and training["n"] == 128  # 80% of the 40 objects, whole
+    metrics = json.loads((out / "eval" / "seed-cnn" / "user" / "metrics.json").read_text())
+    assert metrics["n"] == 60 and metrics["n_objects"] == 15
+    html = (out / "report.html").read_text()
+    assert "your test file" in html and html.index("your test set") < html.index("simulated")
