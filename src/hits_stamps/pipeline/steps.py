@@ -677,7 +677,7 @@ def plan(config: RunConfig) -> list[Step]:
     if "cvae" in tasks and judge and judge not in tasks:
         raise HitsStampsError(f"generation.judge = {judge!r} is not one of the run's models {list(config.models)}")
     tune_with = config.generation.tune_with
-    if "cvae" in tasks and tune_with and (tune_with not in tasks or tasks[tune_with] == "generator"):
+    if "cvae" in tasks and tune_with and (tune_with not in tasks or not tasks[tune_with].classifies):
         raise HitsStampsError(f"generation.tune_with = {tune_with!r} is not one of the run's classifiers "
-                              f"{[n for n, t in tasks.items() if t != 'generator']} (\"\" skips the tuning)")
+                              f"{[n for n, t in tasks.items() if t.classifies]} (\"\" skips the tuning)")
     return steps

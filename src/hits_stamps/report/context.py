@@ -28,6 +28,7 @@ import numpy as np
 from markupsafe import Markup, escape
 
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.tasks import Task
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -822,7 +823,7 @@ def _uncertainty_section(out: Path, summary: Mapping[str, Any]) -> UncertaintySe
     models = summary["models"] or {}
     training = summary["training"] or {}
     mc = need(summary["config"], "evaluate", "config")
-    bayes_names = [n for n in models if training.get(n, {}).get("task") == "bayesian-classifier"]
+    bayes_names = [n for n in models if training.get(n, {}).get("task") == Task.BAYESIAN_CLASSIFIER]
     bayes = []
     for name in bayes_names:
         folder = out / "eval" / name / "simulated"
