@@ -157,6 +157,8 @@ def plot_reliability(bins: dict[str, np.ndarray], path: str | Path, title: str) 
     """Reliability diagram (accuracy vs confidence per bin, with the bin counts) as a PNG."""
     from matplotlib.figure import Figure
 
+    from hits_stamps.plotting import save_png
+
     fig = Figure(figsize=(4.6, 4.6), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     edges = bins["edges"]
@@ -173,12 +175,14 @@ def plot_reliability(bins: dict[str, np.ndarray], path: str | Path, title: str) 
     ax.set(xlim=(lo, 1), ylim=(lo, 1.05), xlabel="confidence (probability of the predicted class)",
            ylabel="accuracy", title=title)
     ax.legend(loc="upper left", fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path, dpi=None, tight=False)
 
 
 def plot_referral(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str) -> Path:
     """Accuracy of the kept stamps vs the fraction referred, one line per uncertainty measure."""
     from matplotlib.figure import Figure
+
+    from hits_stamps.plotting import save_png
 
     fig = Figure(figsize=(5.0, 3.6), dpi=100, layout="constrained")
     ax = fig.add_subplot()
@@ -189,13 +193,7 @@ def plot_referral(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | 
            title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    from hits_stamps.io.atomic import save_figure
-
-    return save_figure(fig, path)
+    return save_png(fig, path, dpi=None, tight=False)
 
 
 # ----------------------------------------------------------------------------- the report
