@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: the machine record, result writing, the --smoke flag, intervals.
+"""What the benchmark scripts share: the machine record, result writing, the --smoke flag, intervals, the
+matrix-multiply rate.
 
 A benchmark is a script with a `main(argv)`; its result is one JSON file (written by `write_json`)
 whose "machine" entry is `machine()`. Every kept script has a `--smoke` mode (`add_smoke`): tiny
@@ -13,6 +14,8 @@ import json
 import math
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,22 @@ def machine(**extra: Any) -> dict[str, Any]:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_average": [round(x, 2) for x in os.getloadavg()], **extra}
+
+
+def sgemm_flops(n: int = 2048, reps: int = 10, warmup: int = 3) -> float:
+    """float32 n x n matrix-product rate (FLOP/s): the median of `reps` timed products after `warmup` untimed
+    ones, with the caller's torch thread settings."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(warmup):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -37,7 +37,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _common import add_smoke, machine, wilson_interval, write_json
+from _common import add_smoke, machine, sgemm_flops, wilson_interval, write_json
 
 # PyTorch's OpenMP threads spin-wait by default; on a shared, oversubscribed machine a spinning
 # thread starves its partner and a 2-thread training step gets >10x slower. Passive waiting (set
@@ -299,18 +299,6 @@ TF_SCRIPT = textwrap.dedent('''
     print(json.dumps({"epoch_seconds": times, "predict_seconds": pred, "call_seconds": call,
                       "n_params": int(model.count_params()), "tf": tf.__version__, "tf_keras": keras.__version__}))
 ''')
-
-
-def sgemm_flops(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
 
 
 def ensure_tf(python: Path) -> Path | None:

@@ -25,6 +25,10 @@ Results are written to --json after every measurement, so an interrupted run kee
     nice -n 10 .venv/bin/python benchmarks/bench_serve.py --workdir runs/serve-bench \\
         --json benchmarks/results/serving.json
 
+A smoke run (tiny files, seed-cnn only, one repetition; seconds to a minute, numbers meaningless; run by
+tests/test_benchmarks.py):
+    .venv/bin/python benchmarks/bench_serve.py --smoke --workdir runs/serve-smoke --json runs/serve-smoke.json
+
 A child run (used internally, also handy alone):
     .venv/bin/python benchmarks/bench_serve.py one --model DIR --data FILE.h5 --backend onnxruntime
 """
@@ -45,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import add_smoke
 from _machine import lscpu
 
 HERE = Path(__file__).resolve()
@@ -61,6 +66,12 @@ RATE_CONFIGS = (
     ("dask-1-onnxruntime", "onnxruntime", "dask", 1, None),
     ("dask-2-onnxruntime", "onnxruntime", "dask", 2, None),
 )
+#: what --smoke sets: every part runs (one Dask configuration included) on files of a few thousand stamps
+SMOKE = {"rate_stamps": 1024, "rate_configs": "torch-1thread,onnxruntime-1thread,dask-1-onnxruntime",
+         "small": 1024, "large": 2048, "reps": 1, "base_stamps": 512,
+         "memory_configs": "seed-cnn:onnxruntime-1thread"}
+SMOKE_MODELS = ("seed-cnn",)
+SMOKE_SWEEP = {"sizes": (32, 256), "n": 512}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -410,6 +421,7 @@ def main(argv=None) -> None:
     p.add_argument("--skip-rate", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the stamp files (and reuse kept ones)")
+    add_smoke(p)
     r = sub.add_parser("report", help="print markdown tables of results files (and plot the rates)")
     r.add_argument("results", type=Path, nargs="+",
                    help="results files; a later file's entries replace an earlier file's with the same key")
@@ -433,6 +445,10 @@ def main(argv=None) -> None:
     except ImportError:  # pragma: no cover - the toy generator when the simulator is absent
         from hits_stamps.datasets import make_synthetic_stamps as generate
 
+    if ns.smoke:
+        for key, value in SMOKE.items():
+            setattr(ns, key, value)
+    model_names = SMOKE_MODELS if ns.smoke else MODELS
     configs = {c[0]: c for c in RATE_CONFIGS}
     rate_configs = ns.rate_configs.split(",")
     memory_pairs = [pair.split(":") for pair in ns.memory_configs.split(",")] if ns.memory_configs else []
@@ -442,7 +458,7 @@ def main(argv=None) -> None:
 
     work = ns.workdir
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": machine(), "args": {k: str(v) for k, v in vars(ns).items()}}
+    results: dict = {"machine": machine(), "args": {k: str(v) for k, v in vars(ns).items()}, "smoke": ns.smoke}
     print(f"machine: {results['machine']}", flush=True)
 
     def save() -> None:
@@ -464,16 +480,16 @@ def main(argv=None) -> None:
     print(f"simulated {len(base)} base stamps in {results['base_generation_seconds']:.1f} s", flush=True)
 
     models, onnx = {}, {}
-    for name in MODELS:
+    for name in model_names:
         d = work / name
         if not (d / "model.safetensors").exists():
             shutil.rmtree(d, ignore_errors=True)
-            fit(TrainConfig(model=name, epochs=1, seed=0), base[np.arange(2000)], d, progress=False)
+            fit(TrainConfig(model=name, epochs=1, seed=0), base[np.arange(min(2000, len(base)))], d, progress=False)
         models[name] = d
         onnx[name] = export_onnx(d, work / f"{name}.onnx", overwrite=True)
 
     if not ns.skip_sweep:
-        results["batch_sweep"] = batch_sweep(models, onnx, base)
+        results["batch_sweep"] = batch_sweep(models, onnx, base, **(SMOKE_SWEEP if ns.smoke else {}))
         save()
     files = {n: work / f"stamps_{n}.h5" for n in (ns.small, ns.large)}
     try:
@@ -491,7 +507,7 @@ def main(argv=None) -> None:
         if not ns.skip_rate:
             runs: dict[str, list] = {}
             for rep in range(ns.reps):
-                for name in MODELS:
+                for name in model_names:
                     for cname in rate_configs:
                         r = run_config(name, cname, files[ns.large], ns.rate_stamps)
                         runs.setdefault(f"{name}|{cname}", []).append(r)

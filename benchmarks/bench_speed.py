@@ -135,19 +135,11 @@ def run_peer(python: str, data: Path, epochs: int, mc_samples: int) -> dict:
 
 def matmul_flops(threads: int, n: int = 2048, reps: int = 5) -> float:
     """float32 n x n matrix-product rate (FLOP/s, median of `reps`) with `threads` intra-op threads."""
-    import torch
-
+    from _common import sgemm_flops
     from hits_stamps.hardware import torch_threads
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
     with torch_threads(threads):
-        a @ b
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
+        return sgemm_flops(n, reps, warmup=1)
 
 
 def ours_round(work: Path, train, x_infer: np.ndarray, x_mc: np.ndarray, h5: Path, args, first: bool) -> dict:

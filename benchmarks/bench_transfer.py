@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(p not in sets for p in parts):
             print(f"{name}: skipped, this run has no {[p for p in parts if p not in sets]}", flush=True)
             continue
-        train = StampSet.concat([_copy(_strip(sets[p]), parts[:i].count(p)) for i, p in enumerate(parts)])
+        train = StampSet.concat([_strip(sets[p], copy=parts[:i].count(p)) for i, p in enumerate(parts)])
         t1 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             overrides = {} if scaling == "recipe" else {"scaling": scaling}
@@ -215,17 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _copy(s: StampSet, k: int) -> StampSet:
-    """`s` itself for k = 0, else the same stamps with ids suffixed `#k` (a repeated part, distinct ids)."""
-    if k == 0:
-        return s
-    return StampSet(images=s.images, labels=s.labels, kind=s.kind, ids=np.char.add(s.ids.astype(str), f"#{k}"),
-                    groups=s.groups, snr=s.snr)
-
-
-def _strip(s: StampSet) -> StampSet:
-    """Images, labels, kind and groups only, so sets with different columns concatenate alike."""
-    return StampSet(images=s.images, labels=s.labels, kind=s.kind, ids=s.ids, groups=s.groups, snr=s.snr)
+def _strip(s: StampSet, copy: int = 0) -> StampSet:
+    """Images, labels, kind, ids, groups and snr only, so sets with different columns concatenate alike; for
+    copy = k > 0 the ids are suffixed `#k` (a part repeated in a recipe keeps distinct ids)."""
+    ids = s.ids if copy == 0 else np.char.add(s.ids.astype(str), f"#{copy}")
+    return StampSet(images=s.images, labels=s.labels, kind=s.kind, ids=ids, groups=s.groups, snr=s.snr)
 
 
 def _fmt(m: dict, key: str) -> str:

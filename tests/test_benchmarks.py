@@ -12,10 +12,9 @@ BENCH = ROOT / "benchmarks"
 # scripts whose smoke mode is tested elsewhere, or that have none yet (say why)
 ELSEWHERE = {
     "bench_speed.py": "tests/test_speed.py",
-    "bench_serve.py": "no --smoke mode yet (the serving benchmark's own work)",
 }
 SMOKE_TESTED = {"bench_transfer.py", "bench_uncertainty.py", "bench_simulate.py", "bench_classifiers.py",
-                "bench_bayesian.py", "bench_generators.py"}
+                "bench_bayesian.py", "bench_generators.py", "bench_serve.py"}
 
 
 def _run(*args, cwd):
@@ -126,3 +125,20 @@ def test_generators_benchmark_smoke(tmp_path):
     for name in ("cvae", "diffusion"):
         t = res["test"][name]
         assert 0 <= t["agreement_real"] <= 1 and 0 <= t["agreement_bogus"] <= 1 and t["frechet_real"] >= 0
+
+
+@pytest.mark.slow
+def test_serve_benchmark_smoke(tmp_path):
+    script = BENCH / "bench_serve.py"
+    _run(script, "--smoke", "--workdir", "work", "--json", "serve.json", cwd=tmp_path)
+    res = json.loads((tmp_path / "serve.json").read_text())
+    assert res["smoke"] and res["args"]["large"] == "2048"
+    assert set(res["rate"]) == {"seed-cnn|torch-1thread", "seed-cnn|onnxruntime-1thread", "seed-cnn|dask-1-onnxruntime"}
+    for v in res["rate"].values():
+        assert v["n"] == 1024 and len(v["runs"]) == 1 and v["median_stamps_per_cpu_second"] > 0
+    assert set(res["memory"]) == {"seed-cnn|onnxruntime-1thread|1024", "seed-cnn|onnxruntime-1thread|2048"}
+    assert [r["n"] for r in res["memory"].values()] == [1024, 2048]
+    assert [r["batch"] for r in res["batch_sweep"]] == [32, 256]
+    assert not list((tmp_path / "work").glob("stamps_*.h5"))  # the stamp files are deleted without --keep
+    table = _run(script, "report", "serve.json", "--figure", "rates.png", cwd=tmp_path)
+    assert "| seed-cnn | dask-1-onnxruntime | 1 |" in table and (tmp_path / "rates.png").stat().st_size > 0

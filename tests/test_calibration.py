@@ -46,9 +46,11 @@ def test_confidence_bins_edges():
     y = np.array([1, 0, 1, 1])
     b = confidence_bins(y, np.array([1.0, 0.5, 0.5, 0.6]), n_bins=15)
     # confidence 1.0 -> last bin; 0.5 -> ceil(7.5) - 1 = 7; 0.6 -> ceil(9.0) - 1 = 8
-    assert b["count"][14] == 1 and b["count"][7] == 2 and b["count"][8] == 1 and b["count"].sum() == 4
-    assert b["accuracy"][7] == 0.5  # p = 0.5 is called real: one right, one wrong
-    assert np.isnan(b["accuracy"][0])
+    assert b.count[14] == 1 and b.count[7] == 2 and b.count[8] == 1 and b.count.sum() == 4
+    assert b.accuracy[7] == 0.5  # p = 0.5 is called real: one right, one wrong
+    assert np.isnan(b.accuracy[0]) and b.n_bins == 15 and b.edges.shape == (16,)
+    assert b.to_json() == {"n_bins": 15, "count": b.count.tolist(), "accuracy": [None] * 7 + [0.5, 1.0] + [None] * 5
+                           + [1.0], "confidence": [None] * 7 + [0.5, 0.6] + [None] * 5 + [1.0]}
     with pytest.raises(ValueError, match="n_bins must be >= 1"):
         confidence_bins(y, np.ones(4), 0)
 

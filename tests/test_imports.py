@@ -73,3 +73,13 @@ def test_no_import_cycle_through(module):
     graph = import_graph()
     back = sorted(dep for dep in graph[module] if _reaches(graph, dep, module))
     assert not back, f"{module} imports {back}, which import it back"
+
+
+def test_report_does_not_import_the_pipeline():
+    """The report reads a run directory; the set names and titles it shares with the pipeline live in runsets."""
+    graph = import_graph()
+    pipeline = [m for m in graph if m.startswith("hits_stamps.pipeline")]
+    found = sorted((m, p) for m in graph if m.startswith("hits_stamps.report") for p in pipeline
+                   if _reaches(graph, m, p))
+    assert not found, f"report modules reach pipeline modules: {found}"
+    assert "hits_stamps.runsets" in graph["hits_stamps.report.context"]

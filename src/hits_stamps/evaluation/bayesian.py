@@ -119,6 +119,8 @@ def plot_mc_stamps(stamps: StampSet, samples, path: str | Path, title: str = "",
     import matplotlib as mpl
     from matplotlib.figure import Figure
 
+    from hits_stamps.plotting import save_png
+
     y, s = _check(stamps.labels, samples)
     picks = select_examples(y, s, per_group)
     mean, std = s.mean(0), s.std(0)  # (N, 2)
@@ -144,12 +146,14 @@ def plot_mc_stamps(stamps: StampSet, samples, path: str | Path, title: str = "",
     if not picks:
         fig.add_subplot(grid[0, 0]).text(0.5, 0.5, "no stamps", ha="center")
     fig.suptitle(f"{title}: predictive mean +- std per class ({s.shape[0]} samples)", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path, dpi=None, tight=False)
 
 
 def plot_sample_predictions(y, samples, path: str | Path, title: str = "") -> Path:
     """Figure 4: per true class, histograms of the sampled P(true class), correct vs wrong samples."""
     from matplotlib.figure import Figure
+
+    from hits_stamps.plotting import save_png
 
     y, s = _check(y, samples)
     acc = sample_accuracy(y, s)
@@ -169,12 +173,14 @@ def plot_sample_predictions(y, samples, path: str | Path, title: str = "") -> Pa
                title=f"true {name}: {a['n_stamps']} stamps x {s.shape[0]} samples")
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(f"{title}: Monte-Carlo sample predictions per class", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path, dpi=None, tight=False)
 
 
 def plot_mean_std(y, samples, path: str | Path, title: str = "") -> Path:
     """Figure 5: per true class, histograms of the predictive mean P(true class) and predictive std."""
     from matplotlib.figure import Figure
+
+    from hits_stamps.plotting import save_png
 
     y, s = _check(y, samples)
     mean, std = s.mean(0), s.std(0)  # (N, 2)
@@ -191,7 +197,7 @@ def plot_mean_std(y, samples, path: str | Path, title: str = "") -> Path:
         m = float(std[sel, k].mean()) if sel.any() else float("nan")
         ax.set(xlabel=f"predictive std of P({name})", ylabel="stamps", title=f"true {name}: mean std {m:.3f}")
     fig.suptitle(f"{title}: predictive mean and std per class ({s.shape[0]} samples)", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path, dpi=None, tight=False)
 
 
 def write_figures(stamps: StampSet, samples, out_dir: str | Path, title: str = "") -> dict[str, str]:
@@ -204,9 +210,3 @@ def write_figures(stamps: StampSet, samples, out_dir: str | Path, title: str = "
         ),
         "mc_mean_std": str(plot_mean_std(stamps.labels, samples, out_dir / FIGURE_FILES["mc_mean_std"], title)),
     }
-
-
-def _save(fig, path: str | Path) -> Path:
-    from hits_stamps.io.atomic import save_figure
-
-    return save_figure(fig, path)

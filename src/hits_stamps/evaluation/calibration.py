@@ -16,6 +16,7 @@ and, for Bayesian models, adds the Monte-Carlo analysis of `hits_stamps.evaluati
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,27 @@ def _check(y, p_real) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(np.int64), p
 
 
-def confidence_bins(y, p_real, n_bins: int = 15) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Reliability-diagram statistics over M equal-width confidence bins of [0, 1] (`confidence_bins`)."""
+
+    edges: np.ndarray  # (M + 1,) bin edges, 0 to 1
+    count: np.ndarray  # (M,) stamps per bin
+    confidence: np.ndarray  # (M,) mean confidence (probability of the predicted class); NaN in empty bins
+    accuracy: np.ndarray  # (M,) fraction of the bin's stamps predicted right; NaN in empty bins
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.count)
+
+    def to_json(self) -> dict[str, Any]:
+        """{n_bins, count, confidence, accuracy}, empty bins' NaN as None: the "reliability" entry of the
+        uncertainty and shift results (read back by the report's reliability overlay)."""
+        return {"n_bins": self.n_bins, "count": self.count.tolist(), "confidence": _nan_to_none(self.confidence),
+                "accuracy": _nan_to_none(self.accuracy)}
+
+
+def confidence_bins(y, p_real, n_bins: int = 15) -> ReliabilityBins:
     """Reliability-diagram statistics over `n_bins` equal-width confidence bins of [0, 1].
 
     Returns `edges` (n_bins + 1,), and per bin `count`, mean `confidence` and `accuracy` (n_bins,);
@@ -69,22 +90,22 @@ def confidence_bins(y, p_real, n_bins: int = 15) -> dict[str, np.ndarray]:
     conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
     correct_sum = np.bincount(idx, weights=(pred == y).astype(np.float64), minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return {
-            "edges": np.linspace(0.0, 1.0, n_bins + 1),
-            "count": count,
-            "confidence": np.where(count > 0, conf_sum / np.maximum(count, 1), np.nan),
-            "accuracy": np.where(count > 0, correct_sum / np.maximum(count, 1), np.nan),
-        }
+        return ReliabilityBins(
+            edges=np.linspace(0.0, 1.0, n_bins + 1),
+            count=count,
+            confidence=np.where(count > 0, conf_sum / np.maximum(count, 1), np.nan),
+            accuracy=np.where(count > 0, correct_sum / np.maximum(count, 1), np.nan),
+        )
 
 
 def ece(y, p_real, n_bins: int = 15) -> float:
     """Expected calibration error (top-label confidence, `n_bins` equal-width bins); 0 is perfect."""
     b = confidence_bins(y, p_real, n_bins)
-    n = b["count"].sum()
+    n = b.count.sum()
     if n == 0:
         raise ValueError("ece needs at least one stamp")
-    used = b["count"] > 0
-    return float(np.sum(b["count"][used] / n * np.abs(b["accuracy"][used] - b["confidence"][used])))
+    used = b.count > 0
+    return float(np.sum(b.count[used] / n * np.abs(b.accuracy[used] - b.confidence[used])))
 
 
 def nll(y, p, eps: float = 1e-12) -> float:
@@ -153,32 +174,36 @@ def accuracy_at_referral(y, p_real, uncertainty, fraction: float = 0.1) -> float
 # ----------------------------------------------------------------------------- figures
 
 
-def plot_reliability(bins: dict[str, np.ndarray], path: str | Path, title: str) -> Path:
+def plot_reliability(bins: ReliabilityBins, path: str | Path, title: str) -> Path:
     """Reliability diagram (accuracy vs confidence per bin, with the bin counts) as a PNG."""
     from matplotlib.figure import Figure
 
+    from hits_stamps.plotting import save_png
+
     fig = Figure(figsize=(4.6, 4.6), dpi=100, layout="constrained")
     ax = fig.add_subplot()
-    edges = bins["edges"]
+    edges = bins.edges
     width = np.diff(edges)
-    used = bins["count"] > 0
-    ax.bar(edges[:-1][used], bins["accuracy"][used], width=width[used], align="edge",
+    used = bins.count > 0
+    ax.bar(edges[:-1][used], bins.accuracy[used], width=width[used], align="edge",
            color="tab:blue", edgecolor="k", alpha=0.8, label="accuracy")
-    ax.bar(edges[:-1][used], bins["confidence"][used] - bins["accuracy"][used], bottom=bins["accuracy"][used],
+    ax.bar(edges[:-1][used], bins.confidence[used] - bins.accuracy[used], bottom=bins.accuracy[used],
            width=width[used], align="edge", color="tab:red", alpha=0.3, label="gap to confidence")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    for lo, w, c, a in zip(edges[:-1][used], width[used], bins["count"][used], bins["accuracy"][used], strict=True):
+    for lo, w, c, a in zip(edges[:-1][used], width[used], bins.count[used], bins.accuracy[used], strict=True):
         ax.text(lo + w / 2, min(a, 0.95) + 0.02, str(int(c)), ha="center", fontsize=6, rotation=90)
     lo = 0.5 if np.all(edges[:-1][used] >= 0.45) else 0.0
     ax.set(xlim=(lo, 1), ylim=(lo, 1.05), xlabel="confidence (probability of the predicted class)",
            ylabel="accuracy", title=title)
     ax.legend(loc="upper left", fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path, dpi=None, tight=False)
 
 
 def plot_referral(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str) -> Path:
     """Accuracy of the kept stamps vs the fraction referred, one line per uncertainty measure."""
     from matplotlib.figure import Figure
+
+    from hits_stamps.plotting import save_png
 
     fig = Figure(figsize=(5.0, 3.6), dpi=100, layout="constrained")
     ax = fig.add_subplot()
@@ -189,13 +214,7 @@ def plot_referral(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | 
            title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    from hits_stamps.io.atomic import save_figure
-
-    return save_figure(fig, path)
+    return save_png(fig, path, dpi=None, tight=False)
 
 
 # ----------------------------------------------------------------------------- the report
@@ -285,12 +304,7 @@ def uncertainty_report(
         "mc_samples": int(samples.shape[0]) if bayesian else None,
         "referral_uncertainty": next(iter(uncert)),
         "referral_curve": {"fraction": head_curve[0].tolist(), "accuracy": _nan_to_none(head_curve[1])},
-        "reliability": {
-            "n_bins": 15,
-            "count": bins["count"].tolist(),
-            "confidence": _nan_to_none(bins["confidence"]),
-            "accuracy": _nan_to_none(bins["accuracy"]),
-        },
+        "reliability": bins.to_json(),
     }
     if bayesian:
         report["accuracy_at_10pct_referral_mi"] = accuracy_at_referral(y, p_real, summ["mutual_information"], 0.1)

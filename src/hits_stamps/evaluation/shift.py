@@ -142,9 +142,7 @@ def evaluate_uncertainty(
         out[key] = {"value": val if np.isfinite(val) else None,
                     "ci95": percentile_interval(boot[key], level) if boot is not None else None}
     bins = confidence_bins(y, np.clip(mean[:, 1], 0, 1), N_BINS)
-    out["reliability"] = {"n_bins": N_BINS, "count": bins["count"].tolist(),
-                          "confidence": [None if not np.isfinite(c) else float(c) for c in bins["confidence"]],
-                          "accuracy": [None if not np.isfinite(a) else float(a) for a in bins["accuracy"]]}
+    out["reliability"] = bins.to_json()
     f, acc = referral_curve(y, np.clip(mean[:, 1], 0, 1), u)
     out["referral"] = {"fraction": f.tolist(), "accuracy": [None if not np.isfinite(a) else float(a) for a in acc]}
     return out

@@ -32,7 +32,6 @@ import numpy as np
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.evaluation.metrics import fnr_at_fpr
 from hits_stamps.generation.sample import GENERATED_KIND, generate_like, load_generator, sampling_of, train_config_of
-from hits_stamps.io.atomic import save_figure
 from hits_stamps.stamps import StampSet
 from hits_stamps.training.loop import TrainConfig, fit, resolve_recipe
 from hits_stamps.training.modeldir import TrainedModel, write_json
@@ -157,6 +156,8 @@ def plot_augmentation(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     """Test accuracy and FNR at FPR = 1% against the fraction of real training stamps, one line per arm."""
     from matplotlib.figure import Figure
 
+    from hits_stamps.plotting import save_png
+
     rows = summary["fractions"]
     fr = sorted(rows, key=float)
     x = [float(f) * 100 for f in fr]
@@ -175,4 +176,4 @@ def plot_augmentation(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{summary['settings']['classifier_model']}: real only, + rotations/flips, + generated stamps",
                  fontsize=10)
-    return save_figure(fig, path, dpi=90, bbox_inches="tight")
+    return save_png(fig, path, dpi=90)

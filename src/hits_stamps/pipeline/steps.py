@@ -24,26 +24,8 @@ from hits_stamps.errors import HitsStampsError
 from hits_stamps.io import read_stamps
 from hits_stamps.pipeline.config import RunConfig
 from hits_stamps.rundir import RunDir
+from hits_stamps.runsets import MIX_STEMS, TEST_SET_TITLES, TEST_SETS
 from hits_stamps.stamps import StampSet
-
-#: Test sets every classifier is evaluated on, in the report's order: name -> data file stem.
-TEST_SETS: dict[str, str] = {"user": "user_test", "real": "real_test", "variables": "variables_test",
-                             "simulated": "test"}
-TEST_SET_TITLES: dict[str, str] = {
-    "user": "your test set",
-    "real": "real-pixel HiTS 2015 test objects (no stamp of these objects in training or validation)",
-    "variables": "HiTS 2015 variable stars, test objects (Kron-labelled; never in training or validation)",
-    "simulated": "simulated HiTS test set",
-}
-#: Where each training ingredient comes from, as the report names it.
-PROVENANCE: dict[str, str] = {
-    "simulated": "simulated HiTS stamps (hits_stamps.simulate)",
-    "injected": "sources injected into, and artefacts painted on, real HiTS 2015 epochs of the training objects",
-    "real": "real HiTS 2015 candidates of the training objects (survey-detected supernovae, star residuals)",
-    "user": "your own labelled file",
-}
-#: Data file stem of each training ingredient.
-MIX_STEMS: dict[str, str] = {"simulated": "train", "injected": "inject", "real": "real_train", "user": "user_train"}
 
 
 @dataclass
@@ -678,7 +660,7 @@ def plan(config: RunConfig) -> list[Step]:
     if "cvae" in tasks and judge and judge not in tasks:
         raise HitsStampsError(f"generation.judge = {judge!r} is not one of the run's models {list(config.models)}")
     tune_with = config.generation.tune_with
-    if "cvae" in tasks and tune_with and (tune_with not in tasks or tasks[tune_with] == "generator"):
+    if "cvae" in tasks and tune_with and (tune_with not in tasks or not tasks[tune_with].classifies):
         raise HitsStampsError(f"generation.tune_with = {tune_with!r} is not one of the run's classifiers "
-                              f"{[n for n, t in tasks.items() if t != 'generator']} (\"\" skips the tuning)")
+                              f"{[n for n, t in tasks.items() if t.classifies]} (\"\" skips the tuning)")
     return steps

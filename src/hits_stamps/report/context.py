@@ -28,6 +28,8 @@ import numpy as np
 from markupsafe import Markup, escape
 
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.runsets import PROVENANCE, TEST_SET_TITLES
+from hits_stamps.tasks import Task
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -513,12 +515,6 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return y[keep], p[keep]
 
 
-def _test_set_titles() -> dict[str, str]:
-    from hits_stamps.pipeline.steps import TEST_SET_TITLES
-
-    return TEST_SET_TITLES
-
-
 # ---------------------------------------------------------------------------------------------
 # sections
 
@@ -536,7 +532,6 @@ def training_words(summary: Mapping[str, Any], data_cfg: Mapping[str, Any]) -> s
 def _data_section(out: Path, summary: Mapping[str, Any], seed: int) -> DataSection:
     from hits_stamps import plotting as F
     from hits_stamps.io import read_stamps
-    from hits_stamps.pipeline.steps import PROVENANCE
 
     cfg = summary["config"]
     d = need(cfg, "data", "config")
@@ -623,7 +618,7 @@ def _leaderboard(summary: Mapping[str, Any], test_set: str) -> Leaderboard:
     """One test set's leaderboard: every classifier evaluated on it, the best value of a column in bold."""
     models = summary.get("models") or {}
     training = summary.get("training") or {}
-    title = _test_set_titles()[test_set]
+    title = TEST_SET_TITLES[test_set]
     names = [n for n in models if test_set in models[n]]
     if not names:
         return Leaderboard(title, None)
@@ -672,7 +667,7 @@ def _leaderboard(summary: Mapping[str, Any], test_set: str) -> Leaderboard:
 
 def _per_kind_tables(models: Mapping[str, Any], test_sets: Iterable[str]) -> tuple[KindTable, ...]:
     """One table per test set: every model's rate per kind with counts, objects and Wilson intervals."""
-    titles = _test_set_titles()
+    titles = TEST_SET_TITLES
     out = []
     for t in test_sets:
         rows = []
@@ -694,7 +689,7 @@ def _per_kind_tables(models: Mapping[str, Any], test_sets: Iterable[str]) -> tup
 def _per_model_details(out: Path, models: Iterable[str], test_sets: list[str],
                        kinds: Iterable[tuple[str, str]]) -> tuple[Details, ...]:
     """One collapsed grid per (figure kind, title) of every model's evaluation figures of that kind."""
-    titles = _test_set_titles()
+    titles = TEST_SET_TITLES
     blocks = []
     for kind, title in kinds:
         figs = tuple(load_figure(p, f"{name}, {titles[t]}: {FIGURE_CAPTIONS[kind]}")
@@ -705,13 +700,13 @@ def _per_model_details(out: Path, models: Iterable[str], test_sets: list[str],
 
 
 def _test_sets(models: Mapping[str, Any]) -> list[str]:
-    return [t for t in _test_set_titles() if any(t in models[m] for m in models)]
+    return [t for t in TEST_SET_TITLES if any(t in models[m] for m in models)]
 
 
 def _classifier_section(out: Path, summary: Mapping[str, Any]) -> ClassifierSection:
     from hits_stamps import plotting as F
 
-    titles = _test_set_titles()
+    titles = TEST_SET_TITLES
     cfg = summary["config"]
     models = summary["models"] or {}
     test_sets = _test_sets(models) or ["simulated"]
@@ -759,7 +754,7 @@ def _calibrated_uncertainty(summary: Mapping[str, Any]) -> CalibratedUncertainty
         return None
     val = unc.get("validation") or {}
     tables = []
-    for t, title in _test_set_titles().items():
+    for t, title in TEST_SET_TITLES.items():
         rows = []
         for name, rec in models.items():
             m = (need(rec, "test", f"uncertainty.models.{name}") or {}).get(t)
@@ -818,11 +813,11 @@ def _mc_table(m: Mapping[str, Any]) -> MonteCarloTable | None:
 def _uncertainty_section(out: Path, summary: Mapping[str, Any]) -> UncertaintySection:
     from hits_stamps import plotting as F
 
-    titles = _test_set_titles()
+    titles = TEST_SET_TITLES
     models = summary["models"] or {}
     training = summary["training"] or {}
     mc = need(summary["config"], "evaluate", "config")
-    bayes_names = [n for n in models if training.get(n, {}).get("task") == "bayesian-classifier"]
+    bayes_names = [n for n in models if training.get(n, {}).get("task") == Task.BAYESIAN_CLASSIFIER]
     bayes = []
     for name in bayes_names:
         folder = out / "eval" / name / "simulated"

@@ -191,11 +191,9 @@ class ServingNetwork(nn.Module):
 def network_kind(model: TrainedModel) -> str:
     """"deterministic" for classifiers, "mean" for Bayesian ones (what the ONNX file holds)."""
     task = model.spec.task
-    if task == "classifier":
-        return "deterministic"
-    if task == "bayesian-classifier":
-        return "mean"
-    raise HitsStampsError(f"{model.path}: {model.name} is a {task}; only classifiers can be exported to ONNX")
+    if not task.classifies:
+        raise HitsStampsError(f"{model.path}: {model.name} is a {task}; only classifiers can be exported to ONNX")
+    return "mean" if task.bayesian else "deterministic"
 
 
 @contextlib.contextmanager

@@ -177,7 +177,7 @@ def prediction_identity(model: TrainedModel, stream: StampStream, config: Predic
     With a saved uncertainty method (`predictive`), its predictive.json and every member's weights
     are part of the identity.
     """
-    bayesian = model.spec.task == "bayesian-classifier"
+    bayesian = model.spec.task.bayesian
     extra = {}
     if predictive is not None:
         extra["predictive"] = {"file": file_sha256(Path(predictive.path) / "predictive.json"),
@@ -256,7 +256,7 @@ def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> 
         model = model_dir
     else:
         model = load_model(model_dir, device=config.device)
-    if model.spec.task not in ("classifier", "bayesian-classifier"):
+    if not model.spec.task.classifies:
         raise HitsStampsError(f"{model.path}: {model.name} is a {model.spec.task}; it does not classify stamps")
     with open_stamp_stream(data, trust_pickle=config.trust_pickle) as stream:
         adapter = check_compatible(model, stream)
@@ -284,7 +284,7 @@ def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> 
             )
         rows = chunk_rows_for(stream, config)
         identity = prediction_identity(model, stream, config, predictive)
-        if config.wants_uncertainty and predictive is None and model.spec.task != "bayesian-classifier":
+        if config.wants_uncertainty and predictive is None and not model.spec.task.bayesian:
             raise HitsStampsError(f"{model.path}: {model.name} is deterministic; --uncertainty and --refer-above "
                                   "need a Bayesian model (seed-bnn, bayes-cnn) or a saved uncertainty method "
                                   "(hits-stamps calibrate-uncertainty)")

@@ -254,14 +254,13 @@ def format_table(cal: Calibration) -> str:
 
 def plot_calibration(cal: Calibration, path: str | Path) -> Path:
     """Histograms of every statistic, real vs simulated, with the KS distance in each title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
+    from hits_stamps.plotting import new_figure, save_png
+
     keys = list(STATISTICS)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8))
+    fig = new_figure((3.2 * len(keys), 2.8))
+    axes = fig.subplots(1, len(keys))
     for ax, key in zip(axes, keys, strict=True):
         r, s = cal.real[key], cal.sim[key]
         lo, hi = np.percentile(np.concatenate([r, s]), [0.5, 99.5])
@@ -278,9 +277,7 @@ def plot_calibration(cal: Calibration, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=90, tight=False)
 
 
 def write_calibration(cal: Calibration, out_dir: str | Path) -> dict[str, Path]:

@@ -35,6 +35,7 @@ from hits_stamps.io.atomic import atomic_path, output_lock, replace_dir
 from hits_stamps.models.registry import Recipe, count_parameters, get_spec
 from hits_stamps.preprocess import PreprocessConfig, Preprocessor
 from hits_stamps.stamps import StampSet
+from hits_stamps.tasks import Task
 from hits_stamps.training import modeldir
 from hits_stamps.training.augment import augment_batch
 
@@ -394,7 +395,7 @@ def _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch)
                     parts_sum[k] = parts_sum.get(k, 0.0) + float(v) * b
                 bar.step(sums["loss"] / sums["n"], sums["correct"] / sums["n"] if res.logits is not None else None)
             row: dict[str, Any] = {"epoch": epoch + 1, "loss": sums["loss"] / sums["n"]}
-            if spec.task != "generator":
+            if spec.task.classifies:
                 row["accuracy"] = sums["correct"] / sums["n"]
             row.update({k: v / sums["n"] for k, v in parts_sum.items()})
             with cast:
@@ -422,7 +423,7 @@ def _fit(cfg, train, out, val, resume, overwrite, progress, data_path, on_epoch)
     if cfg.early_stopping_patience is not None and best["state"] is not None:
         model.load_state_dict(best["state"])
         config["restored_best_epoch"] = best["epoch"] + 1
-    if spec.task == "generator":  # observing conditions and masks that generated stamps are derived with
+    if spec.task is Task.GENERATOR:  # observing conditions and masks that generated stamps are derived with
         from hits_stamps.generation.consistent import write_bank
         from hits_stamps.generation.posthoc import fit_sampling
 
@@ -456,7 +457,7 @@ def evaluate_objective(spec, model, x, y, n_train, batch_size, device) -> dict[s
         if res.logits is not None:
             correct += int((res.logits.argmax(-1) == yb).sum())
     out = {"val_loss": total / max(n, 1)}
-    if spec.task != "generator":
+    if spec.task.classifies:
         out["val_accuracy"] = correct / max(n, 1)
     return out
 
