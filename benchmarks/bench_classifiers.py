@@ -1,4 +1,4 @@
-"""Classifier benchmarks: rotinv-cnn ablation, seed-cnn vs deephits vs rotinv-cnn, speed vs tf_keras.
+"""Classifier benchmarks: rotinv-cnn ablation, seed-cnn vs deephits vs rotinv-cnn.
 
 Subcommands (run heavy ones with `nice`; every result is a JSON file, `table` prints markdown;
 `data --smoke` then `compare --smoke` run the whole path on tiny files in about a minute):
@@ -11,16 +11,12 @@ Subcommands (run heavy ones with `nice`; every result is a JSON file, `table` pr
               trained/tested on the real-pixel set split by object
               python benchmarks/bench_classifiers.py compare --data runs/clfbench --work runs/clfbench/work \\
                   --out runs/clfbench/compare.json
-    speed     seed-cnn training s/epoch (4,026 stamps, batch 50) and inference stamps/s (batch 1024), ours
-              vs tf_keras in the same run, and inference as a fraction of the measured sgemm FLOP/s
-              python benchmarks/bench_classifiers.py speed --out runs/clfbench/speed.json
     figures   ROC curves of the three models and selected evaluation figures for the docs
               python benchmarks/bench_classifiers.py figures --work runs/clfbench/work --out docs/figures
     table     markdown tables from the JSON files
               python benchmarks/bench_classifiers.py table runs/clfbench/*.json
 
-The tf_keras side runs in a separate throwaway virtual environment (default /tmp/tfvenv, created with
-tensorflow==2.21.0 and tf-keras==2.21.0 when missing); it is never a project dependency.
+Speed against tf_keras and TensorFlow Probability is measured by `benchmarks/bench_speed.py`.
 """
 
 from __future__ import annotations
@@ -28,16 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 import warnings
 from pathlib import Path
 
-from _common import add_smoke, machine, sgemm_flops, wilson_interval, write_json
+from _common import add_smoke, machine, wilson_interval, write_json
 
 # PyTorch's OpenMP threads spin-wait by default; on a shared, oversubscribed machine a spinning
 # thread starves its partner and a 2-thread training step gets >10x slower. Passive waiting (set
@@ -257,204 +249,6 @@ def cmd_compare(args) -> None:
                 _write(out, {"machine": _machine(), "rows": rows})
 
 
-# ----------------------------------------------------------------------------- speed
-TF_SCRIPT = textwrap.dedent('''
-    import json, os, sys, time
-    import numpy as np
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-    import tf_keras as keras
-    threads, epochs, rounds = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
-    d = np.load(sys.argv[1])
-    x, y, xi = d["x"], d["y"], d["x_infer"]
-    h, w, c = x.shape[1:]
-    L = keras.layers
-    model = keras.Sequential([keras.Input((h, w, c))] + [
-        layer for _ in range(4) for layer in (L.Conv2D(64, 2, padding="same", activation="relu"), L.MaxPooling2D(2))
-    ] + [L.Flatten(), L.Dense(64, activation="sigmoid"), L.Dense(64, activation="sigmoid"),
-         L.Dense(64, activation="sigmoid"), L.Dense(2, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=1e-3, rho=0.9, epsilon=1e-7),
-                  loss="binary_crossentropy", metrics=["accuracy"])
-    yy = keras.utils.to_categorical(y, 2)
-    class T(keras.callbacks.Callback):
-        def on_epoch_begin(self, e, logs=None): self.t = time.perf_counter()
-        def on_epoch_end(self, e, logs=None): times.append(time.perf_counter() - self.t)
-    times = []
-    model.fit(x, yy, batch_size=50, epochs=epochs, shuffle=True, verbose=0, callbacks=[T()])
-    model.predict(xi[:1024], batch_size=1024, verbose=0)
-    pred, call = [], []
-    f = tf.function(lambda t: model(t, training=False))
-    f(tf.constant(xi[:1024]))
-    for _ in range(rounds):
-        t = time.perf_counter(); model.predict(xi, batch_size=1024, verbose=0); pred.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        for s in range(0, len(xi), 1024):
-            f(tf.constant(xi[s:s + 1024])).numpy()
-        call.append(time.perf_counter() - t)
-    if len(sys.argv) > 5:  # trained weights and probabilities, for the layer-by-layer equivalence check
-        np.savez(sys.argv[5], probs=model.predict(xi[:256], verbose=0),
-                 **{f"w{i}": w for i, w in enumerate(model.get_weights())})
-    print(json.dumps({"epoch_seconds": times, "predict_seconds": pred, "call_seconds": call,
-                      "n_params": int(model.count_params()), "tf": tf.__version__, "tf_keras": keras.__version__}))
-''')
-
-
-def ensure_tf(python: Path) -> Path | None:
-    if python.exists():
-        return python
-    venv = python.parent.parent
-    print(f"creating {venv} with tensorflow==2.21.0 and tf-keras==2.21.0 (throwaway)", flush=True)
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "tensorflow==2.21.0", "tf-keras==2.21.0"],
-                       check=True)
-    except (subprocess.CalledProcessError, OSError) as exc:
-        print(f"tf_keras install failed: {exc}")
-        return None
-    return python
-
-
-def _ours_training_epochs(images: np.ndarray, labels: np.ndarray, epochs: int, seed: int) -> list[float]:
-    """Seconds per epoch of seed-cnn in the shared loop on all given stamps (batch 50, recipe defaults)."""
-    from hits_stamps.datasets import make_synthetic_stamps
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(model="seed-cnn", epochs=epochs, seed=seed)
-        # a tiny separate validation set, so that every one of the stamps is trained on
-        trained = fit(cfg, StampSet(images=images, labels=labels), Path(tmp) / "m",
-                      val=make_synthetic_stamps(64, seed=5), progress=False, overwrite=True)
-        return [row["seconds"] for row in trained.history]
-
-
-def keras_equivalence(weights: Path, x_nhwc: np.ndarray) -> float:
-    """Max |p_ours - p_keras| after loading the Keras seed network's weights into our SeedCNN."""
-    from hits_stamps.models.cnn import SeedCNN
-
-    d = np.load(weights)
-    w = [d[f"w{i}"] for i in range(len([k for k in d.files if k.startswith("w")]))]
-    model = SeedCNN(x_nhwc.shape[-1], x_nhwc.shape[1:3]).eval()
-    state = {}
-    for i in range(4):  # Keras conv kernels (kh, kw, in, out) -> (out, in, kh, kw)
-        state[f"convs.{i}.weight"] = torch.from_numpy(w[2 * i].transpose(3, 2, 0, 1).copy())
-        state[f"convs.{i}.bias"] = torch.from_numpy(w[2 * i + 1])
-    for i in range(3):  # Keras dense kernels (in, out) -> (out, in)
-        state[f"dense.{i}.weight"] = torch.from_numpy(w[8 + 2 * i].T.copy())
-        state[f"dense.{i}.bias"] = torch.from_numpy(w[9 + 2 * i])
-    state["out.weight"], state["out.bias"] = torch.from_numpy(w[14].T.copy()), torch.from_numpy(w[15])
-    model.load_state_dict(state)
-    with torch.no_grad():
-        p = torch.softmax(model(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))), -1).numpy()
-    return float(np.abs(p - d["probs"]).max())
-
-
-def _tf_run(tf_python: Path, data: Path, script: Path, threads: int, epochs: int, rounds: int,
-            weights: Path | None = None) -> dict:
-    cmd = [str(tf_python), str(script), str(data), str(threads), str(epochs), str(rounds)]
-    proc = subprocess.run(cmd + ([str(weights)] if weights else []), capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-2000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def cmd_speed(args) -> None:
-    """Ours and tf_keras alternate `--repeats` times in one run; medians over all measurements."""
-    from hits_stamps.datasets import make_synthetic_stamps
-    from hits_stamps.models.cnn import forward_flops
-    from hits_stamps.models.registry import get_spec
-    from hits_stamps.preprocess import scale
-
-    threads = torch.get_num_threads()
-    n_train, n_infer = 4026, args.n_infer
-    train = make_synthetic_stamps(n_train, seed=0)
-    x = scale(train.images, "minmax")  # (N, H, W, C): the network input both frameworks see
-    xi = scale(make_synthetic_stamps(n_infer, seed=1).images, "minmax")
-    y = train.labels
-    result = {"machine": _machine(), "n_train": n_train, "batch_train": 50, "n_infer": n_infer,
-              "batch_infer": 1024, "threads": threads, "repeats": args.repeats, "epochs_per_repeat": args.epochs}
-    module = get_spec("seed-cnn").builder(4, (21, 21)).eval()
-    flops = forward_flops(module, 4, (21, 21))
-    tf_python = ensure_tf(Path(args.tf_python))
-    ours = {"epoch_seconds": [], "infer_seconds": []}
-    tk: dict = {"epoch_seconds": [], "predict_seconds": [], "call_seconds": []}
-    gemm = [sgemm_flops()]
-    # ours runs in a fresh process per repeat, as tf_keras does, so that neither framework's idle
-    # threads (PyTorch's OpenMP threads spin while waiting under OMP_WAIT_POLICY=ACTIVE) take a
-    # core from the other; its OpenMP wait policy is torch's default unless --ours-wait-policy
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if args.ours_wait_policy:
-        env["OMP_WAIT_POLICY"] = args.ours_wait_policy
-    result["ours_omp_wait_policy"] = args.ours_wait_policy or "torch default (unset)"
-    with tempfile.TemporaryDirectory() as tmp:
-        data, script = Path(tmp) / "d.npz", Path(tmp) / "tfbench.py"
-        np.savez(data, x=x, y=y, x_infer=xi)
-        script.write_text(TF_SCRIPT)
-        for rep in range(args.repeats):
-            cmd = [sys.executable, __file__, "ours-once", "--epochs", str(args.epochs), "--rounds", str(args.rounds),
-                   "--n-infer", str(n_infer), "--rep", str(rep), "--threads", str(threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-2000:])
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            ours["epoch_seconds"] += r["epoch_seconds"][1:]  # drop warm-up
-            ours["infer_seconds"] += r["infer_seconds"]
-            if tf_python is not None:
-                weights = Path(tmp) / "keras_weights.npz" if rep == 0 else None
-                try:
-                    r = _tf_run(tf_python, data, script, threads, args.epochs, args.rounds, weights)
-                except RuntimeError as exc:
-                    print(exc)
-                    tk["error"] = str(exc)[-500:]
-                    tf_python = None
-                    continue
-                if weights is not None:
-                    result["keras_weights_in_ours_max_abs_prob_diff"] = keras_equivalence(weights, xi[:256])
-                tk["epoch_seconds"] += r["epoch_seconds"][1:]
-                tk["predict_seconds"] += r["predict_seconds"]
-                tk["call_seconds"] += r["call_seconds"]
-                tk.update({k: r[k] for k in ("n_params", "tf", "tf_keras")})
-            print(f"repeat {rep + 1}/{args.repeats} done", flush=True)
-    gemm.append(sgemm_flops())
-    g = statistics.median(gemm)
-    ours["median_epoch_s"] = statistics.median(ours["epoch_seconds"])
-    ours["infer_stamps_per_s"] = n_infer / statistics.median(ours["infer_seconds"])
-    ours["fraction_of_sgemm"] = flops * ours["infer_stamps_per_s"] / g
-    result.update({"flops_per_stamp": flops, "sgemm_flops_per_s": gemm, "ours": ours})
-    if tk["epoch_seconds"]:
-        tk["median_epoch_s"] = statistics.median(tk["epoch_seconds"])
-        tk["predict_stamps_per_s"] = n_infer / statistics.median(tk["predict_seconds"])
-        tk["call_stamps_per_s"] = n_infer / statistics.median(tk["call_seconds"])
-        tk["fraction_of_sgemm"] = flops * max(tk["predict_stamps_per_s"], tk["call_stamps_per_s"]) / g
-        result["epoch_time_ratio_ours_over_tf"] = ours["median_epoch_s"] / tk["median_epoch_s"]
-        result["inference_ratio_ours_over_tf_predict"] = ours["infer_stamps_per_s"] / tk["predict_stamps_per_s"]
-        result["inference_ratio_ours_over_tf_call"] = ours["infer_stamps_per_s"] / tk["call_stamps_per_s"]
-    result["tf_keras"] = tk
-    _write(Path(args.out), result)
-
-
-def cmd_ours_once(args) -> None:
-    """One repeat of ours for `speed`, in its own process: prints {"epoch_seconds", "infer_seconds"}."""
-    from hits_stamps.datasets import make_synthetic_stamps
-    from hits_stamps.models.registry import get_spec
-    from hits_stamps.preprocess import scale
-
-    train = make_synthetic_stamps(4026, seed=0)
-    xi = scale(make_synthetic_stamps(args.n_infer, seed=1).images, "minmax")
-    epochs = _ours_training_epochs(train.images, train.labels, args.epochs, args.rep)
-    module = get_spec("seed-cnn").builder(4, (21, 21)).eval()
-    xt = torch.from_numpy(np.ascontiguousarray(xi.transpose(0, 3, 1, 2)))  # (N, C, H, W)
-    infer = []
-    with torch.inference_mode():
-        module(xt[:1024])
-        for _ in range(args.rounds):
-            t = time.perf_counter()
-            for s in range(0, args.n_infer, 1024):
-                torch.softmax(module(xt[s:s + 1024]), -1)
-            infer.append(time.perf_counter() - t)
-    print(json.dumps({"epoch_seconds": epochs, "infer_seconds": infer}))
-
-
 # ----------------------------------------------------------------------------- figures
 def _read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import csv
@@ -587,19 +381,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", required=True, help="folder for the model directories and evaluation outputs")
     p.add_argument("--append", action="store_true", help="keep rows of an existing --out; skip runs already in it")
     add_smoke(p)
-    p = sub.add_parser("speed")
-    p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=int, default=4, help="epochs per training run (the first is dropped)")
-    p.add_argument("--rounds", type=int, default=3, help="inference passes per repeat")
-    p.add_argument("--repeats", type=int, default=3, help="alternating ours / tf_keras repeats")
-    p.add_argument("--n-infer", type=int, default=20480)
-    p.add_argument("--tf-python", default="/tmp/tfvenv/bin/python")
-    p.add_argument("--ours-wait-policy", default="", help="OMP_WAIT_POLICY of our process (default: torch's)")
-    p = sub.add_parser("ours-once", help="internal: one repeat of ours for `speed`")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--n-infer", type=int, default=20480)
-    p.add_argument("--rep", type=int, default=0)
     p = sub.add_parser("figures")
     p.add_argument("--work", required=True)
     p.add_argument("--out", required=True)
@@ -612,8 +393,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    {"data": cmd_data, "ablation": cmd_ablation, "compare": cmd_compare, "speed": cmd_speed, "ours-once": cmd_ours_once,
-     "figures": cmd_figures, "table": cmd_table}[args.cmd](args)
+    {"data": cmd_data, "ablation": cmd_ablation, "compare": cmd_compare, "figures": cmd_figures,
+     "table": cmd_table}[args.cmd](args)
 
 
 if __name__ == "__main__":
