@@ -10,6 +10,7 @@ from hits_stamps.datasets import make_synthetic_stamps
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.evaluation.evaluate import evaluate_model
 from hits_stamps.evaluation.metrics import classification_metrics, fnr_at_fpr
+from hits_stamps.results import CLASSIFICATION_KEYS, RUN_KEYS, EvaluationResult
 from hits_stamps.training import TrainConfig, fit, load_model
 
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -202,3 +203,30 @@ def test_evaluate_model_with_objects_and_a_validation_threshold(tiny_model, tmp_
     assert lo <= on_disk["accuracy"] <= hi
     with pytest.raises(HitsStampsError, match="needs real and bogus"):
         threshold_from_validation(tiny_model, val[val.labels == 1], progress=False)
+    # metrics.json read back as an EvaluationResult and written again is the same file, byte for byte
+    result = EvaluationResult.read(tmp_path / "ev" / "metrics.json")
+    assert result.to_json() == m and list(result.to_json()) == list(m)
+    assert result.threshold_source == source and result.classification_extra["threshold_fpr1"] == source["threshold"]
+    assert "ece" in result.uncertainty and "ci95" in result.classification_extra
+    assert result.summary()["ci95"] == on_disk["ci95"] and result.summary()["n"] == 120
+    result.write(tmp_path / "copy.json")
+    assert (tmp_path / "copy.json").read_bytes() == (tmp_path / "ev" / "metrics.json").read_bytes()
+
+
+def test_evaluation_result_names_a_missing_key_and_the_file(tiny_model, tmp_path):
+    from dataclasses import fields
+
+    evaluate_model(tiny_model, make_synthetic_stamps(60, seed=8), tmp_path / "ev", progress=False, n_resamples=0)
+    path = tmp_path / "ev" / "metrics.json"
+    d = json.loads(path.read_text())
+    assert not {"ci95", "threshold_fpr1"} & set(d)  # without a threshold or intervals the optional parts are absent
+    assert EvaluationResult.from_json(d).to_json() == d
+    assert {f.name for f in fields(EvaluationResult)} == {*CLASSIFICATION_KEYS, *RUN_KEYS, "classification_extra",
+                                                           "uncertainty"}
+    for key in ("roc_auc", "model"):
+        broken = tmp_path / f"no_{key}.json"
+        broken.write_text(json.dumps({k: v for k, v in d.items() if k != key}))
+        with pytest.raises(HitsStampsError, match=rf"no_{key}\.json \[{key}\]: expected the metrics key '{key}'"):
+            EvaluationResult.read(broken)
+    with pytest.raises(HitsStampsError, match="expected a metrics object; found list"):
+        EvaluationResult.from_json([], "x.json")

@@ -36,6 +36,7 @@ from hits_stamps.evaluation.intervals import DEFAULT_RESAMPLES
 from hits_stamps.evaluation.metrics import TARGET_FPR, classification_metrics, fnr_at_fpr, threshold_at_fpr
 from hits_stamps.io.atomic import atomic_path
 from hits_stamps.montecarlo import predict_samples
+from hits_stamps.results import EvaluationResult
 from hits_stamps.stamps import StampSet
 from hits_stamps.training import modeldir
 from hits_stamps.training.modeldir import TrainedClassifier
@@ -172,8 +173,9 @@ def evaluate_model(
     bootstrap over `stamps.groups` (`n_resamples` resamples, `seed`). `threshold_fpr1` is the
     FPR = 1% threshold chosen on validation objects (`threshold_from_validation`); the test FNR and
     FPR at it are reported as fnr_at_val_threshold / fpr_at_val_threshold, and `threshold_source`
-    (what it was chosen on) is stored as metrics["threshold_source"]. Returns the metrics dict that
-    is written to out_dir/metrics.json and to the model directory's metrics.json.
+    (what it was chosen on) is stored as metrics["threshold_source"]. Returns the metrics dict
+    (`hits_stamps.results.EvaluationResult.to_json()`) that is written to out_dir/metrics.json and to
+    the model directory's metrics.json.
     """
     if not model.spec.task.classifies:
         raise HitsStampsError(f"{model.path}: {model.name} is a generator; evaluate it with the generator judge")
@@ -192,9 +194,9 @@ def evaluate_model(
         probs = predict_with_progress(model, stamps, progress=progress, device=device)
     seconds = time.perf_counter() - t0
     p_real = probs[:, 1]
-    metrics = classification_metrics(stamps.labels, p_real, snr=stamps.snr, kind=stamps.kind, groups=stamps.groups,
-                                     threshold_fpr1=threshold_fpr1, n_resamples=n_resamples, seed=seed)
-    metrics.update({
+    scores = classification_metrics(stamps.labels, p_real, snr=stamps.snr, kind=stamps.kind, groups=stamps.groups,
+                                    threshold_fpr1=threshold_fpr1, n_resamples=n_resamples, seed=seed)
+    run = {
         "threshold_source": None if threshold_fpr1 is None else (threshold_source or {"threshold": threshold_fpr1}),
         "model": model.name,
         "model_dir": str(model.path),
@@ -203,24 +205,23 @@ def evaluate_model(
         "n_unlabelled_skipped": n_skipped,
         "predict_seconds": seconds,
         "stamps_per_second": len(stamps) / seconds if seconds > 0 else None,
-    })
-
+    }
     report = uncertainty_report(model, stamps, out, probs=probs, mc_samples=mc_samples, samples=samples)
-    for key, value in (report or {}).items():
-        metrics.setdefault(key, value)  # classification keys above take precedence
+    result = EvaluationResult.from_parts(scores, run, report)  # classification keys take precedence
+    metrics = result.to_json()
 
     _write_predictions(out / "predictions.csv", stamps, p_real)
     title = f"{model.name} ({len(stamps)} stamps)"
     plots.plot_training_curves(model.history, out / "training_curves.png", title=f"{model.name}: training")
     plots.plot_roc(stamps.labels, p_real, out / "roc.png", title=title, metrics=metrics)
-    plots.plot_confusion_matrix(metrics["confusion_matrix"], out / "confusion_matrix.png", title=title)
+    plots.plot_confusion_matrix(result.confusion_matrix, out / "confusion_matrix.png", title=title)
     if metrics.get("completeness_purity"):
         plots.plot_completeness_purity(metrics["completeness_purity"], out / "completeness_purity.png", title=title)
     plots.plot_misclassified(stamps, p_real, out / "misclassified.png")
 
-    modeldir.write_json(out / modeldir.METRICS, metrics)
+    result.write(out / modeldir.METRICS)
     try:
-        modeldir.write_json(Path(model.path) / modeldir.METRICS, metrics)
+        result.write(Path(model.path) / modeldir.METRICS)
     except OSError as exc:
         warnings.warn(f"could not store metrics in the model directory {model.path}: {exc}", stacklevel=2)
     return metrics

@@ -27,6 +27,7 @@ from hits_stamps.errors import HitsStampsError, StampFileError
 from hits_stamps.io.atomic import atomic_path, output_lock
 from hits_stamps.pipeline.config import RunConfig, config_hash, diff_configs, from_dict, to_dict, to_toml
 from hits_stamps.pipeline.steps import TEST_SETS, RunContext, Step, plan
+from hits_stamps.results import EvaluationResult
 from hits_stamps.rundir import REPORT, RUN_CONFIG, STEPS_DIR, SUMMARY, RunDir
 from hits_stamps.training.modeldir import read_json, write_json
 
@@ -258,7 +259,7 @@ def collect_summary(out: Path, config: RunConfig | None = None, steps: list[Step
         for test_set in TEST_SETS:
             mpath = layout.metrics(name, test_set)
             if mpath.exists():
-                models.setdefault(name, {})[test_set] = read_json(mpath)
+                models.setdefault(name, {})[test_set] = EvaluationResult.read(mpath).to_json()
 
     uncertainty = {}
     for name in config.models:

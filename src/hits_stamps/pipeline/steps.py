@@ -23,6 +23,7 @@ from rich.console import Console
 from hits_stamps.errors import HitsStampsError
 from hits_stamps.io import read_stamps
 from hits_stamps.pipeline.config import RunConfig
+from hits_stamps.results import EvaluationResult
 from hits_stamps.rundir import RunDir
 from hits_stamps.runsets import MIX_STEMS, TEST_SET_TITLES, TEST_SETS
 from hits_stamps.stamps import StampSet
@@ -435,11 +436,6 @@ def validation_threshold(ctx: RunContext, model, bayesian: bool) -> dict[str, An
     return {**source, "sets": stems}
 
 
-#: metrics.json entries copied into the step's summary (the report reads the full metrics.json).
-_EVAL_SUMMARY_KEYS = ("n", "n_objects", "accuracy", "recall", "recall_bogus", "f1", "roc_auc", "fnr_at_fpr_1pct",
-                      "fnr_at_val_threshold", "fpr_at_val_threshold", "ece", "ci95")
-
-
 def step_evaluate(ctx: RunContext, name: str) -> dict[str, Any]:
     """Evaluate one classifier on every available test set (metrics.json + figures per set).
 
@@ -475,7 +471,7 @@ def step_evaluate(ctx: RunContext, name: str) -> dict[str, Any]:
                                      threshold_fpr1=chosen["threshold"],
                                      threshold_source=chosen if chosen["threshold"] is not None else None,
                                      seed=ctx.config.seed)
-        out[test_set] = {k: metrics[k] for k in _EVAL_SUMMARY_KEYS if k in metrics}
+        out[test_set] = EvaluationResult.from_json(metrics).summary()  # (the report reads the full metrics.json)
     return out
 
 

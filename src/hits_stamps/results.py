@@ -1,0 +1,131 @@
+"""Frozen results written to and read from JSON in one place.
+
+`EvaluationResult` is a classifier's metrics.json (`hits_stamps.evaluation.evaluate.evaluate_model`
+writes it into its output folder and the model directory; the pipeline's summary reads it back).
+Its fields are the keys every metrics.json has; the optional parts keep their JSON keys and order
+in two mappings. `to_json()` gives the dict written today, key for key and in the same order, so
+`EvaluationResult.read(p).write(q)` copies p to q byte for byte. A file that lacks a required key
+raises `StampFileError` (a `HitsStampsError`) naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hits_stamps.errors import StampFileError
+
+#: Keys of `metrics.classification_metrics` that every metrics.json has, in their order there.
+CLASSIFICATION_KEYS: tuple[str, ...] = (
+    "n", "n_objects", "n_real", "n_bogus", "threshold", "accuracy", "precision", "recall", "recall_bogus", "f1",
+    "roc_auc", "fpr", "fnr", "fnr_at_fpr_1pct", "threshold_at_fpr_1pct", "confusion_matrix", "by_snr", "by_kind",
+    "notes",
+)
+#: Keys `evaluate_model` adds after them: what was scored, on what, and how fast.
+RUN_KEYS: tuple[str, ...] = ("threshold_source", "model", "model_dir", "data", "n_parameters",
+                             "n_unlabelled_skipped", "predict_seconds", "stamps_per_second")
+#: metrics.json entries copied into the pipeline's evaluate step summary (the report reads the full file).
+SUMMARY_KEYS: tuple[str, ...] = ("n", "n_objects", "accuracy", "recall", "recall_bogus", "f1", "roc_auc",
+                                 "fnr_at_fpr_1pct", "fnr_at_val_threshold", "fpr_at_val_threshold", "ece", "ci95")
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """A classifier scored on a labelled stamp set: the content of its metrics.json.
+
+    Definitions of the classification entries: `hits_stamps.evaluation.metrics.classification_metrics`
+    (label 1 real, 0 bogus; rates at `threshold`; None where undefined, with the reason in `notes`).
+    """
+
+    # classification, at `threshold`
+    n: int  # labelled stamps scored
+    n_objects: int  # distinct objects among them (the bootstrap resamples objects)
+    n_real: int
+    n_bogus: int
+    threshold: float  # p_real >= threshold is called real
+    accuracy: float | None
+    precision: float | None
+    recall: float | None  # real recall (TPR)
+    recall_bogus: float | None  # bogus recall (TNR)
+    f1: float | None
+    roc_auc: float | None
+    fpr: float | None
+    fnr: float | None
+    fnr_at_fpr_1pct: float | None  # threshold tuned on this set: optimistic
+    threshold_at_fpr_1pct: float | None
+    confusion_matrix: list[list[int]]  # [[TN, FP], [FN, TP]]
+    by_snr: dict[str, dict[str, Any]] | None  # {SNR bin: {n, n_real, accuracy, fnr}}
+    by_kind: dict[str, dict[str, Any]] | None  # {kind: {n, n_objects, label, accuracy, ...}}
+    notes: list[str]
+    # the run
+    threshold_source: dict[str, Any] | None  # what the FPR = 1% threshold was chosen on (None: no threshold)
+    model: str
+    model_dir: str
+    data: str | None  # the scored stamp file
+    n_parameters: int
+    n_unlabelled_skipped: int
+    predict_seconds: float
+    stamps_per_second: float | None
+    # optional classification parts, in file order: threshold_fpr1, fnr_at_val_threshold,
+    # fpr_at_val_threshold, confusion_matrix_at_val_threshold, ci95, bootstrap, n_outside_snr_bins,
+    # completeness_purity
+    classification_extra: Mapping[str, Any] = field(default_factory=dict)
+    # every later key, in file order: the calibration / uncertainty report (ece, nll, reliability, ...)
+    uncertainty: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_parts(cls, classification: Mapping[str, Any], run: Mapping[str, Any],
+                   uncertainty: Mapping[str, Any] | None = None) -> EvaluationResult:
+        """From `classification_metrics`' dict, the RUN_KEYS values and an uncertainty report.
+
+        An uncertainty key that the classification or run part already has is dropped (those take precedence).
+        """
+        missing = [k for k in RUN_KEYS if k not in run] + [k for k in CLASSIFICATION_KEYS if k not in classification]
+        if missing or set(run) - set(RUN_KEYS):
+            raise ValueError(f"from_parts needs the keys {missing} and no others in run; got {sorted(run)}")
+        taken = set(classification) | set(run)
+        return cls(**{k: classification[k] for k in CLASSIFICATION_KEYS}, **{k: run[k] for k in RUN_KEYS},
+                   classification_extra={k: v for k, v in classification.items() if k not in CLASSIFICATION_KEYS},
+                   uncertainty={k: v for k, v in (uncertainty or {}).items() if k not in taken})
+
+    def to_json(self) -> dict[str, Any]:
+        """The metrics.json dict: classification keys, optional classification parts, run keys, the rest."""
+        return {**{k: getattr(self, k) for k in CLASSIFICATION_KEYS}, **self.classification_extra,
+                **{k: getattr(self, k) for k in RUN_KEYS}, **self.uncertainty}
+
+    @classmethod
+    def from_json(cls, d: Any, source: str | os.PathLike = "metrics.json") -> EvaluationResult:
+        """Read back `to_json()`'s dict; `source` names it in errors (a missing key raises StampFileError)."""
+        if not isinstance(d, Mapping):
+            raise StampFileError(source, None, "a metrics object", type(d).__name__)
+        for k in (*CLASSIFICATION_KEYS, *RUN_KEYS):
+            if k not in d:
+                raise StampFileError(source, k, f"the metrics key {k!r} (evaluate_model writes it)", "no such key")
+        keys = list(d)
+        split = keys.index("threshold_source")  # optional classification parts come before the run keys
+        return cls(**{k: d[k] for k in (*CLASSIFICATION_KEYS, *RUN_KEYS)},
+                   classification_extra={k: d[k] for k in keys[:split] if k not in CLASSIFICATION_KEYS},
+                   uncertainty={k: d[k] for k in keys[split:] if k not in RUN_KEYS})
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> EvaluationResult:
+        """A metrics.json file; malformed JSON or a missing key raises StampFileError naming the file."""
+        from hits_stamps.training.modeldir import read_json
+
+        return cls.from_json(read_json(path), path)
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write `to_json()` atomically to `path` (2-space indented JSON, numpy values as Python ones)."""
+        from hits_stamps.training.modeldir import write_json
+
+        write_json(path, self.to_json())
+
+    def summary(self) -> dict[str, Any]:
+        """The SUMMARY_KEYS entries this result has (the pipeline's evaluate step records them)."""
+        d = self.to_json()
+        return {k: d[k] for k in SUMMARY_KEYS if k in d}
+
+
+__all__ = ["CLASSIFICATION_KEYS", "RUN_KEYS", "SUMMARY_KEYS", "EvaluationResult"]
