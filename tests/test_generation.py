@@ -10,6 +10,7 @@ from hits_stamps.errors import HitsStampsError
 from hits_stamps.generation import generate, interpolate, load_generator, reconstruct
 from hits_stamps.generation.augment import augmentation_experiment
 from hits_stamps.generation.judge import (
+    CLASSES,
     evaluate_generator,
     frechet_distance,
     nearest_distances,
@@ -17,6 +18,7 @@ from hits_stamps.generation.judge import (
 )
 from hits_stamps.generation.sample import sampling_of
 from hits_stamps.io import read_stamps, write_stamps
+from hits_stamps.results import JUDGEMENT_KEYS, GeneratorJudgement
 from hits_stamps.stamps import StampSet
 from hits_stamps.training import TrainConfig, fit
 from hits_stamps.training.modeldir import load_model
@@ -245,6 +247,22 @@ def test_evaluate_generator_writes_judging_json(cvae_dir, toy_train, tmp_path):
     recall = res2["judge"]["test_recall_per_kind"]
     assert set(recall) == set(test.kind) and all(0.0 <= v <= 1.0 for v in recall.values())
     assert "agreement_per_kind" not in res2  # a class-conditioned generator has no kinds
+    assert "figures" not in res2 and "tstr_recall_per_class" not in res2
+    # generation.json read back as a GeneratorJudgement and written again is the same file, byte for byte
+    for folder, r in (("judge", res), ("judge2", res2)):
+        path = tmp_path / folder / "generation.json"
+        judged = GeneratorJudgement.read(path)
+        assert judged.to_json() == r and list(judged.to_json()) == list(r)
+        judged.write(tmp_path / "copy.json")
+        assert (tmp_path / "copy.json").read_bytes() == path.read_bytes()
+    assert judged.figures is None and judged.tstr_over_trtr is None and judged.n_generated == 20
+    assert [f"{m}_{c}" for c, _ in CLASSES for m in ("agreement", "frechet", "frechet_floor")] == [
+        k for k in JUDGEMENT_KEYS if k.endswith(("_real", "_bogus"))]  # the file's per-class keys, in its order
+    broken = dict(res2)
+    del broken["memorisation"]
+    with pytest.raises(HitsStampsError, match=r"x\.json \[memorisation\]: expected the generator judgement key"):
+        GeneratorJudgement.from_json(broken, "x.json")
+    assert GeneratorJudgement.from_json({**res2, "later": 1}).to_json() == {**res2, "later": 1}  # unknown keys kept
     mixed = StampSet.concat([toy_train, generate(cvae_dir, 4, "real")])
     with pytest.raises(HitsStampsError, match="include generated"):
         evaluate_generator(cvae_dir, test, tmp_path / "j3", train=mixed, progress=False, max_per_class=10)

@@ -6,6 +6,9 @@ Its fields are the keys every metrics.json has; the optional parts keep their JS
 in two mappings. `to_json()` gives the dict written today, key for key and in the same order, so
 `EvaluationResult.read(p).write(q)` copies p to q byte for byte. A file that lacks a required key
 raises `StampFileError` (a `HitsStampsError`) naming the file and the key.
+
+`GeneratorJudgement` is a generator's generation.json (`hits_stamps.generation.judge.evaluate_generator`
+writes it; the pipeline's summary reads it back), with the same contract.
 """
 
 from __future__ import annotations
@@ -16,6 +19,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hits_stamps.errors import StampFileError
+
+
+def _require(d: Any, keys: tuple[str, ...], source: str | os.PathLike, what: str, writer: str) -> Mapping[str, Any]:
+    """`d` as a mapping with every key of `keys`; else StampFileError naming `source` and the first missing key."""
+    if not isinstance(d, Mapping):
+        raise StampFileError(source, None, f"a {what} object", type(d).__name__)
+    for k in keys:
+        if k not in d:
+            raise StampFileError(source, k, f"the {what} key {k!r} ({writer} writes it)", "no such key")
+    return d
+
+
+def _read_json(path: str | os.PathLike) -> Any:
+    from hits_stamps.training.modeldir import read_json
+
+    return read_json(path)
+
+
+def _write_json(path: str | os.PathLike, obj: Any) -> None:
+    from hits_stamps.training.modeldir import write_json
+
+    write_json(path, obj)
 
 #: Keys of `metrics.classification_metrics` that every metrics.json has, in their order there.
 CLASSIFICATION_KEYS: tuple[str, ...] = (
@@ -98,11 +123,7 @@ class EvaluationResult:
     @classmethod
     def from_json(cls, d: Any, source: str | os.PathLike = "metrics.json") -> EvaluationResult:
         """Read back `to_json()`'s dict; `source` names it in errors (a missing key raises StampFileError)."""
-        if not isinstance(d, Mapping):
-            raise StampFileError(source, None, "a metrics object", type(d).__name__)
-        for k in (*CLASSIFICATION_KEYS, *RUN_KEYS):
-            if k not in d:
-                raise StampFileError(source, k, f"the metrics key {k!r} (evaluate_model writes it)", "no such key")
+        d = _require(d, (*CLASSIFICATION_KEYS, *RUN_KEYS), source, "metrics", "evaluate_model")
         keys = list(d)
         split = keys.index("threshold_source")  # optional classification parts come before the run keys
         return cls(**{k: d[k] for k in (*CLASSIFICATION_KEYS, *RUN_KEYS)},
@@ -112,15 +133,11 @@ class EvaluationResult:
     @classmethod
     def read(cls, path: str | os.PathLike) -> EvaluationResult:
         """A metrics.json file; malformed JSON or a missing key raises StampFileError naming the file."""
-        from hits_stamps.training.modeldir import read_json
-
-        return cls.from_json(read_json(path), path)
+        return cls.from_json(_read_json(path), path)
 
     def write(self, path: str | os.PathLike) -> None:
         """Write `to_json()` atomically to `path` (2-space indented JSON, numpy values as Python ones)."""
-        from hits_stamps.training.modeldir import write_json
-
-        write_json(path, self.to_json())
+        _write_json(path, self.to_json())
 
     def summary(self) -> dict[str, Any]:
         """The SUMMARY_KEYS entries this result has (the pipeline's evaluate step records them)."""
@@ -128,4 +145,80 @@ class EvaluationResult:
         return {k: d[k] for k in SUMMARY_KEYS if k in d}
 
 
-__all__ = ["CLASSIFICATION_KEYS", "RUN_KEYS", "SUMMARY_KEYS", "EvaluationResult"]
+#: generation.json's keys in file order. The per-class ones follow `generation.judge.CLASSES` (real, then bogus).
+JUDGEMENT_KEYS: tuple[str, ...] = (
+    "generator", "generator_model", "seed", "mode", "temperature", "latent", "reference_train", "notes", "roles",
+    "judge", "n_generated", "consistency", "test_negative_elbo", "generation_stamps_per_s",
+    "agreement_real", "frechet_real", "frechet_floor_real", "agreement_bogus", "frechet_bogus", "frechet_floor_bogus",
+    "n_per_class", "agreement_per_kind", "tstr_accuracy", "trtr_accuracy", "tstr_over_trtr", "tstr_recall_per_class",
+    "physical", "peak_snr", "memorisation", "figures", "seconds",
+)
+#: Keys generation.json has only sometimes; their fields are None when absent.
+OPTIONAL_JUDGEMENT_KEYS: frozenset[str] = frozenset({"agreement_per_kind", "tstr_recall_per_class", "figures"})
+
+
+@dataclass(frozen=True)
+class GeneratorJudgement:
+    """A generator judged by an independent classifier: the content of its generation.json.
+
+    Definitions: the module docstring of `hits_stamps.generation.judge`. Classes are "real" and "bogus".
+    """
+
+    generator: str  # the generator's model directory
+    generator_model: str
+    seed: int
+    mode: str | None  # sampling mode and latent (None for a diffusion model, which has neither)
+    temperature: float
+    latent: str | None
+    reference_train: str  # what the judge's (and TSTR's) training stamps were
+    notes: list[str]
+    roles: dict[str, Any]  # who tuned the sampling settings and who judged (`check_independent_judge`)
+    judge: dict[str, Any]  # {path, model, trained_here, test_accuracy, test_recall_per_class, [test_recall_per_kind]}
+    n_generated: int
+    consistency: dict[str, Any]  # per class: how the generated channels were derived
+    test_negative_elbo: dict[str, float] | None  # None for a diffusion model
+    generation_stamps_per_s: float | None
+    agreement_real: float  # fraction of generated real stamps the judge calls real
+    frechet_real: float  # Fréchet distance, generated vs real, in the judge's features
+    frechet_floor_real: float  # the same between two halves of the real test stamps
+    agreement_bogus: float
+    frechet_bogus: float
+    frechet_floor_bogus: float
+    n_per_class: dict[str, int]  # real test stamps per class (and generated stamps: as many)
+    tstr_accuracy: float | None  # None: TSTR skipped
+    trtr_accuracy: float
+    tstr_over_trtr: float | None
+    physical: dict[str, Any]  # per class: physical_consistency of generated and real stamps
+    peak_snr: dict[str, Any]  # per class: peak |SNR| quantiles, generated and real, and the KS statistic
+    memorisation: dict[str, Any]  # nearest-training distances, generated vs held-out real
+    seconds: float
+    agreement_per_kind: dict[str, Any] | None = None  # kind-conditioned generators only
+    tstr_recall_per_class: dict[str, float] | None = None  # with TSTR only
+    figures: dict[str, Any] | None = None  # with figures only
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know, in file order
+
+    def to_json(self) -> dict[str, Any]:
+        """The generation.json dict, keys in JUDGEMENT_KEYS order (absent optional parts left out), then `extra`."""
+        return {**{k: getattr(self, k) for k in JUDGEMENT_KEYS
+                   if not (k in OPTIONAL_JUDGEMENT_KEYS and getattr(self, k) is None)}, **self.extra}
+
+    @classmethod
+    def from_json(cls, d: Any, source: str | os.PathLike = "generation.json") -> GeneratorJudgement:
+        """Read back `to_json()`'s dict; `source` names it in errors (a missing key raises StampFileError)."""
+        required = tuple(k for k in JUDGEMENT_KEYS if k not in OPTIONAL_JUDGEMENT_KEYS)
+        d = _require(d, required, source, "generator judgement", "evaluate_generator")
+        return cls(**{k: d[k] for k in JUDGEMENT_KEYS if k in d},
+                   extra={k: v for k, v in d.items() if k not in JUDGEMENT_KEYS})
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> GeneratorJudgement:
+        """A generation.json file; malformed JSON or a missing key raises StampFileError naming the file."""
+        return cls.from_json(_read_json(path), path)
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write `to_json()` atomically to `path`."""
+        _write_json(path, self.to_json())
+
+
+__all__ = ["CLASSIFICATION_KEYS", "JUDGEMENT_KEYS", "OPTIONAL_JUDGEMENT_KEYS", "RUN_KEYS", "SUMMARY_KEYS",
+           "EvaluationResult", "GeneratorJudgement"]

@@ -50,9 +50,10 @@ from hits_stamps.generation.sample import (
     train_config_of,
 )
 from hits_stamps.io import read_stamps
+from hits_stamps.results import GeneratorJudgement
 from hits_stamps.stamps import StampSet
 from hits_stamps.training.loop import TrainConfig, fit
-from hits_stamps.training.modeldir import TrainedModel, file_sha256, load_model, read_config, write_json
+from hits_stamps.training.modeldir import TrainedModel, file_sha256, load_model, read_config
 
 GENERATION_JSON = "generation.json"
 HITS_CHANNELS = ("template", "science", "difference", "snr")
@@ -325,7 +326,8 @@ def evaluate_generator(
     `data` (the other half is then the test set). `max_per_class` caps the generated and real test
     stamps per class; `max_reference` caps the training stamps searched for nearest neighbours;
     `mode`, `temperature` and `latent` are passed to `generate` (None: the model's defaults).
-    Returns the dict written to generation.json (keys in the module docstring and docs/generation.md).
+    Returns the dict written to generation.json (`hits_stamps.results.GeneratorJudgement.to_json()`;
+    keys in the module docstring and docs/generation.md).
     """
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -468,8 +470,9 @@ def evaluate_generator(
         log("figures")
         result["figures"] = _figures(gen, generated, real_test, out, seed)
     result["seconds"] = time.perf_counter() - t_start
-    write_json(out / GENERATION_JSON, result)
-    return result
+    judgement = GeneratorJudgement.from_json(result, "evaluate_generator's result")  # every key it must have
+    judgement.write(out / GENERATION_JSON)
+    return judgement.to_json()
 
 
 def _consistency_summary(stamps: StampSet) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from hits_stamps.errors import HitsStampsError, StampFileError
 from hits_stamps.io.atomic import atomic_path, output_lock
 from hits_stamps.pipeline.config import RunConfig, config_hash, diff_configs, from_dict, to_dict, to_toml
 from hits_stamps.pipeline.steps import TEST_SETS, RunContext, Step, plan
-from hits_stamps.results import EvaluationResult
+from hits_stamps.results import EvaluationResult, GeneratorJudgement
 from hits_stamps.rundir import REPORT, RUN_CONFIG, STEPS_DIR, SUMMARY, RunDir
 from hits_stamps.training.modeldir import read_json, write_json
 
@@ -266,7 +266,8 @@ def collect_summary(out: Path, config: RunConfig | None = None, steps: list[Step
         upath = layout.uncertainty(name)
         if upath.exists():
             uncertainty[name] = read_json(upath)
-    generation = _read_if_present(layout.generation_json) or results.get("generate")
+    generation = (GeneratorJudgement.read(layout.generation_json).to_json() if layout.generation_json.exists()
+                  else None) or results.get("generate")
     augmentation = _read_if_present(layout.augmentation_json) or results.get("augment")
     machine = machine_info(device or "cpu")
     return {
