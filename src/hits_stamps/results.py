@@ -3,7 +3,7 @@
 `EvaluationResult` is a classifier's metrics.json (`hits_stamps.evaluation.evaluate.evaluate_model`
 writes it into its output folder and the model directory; the pipeline's summary reads it back).
 Its fields are the keys every metrics.json has; the optional parts keep their JSON keys and order
-in two mappings. `to_json()` gives the dict written today, key for key and in the same order, so
+in two mappings. `to_json()` gives the dict that is written, key for key and in file order, so
 `EvaluationResult.read(p).write(q)` copies p to q byte for byte. A file that lacks a required key
 raises `StampFileError` (a `HitsStampsError`) naming the file and the key.
 
@@ -41,6 +41,7 @@ def _write_json(path: str | os.PathLike, obj: Any) -> None:
     from hits_stamps.training.modeldir import write_json
 
     write_json(path, obj)
+
 
 #: Keys of `metrics.classification_metrics` that every metrics.json has, in their order there.
 CLASSIFICATION_KEYS: tuple[str, ...] = (
@@ -109,7 +110,7 @@ class EvaluationResult:
         """
         missing = [k for k in RUN_KEYS if k not in run] + [k for k in CLASSIFICATION_KEYS if k not in classification]
         if missing or set(run) - set(RUN_KEYS):
-            raise ValueError(f"from_parts needs the keys {missing} and no others in run; got {sorted(run)}")
+            raise ValueError(f"from_parts: missing keys {missing}, or run has keys other than RUN_KEYS: {sorted(run)}")
         taken = set(classification) | set(run)
         return cls(**{k: classification[k] for k in CLASSIFICATION_KEYS}, **{k: run[k] for k in RUN_KEYS},
                    classification_extra={k: v for k, v in classification.items() if k not in CLASSIFICATION_KEYS},
