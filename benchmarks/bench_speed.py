@@ -9,11 +9,15 @@ the peer in its own process (the venv of benchmarks/peer_requirements.txt), medi
    validation pass included in the epoch (ours: `fit`'s epoch time; peer: `model.fit(...,
    validation_split=0.2)` timed by a callback); the first epoch (warm-up, tracing) is dropped;
 2. inference in memory: seed-cnn `TrainedModel.predict_proba` (raw stamps in, preprocessing
-   included) against tf_keras `model.predict` (pre-scaled stamps in) on `--n-infer` stamps; and
+   included; torch) and the onnxruntime backend that `predict --backend auto` picks for large files
+   (`OnnxBackend`, raw stamps in, batches of `PredictConfig().batch_size`; its in-memory export timed
+   apart) against tf_keras `model.predict` (pre-scaled stamps in) on `--n-infer` stamps; and
    seed-cnn / rotinv-cnn forward passes as a fraction of the float32 matrix-multiply rate
    (2048 x 2048, same threads) = forward FLOPs x stamps/s / matmul FLOP/s;
-3. end to end: `hits-stamps predict FILE.h5 --out FILE.csv` (a child process; its wall time from
-   start to exit, Python start-up and model loading included) on the same `--n-infer` stamps;
+3. end to end: `hits-stamps predict FILE.h5 --out FILE.csv` (a child process, default options: the
+   backend chosen by `--backend auto`; its wall time from start to exit, Python start-up, imports,
+   model loading and any export included) on the same `--n-infer` stamps and on a file of `--n-e2e`
+   stamps, against the peer's in-memory `model.predict` rate on `--n-infer` stamps;
 4. Monte-Carlo prediction of seed-bnn: seconds per stamp and sample (ours: `predict_proba` with
    `--mc-samples`; peer: the compiled model called once per sample);
 5. onnxruntime int8 (dynamic quantization) against float32: rate and the accuracy change on
@@ -23,7 +27,7 @@ Ours runs as a user runs it: no environment variables; threads and precision cho
 `hits_stamps.hardware` (recorded). The peer runs with TensorFlow's defaults.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_speed.py --peer-python /work/tfvenv/bin/python \\
-        --out benchmarks/results/speed.json
+        --n-infer 10000 --n-e2e 100000 --out benchmarks/results/speed.json
     PYTHONPATH=src .venv/bin/python benchmarks/bench_speed.py --smoke --out runs/speed_smoke.json
 
 The peer side (run by the above with the peer venv's python; imports neither torch nor hits_stamps):
@@ -142,7 +146,8 @@ def matmul_flops(threads: int, n: int = 2048, reps: int = 5) -> float:
         return sgemm_flops(n, reps, warmup=1)
 
 
-def ours_round(work: Path, train, x_infer: np.ndarray, x_mc: np.ndarray, h5: Path, args, first: bool) -> dict:
+def ours_round(work: Path, train, x_infer: np.ndarray, x_mc: np.ndarray, h5: Path, h5_large: Path, args,
+               first: bool) -> dict:
     import torch
 
     from hits_stamps.hardware import choose_threads, torch_threads
@@ -187,20 +192,39 @@ def ours_round(work: Path, train, x_infer: np.ndarray, x_mc: np.ndarray, h5: Pat
         r[f"{name}_forward_stamps_per_s"] = len(xin) / dt
         r[f"{name}_forward_flops_per_stamp"] = forward_flops(mod, 4, (21, 21))
 
-    # end to end: the CLI in a child process, from start to exit
-    csv = work / "pred.csv"
-    r["predict_load_before"] = load()
+    # in memory with the onnxruntime backend (what `predict --backend auto` runs on a large file)
+    from hits_stamps.serve import PredictConfig
+    from hits_stamps.serve.backends import OnnxBackend, predict_chunk
+
     t = time.perf_counter()
-    cli = "import sys; from hits_stamps.cli import run_main; sys.argv[0] = 'hits-stamps'; run_main()"
-    proc = subprocess.run([sys.executable, "-c", cli, "predict", str(work / "seed-cnn_r"), "--data", str(h5),
-                           "--out", str(csv), "--overwrite"],
-                          capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(HERE.parent / "src")})
-    r["predict_cli_seconds"] = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise RuntimeError(f"hits-stamps predict failed: {proc.stderr[-2000:]}")
-    p_cli = np.loadtxt(csv, delimiter=",", skiprows=1, usecols=1, dtype=np.float64)
-    r["predict_cli_max_abs_diff_vs_in_memory"] = float(np.abs(p_cli - cnn.predict_proba(x_infer)[:, 1]).max())
+    ort = OnnxBackend(cnn, None, threads=threads)
+    r["onnx_export_seconds"] = time.perf_counter() - t
+    bs = PredictConfig().batch_size
+    predict_chunk(cnn, ort, x_infer[:1024], 0, bs)
+    r["infer_onnx_load_before"] = load()
+    t = time.perf_counter()
+    p_ort, _ = predict_chunk(cnn, ort, x_infer, 0, bs)
+    r["seed-cnn_infer_onnx_seconds"] = time.perf_counter() - t
+    r["onnx_max_abs_diff_vs_torch"] = float(np.abs(p_ort - cnn.predict_proba(x_infer)).max())
+
+    # end to end: the CLI in a child process, from start to exit, with its default options
+    for tag, path in (("", h5), ("_large", h5_large)):
+        csv = work / "pred.csv"
+        r[f"predict_cli{tag}_load_before"] = load()
+        t = time.perf_counter()
+        cli = "import sys; from hits_stamps.cli import run_main; sys.argv[0] = 'hits-stamps'; run_main()"
+        proc = subprocess.run([sys.executable, "-c", cli, "predict", str(work / "seed-cnn_r"), "--data", str(path),
+                               "--out", str(csv), "--overwrite", "--no-progress"],
+                              capture_output=True, text=True, check=False,
+                              env={**os.environ, "PYTHONPATH": str(HERE.parent / "src")})
+        r[f"predict_cli{tag}_seconds"] = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise RuntimeError(f"hits-stamps predict failed: {proc.stderr[-2000:]}")
+        said = [ln for ln in proc.stdout.splitlines() if "backend" in ln]
+        r[f"predict_cli{tag}_backend"] = said[-1].split("backend ")[1].split(",")[0] if said else None
+        if not tag:
+            p_cli = np.loadtxt(csv, delimiter=",", skiprows=1, usecols=1, dtype=np.float64)
+            r["predict_cli_max_abs_diff_vs_in_memory"] = float(np.abs(p_cli - cnn.predict_proba(x_infer)[:, 1]).max())
 
     bnn = models["seed-bnn"]
     bnn.predict_proba(x_mc[:256], mc_samples=2)
@@ -263,12 +287,17 @@ def med(rounds: list[dict], key: str) -> float:
     return statistics.median(vals) if vals else float("nan")
 
 
-def summarize(ours: list[dict], theirs: list[dict], n_infer: int, n_mc: int, mc: int) -> dict:
+def summarize(ours: list[dict], theirs: list[dict], n_infer: int, n_mc: int, mc: int, n_e2e: int) -> dict:
     s: dict = {}
     s["seed-cnn_epoch_s"] = med(ours, "seed-cnn_epoch_seconds")
     s["seed-bnn_epoch_s"] = med(ours, "seed-bnn_epoch_seconds")
     s["seed-cnn_infer_stamps_per_s"] = n_infer / med(ours, "seed-cnn_infer_seconds")
+    s["seed-cnn_infer_onnx_stamps_per_s"] = n_infer / med(ours, "seed-cnn_infer_onnx_seconds")
+    s["onnx_export_s"] = med(ours, "onnx_export_seconds")
     s["predict_cli_stamps_per_s"] = n_infer / med(ours, "predict_cli_seconds")
+    s["predict_cli_large_stamps_per_s"] = n_e2e / med(ours, "predict_cli_large_seconds")
+    s["predict_cli_backend"] = ours[0].get("predict_cli_backend")
+    s["predict_cli_large_backend"] = ours[0].get("predict_cli_large_backend")
     s["seed-bnn_mc_us_per_stamp_sample"] = med(ours, "seed-bnn_mc_seconds") / (n_mc * mc) * 1e6
     g = med(ours, "matmul_flops_per_s")
     s["matmul_gflops"] = g / 1e9
@@ -285,13 +314,21 @@ def summarize(ours: list[dict], theirs: list[dict], n_infer: int, n_mc: int, mc:
         s["ratio_bnn_epoch_ours_over_peer"] = s["seed-bnn_epoch_s"] / s["peer_bnn_epoch_s"]
         peer_rate = s["peer_cnn_predict_stamps_per_s"]
         s["ratio_in_memory_ours_over_peer_predict"] = s["seed-cnn_infer_stamps_per_s"] / peer_rate
+        s["ratio_in_memory_onnx_ours_over_peer_predict"] = s["seed-cnn_infer_onnx_stamps_per_s"] / peer_rate
         s["ratio_end_to_end_ours_over_peer_predict"] = s["predict_cli_stamps_per_s"] / peer_rate
+        s["ratio_end_to_end_large_ours_over_peer_predict"] = s["predict_cli_large_stamps_per_s"] / peer_rate
         s["ratio_mc_ours_over_peer"] = s["seed-bnn_mc_us_per_stamp_sample"] / s["peer_bnn_mc_us_per_stamp_sample"]
         s["goals"] = {
             "seed-cnn epoch <= 0.5x tf_keras": s["ratio_cnn_epoch_ours_over_peer"] <= 0.5,
             "seed-bnn epoch <= 0.5x TFP": s["ratio_bnn_epoch_ours_over_peer"] <= 0.5,
-            "predict end to end >= 2x tf_keras model.predict": s["ratio_end_to_end_ours_over_peer_predict"] >= 2,
-            "in memory >= 4x tf_keras model.predict": s["ratio_in_memory_ours_over_peer_predict"] >= 4,
+            "predict end to end >= 2x tf_keras model.predict (--n-infer file)":
+                s["ratio_end_to_end_ours_over_peer_predict"] >= 2,
+            "predict end to end >= 2x tf_keras model.predict (--n-e2e file)":
+                s["ratio_end_to_end_large_ours_over_peer_predict"] >= 2,
+            "in memory >= 4x tf_keras model.predict (predict_proba, torch)":
+                s["ratio_in_memory_ours_over_peer_predict"] >= 4,
+            "in memory >= 4x tf_keras model.predict (onnxruntime backend)":
+                s["ratio_in_memory_onnx_ours_over_peer_predict"] >= 4,
         }
     return s
 
@@ -302,7 +339,7 @@ def main_bench(args: argparse.Namespace) -> None:
     from hits_stamps.preprocess import scale
 
     if args.smoke:
-        args.n_train, args.n_infer, args.n_mc, args.mc_samples = 256, 1024, 256, 4
+        args.n_train, args.n_infer, args.n_mc, args.mc_samples, args.n_e2e = 256, 1024, 256, 4, 2048
         args.repeats, args.epochs, args.peer_python = 1, 2, None
     t_start = time.perf_counter()
     train = make_synthetic_stamps(args.n_train, seed=0)
@@ -318,11 +355,12 @@ def main_bench(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         h5 = write_stamps(make_synthetic_stamps(args.n_infer, seed=1), work / "infer.h5")
+        h5_large = write_stamps(make_synthetic_stamps(args.n_e2e, seed=3), work / "large.h5")
         data = work / "peer.npz"
         np.savez(data, x=scale(train.images, "minmax"), y=train.labels, x_infer=scale(x_infer, "minmax"),
                  x_mc=scale(x_mc, "minmax"))
         for rep in range(args.repeats):
-            ours.append(ours_round(work, train, x_infer, x_mc, h5, args, first=rep == 0))
+            ours.append(ours_round(work, train, x_infer, x_mc, h5, h5_large, args, first=rep == 0))
             if args.peer_python:
                 before = load()
                 r = run_peer(args.peer_python, data, args.epochs, args.mc_samples)
@@ -333,7 +371,7 @@ def main_bench(args: argparse.Namespace) -> None:
             out.write_text(json.dumps(result, indent=1) + "\n")
         if not args.smoke:
             result["int8"] = int8_check(work / "seed-cnn_r", args.n_infer)
-    result["summary"] = summarize(ours, theirs, args.n_infer, args.n_mc, args.mc_samples)
+    result["summary"] = summarize(ours, theirs, args.n_infer, args.n_mc, args.mc_samples, args.n_e2e)
     result["seconds"] = time.perf_counter() - t_start
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["summary"], indent=1))
@@ -352,6 +390,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="epochs per round; the first is dropped (warm-up)")
     p.add_argument("--n-train", type=int, default=4026)
     p.add_argument("--n-infer", type=int, default=20000)
+    p.add_argument("--n-e2e", type=int, default=100000, help="stamps of the larger end-to-end file")
     p.add_argument("--n-mc", type=int, default=2000)
     p.add_argument("--mc-samples", type=int, default=30)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one round, no peer: < 60 s")

@@ -24,8 +24,12 @@ def test_speed_benchmark_smoke(tmp_path):
     assert len(r["seed-cnn_epoch_seconds"]) == 1 and r["seed-cnn_epoch_seconds"][0] > 0  # 2 epochs, warm-up dropped
     # the CLI's CSV holds the in-memory probabilities (9 significant digits)
     assert r["predict_cli_max_abs_diff_vs_in_memory"] < 1e-6
-    for key in ("seed-cnn_infer_stamps_per_s", "predict_cli_stamps_per_s", "seed-bnn_mc_us_per_stamp_sample"):
+    for key in ("seed-cnn_infer_stamps_per_s", "seed-cnn_infer_onnx_stamps_per_s", "predict_cli_stamps_per_s",
+                "predict_cli_large_stamps_per_s", "seed-bnn_mc_us_per_stamp_sample"):
         assert s[key] > 0
+    # the onnxruntime backend predicts what torch predicts; small files stay on torch under --backend auto
+    assert r["onnx_max_abs_diff_vs_torch"] <= 1e-5
+    assert s["predict_cli_backend"] == "torch" and s["predict_cli_large_backend"] == "torch"
     for name in ("seed-cnn", "rotinv-cnn"):
         assert 0 < s[f"{name}_fraction_of_matmul"] < 2  # a forward pass cannot beat the matmul rate by far
     assert "goals" not in s  # no peer, no ratios

@@ -20,7 +20,8 @@ def predict(
     data: Path = typer.Option(..., "--data", help="Stamp file to classify (.h5 and .npz are streamed in chunks)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output CSV with columns id, p_real, label."),
     batch_size: int = typer.Option(64, "--batch-size", help="Stamps per forward pass."),
-    backend: str = typer.Option("torch", "--backend", help="torch | onnxruntime"),
+    backend: str = typer.Option("auto", "--backend", help="auto (onnxruntime for a deterministic classifier on a "
+                                "large file when installed, else torch) | torch | onnxruntime"),
     onnx: Path | None = typer.Option(
         None, "--onnx", help="ONNX file from `hits-stamps export` (onnxruntime backend; default: export in memory)."
     ),

@@ -12,11 +12,19 @@ holds the same preprocessing (`hits_stamps.serve.export`; parity tested on stamp
   therefore gives the same numbers as `predict_proba` on the whole file.
 - `onnxruntime`: the exported network (`hits_stamps.serve.export`); for Bayesian models that is the
   posterior-mean network, deterministic, so its p_real differs from the Monte-Carlo mean.
+- `auto` (the default of `predict`; `choose_backend`): onnxruntime for a deterministic classifier
+  on the CPU when onnxruntime is installed and the file has at least `AUTO_ONNX_MIN_ROWS` rows (the
+  in-memory export costs seconds, which only a large file wins back), torch otherwise, and torch
+  where the export fails. Both give the same probabilities to within `PARITY_TOLERANCE` (the
+  export's parity check; tested). The choice depends only on the command (model, file length,
+  options), never on the machine's state, so `--resume` makes the same choice.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +36,14 @@ from hits_stamps.serve import export
 from hits_stamps.training.modeldir import TrainedClassifier
 
 BACKENDS = ("torch", "onnxruntime")
+#: what `predict --backend` accepts: a backend, or `auto` (`choose_backend`)
+BACKEND_CHOICES = ("auto", *BACKENDS)
+#: rows from which `auto` runs a deterministic classifier with onnxruntime. Measured end to end
+#: (experiments/auto_backend_breakeven.py, seed-cnn, AVX2, load 3): importing the exporter,
+#: exporting in memory and starting onnxruntime cost 5-6 s more than torch's start, and
+#: onnxruntime then saves 54-76 us per stamp, so it breaks even at 68,000-102,000 stamps; this
+#: leaves a margin for other loads and CPUs.
+AUTO_ONNX_MIN_ROWS = 150_000
 UNCERTAINTY_COLUMNS = ("p_std", "entropy", "mutual_information")
 
 
@@ -154,6 +170,59 @@ class OnnxBackend:
         return self.session.run([export.ONNX_OUTPUT], {export.ONNX_INPUT: np.ascontiguousarray(x)})[0]
 
 
+def onnxruntime_installed() -> bool:
+    """True when onnxruntime and onnx (the exporter's output) can be imported."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def choose_backend(
+    model: TrainedClassifier,
+    n_rows: int,
+    device: str = "cpu",
+    uncertainty: bool = False,
+    onnx_model: str | os.PathLike | bytes | None = None,
+    min_rows: int | None = None,
+) -> str:
+    """The backend `auto` means: `onnxruntime` or `torch` (see the module docstring).
+
+    onnxruntime where all hold: an ONNX file is given (`onnx_model`), or the model is a deterministic
+    classifier (a Bayesian model's export is its posterior-mean network, not the Monte-Carlo mean
+    that torch computes), on the CPU, without uncertainty columns, onnxruntime installed, and
+    `n_rows` >= `min_rows` (default `AUTO_ONNX_MIN_ROWS`). Whether the export succeeds is left to
+    `make_auto_backend`.
+    """
+    if onnx_model is not None:
+        return "onnxruntime"
+    min_rows = AUTO_ONNX_MIN_ROWS if min_rows is None else int(min_rows)
+    if (model.spec.task.bayesian or uncertainty or torch.device(device).type != "cpu" or n_rows < min_rows
+            or not onnxruntime_installed()):
+        return "torch"
+    return "onnxruntime"
+
+
+def make_auto_backend(
+    model: TrainedClassifier,
+    n_rows: int,
+    onnx_model: str | os.PathLike | bytes | None = None,
+    device: str = "cpu",
+    mc_samples: int | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    uncertainty: bool = False,
+) -> TorchBackend | OnnxBackend:
+    """The backend `choose_backend` picks, built; torch (with a warning) when the in-memory export fails."""
+    name = choose_backend(model, n_rows, device, uncertainty, onnx_model)
+    if name == "onnxruntime" and onnx_model is None:
+        try:
+            return OnnxBackend(model, None, threads=threads)
+        except (HitsStampsError, ImportError) as exc:
+            warnings.warn(f"{model.path}: the onnxruntime backend is not available ({exc}); predicting with torch",
+                          stacklevel=2)
+            name = "torch"
+    return make_backend(model, name, onnx_model=onnx_model, device=device, mc_samples=mc_samples, seed=seed,
+                        threads=threads)
+
+
 def make_backend(
     model: TrainedClassifier,
     backend: str = "torch",
@@ -244,5 +313,6 @@ def record(writer, state: dict, ids, p_real, nan_count: int, threshold: float, e
     state["real"] += int((p_real >= threshold).sum())
 
 
-__all__ = ["BACKENDS", "UNCERTAINTY_COLUMNS", "OnnxBackend", "PredictiveBackend", "TorchBackend", "make_backend",
-           "predict_chunk", "predict_prepared", "prepare_chunk", "record"]
+__all__ = ["AUTO_ONNX_MIN_ROWS", "BACKENDS", "BACKEND_CHOICES", "UNCERTAINTY_COLUMNS", "OnnxBackend",
+           "PredictiveBackend", "TorchBackend", "choose_backend", "make_auto_backend", "make_backend",
+           "onnxruntime_installed", "predict_chunk", "predict_prepared", "prepare_chunk", "record"]

@@ -3,6 +3,10 @@
     stamp file --(chunks of R rows, stream.py)--> preprocess (Python, per stamp)
                --> backend (torch | onnxruntime), batches of B rows --> p_real --> CSV (csvout.py)
 
+The backend is chosen by `backends.choose_backend` unless named (`--backend auto`, the default):
+onnxruntime for a deterministic classifier on a file of at least `AUTO_ONNX_MIN_ROWS` stamps when it
+is installed, torch otherwise; the summary, the CSV's identity and the CLI name the one that ran.
+
 With the local engine, reading, decompressing and preprocessing run in a reader thread that stays
 at most two chunks ahead (a bounded queue), overlapped with the network in the calling thread;
 h5py, numpy's reductions and torch release the GIL, so the two share the cores. The results do not
@@ -17,6 +21,7 @@ size, not by the file size (for HDF5 and `.npz`; see `hits_stamps.serve.stream`)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import queue
@@ -35,9 +40,10 @@ from hits_stamps.geometry import InputAdapter, plan_for_model
 from hits_stamps.io.atomic import output_lock
 from hits_stamps.predictive import has_predictive, load_predictive
 from hits_stamps.serve.backends import (
-    BACKENDS,
+    BACKEND_CHOICES,
     UNCERTAINTY_COLUMNS,
     PredictiveBackend,
+    make_auto_backend,
     make_backend,
     predict_prepared,
     prepare_chunk,
@@ -56,7 +62,7 @@ class PredictConfig:
     """How to run a batch prediction (the CLI fills this from its options)."""
 
     batch_size: int = 64  # stamps per forward pass (small batches stay in cache: docs/benchmarks/serving.md)
-    backend: str = "torch"  # "torch" | "onnxruntime"
+    backend: str = "auto"  # "auto" (backends.choose_backend) | "torch" | "onnxruntime"
     onnx_path: str | None = None  # ONNX file from `hits-stamps export` (onnxruntime; None: export in memory)
     engine: str = "local"  # "local": this process | "dask": a Dask computation over the chunks
     scheduler: str | None = None  # dask: address of an existing scheduler (None: a LocalCluster)
@@ -79,11 +85,11 @@ class PredictConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise HitsStampsError(f"batch_size must be >= 1; got {self.batch_size}")
-        if self.backend not in BACKENDS:
-            raise HitsStampsError(f"backend must be one of {BACKENDS}; got {self.backend!r}")
+        if self.backend not in BACKEND_CHOICES:
+            raise HitsStampsError(f"backend must be one of {BACKEND_CHOICES}; got {self.backend!r}")
         if self.engine not in ENGINES:
             raise HitsStampsError(f"engine must be one of {ENGINES}; got {self.engine!r}")
-        if self.onnx_path is not None and self.backend != "onnxruntime":
+        if self.onnx_path is not None and self.backend == "torch":
             raise HitsStampsError("--onnx needs --backend onnxruntime")
         if self.engine == "local" and (self.scheduler is not None or self.workers is not None):
             raise HitsStampsError("--scheduler and --workers need --engine dask")
@@ -106,7 +112,7 @@ class PredictConfig:
             raise HitsStampsError(f"method must be one of {METHOD_CHOICES}; got {self.method!r}")
         if self.refer_above is not None and not self.refer_above >= 0:
             raise HitsStampsError(f"refer_above must be an entropy >= 0 (nats); got {self.refer_above}")
-        if self.wants_uncertainty and (self.backend != "torch" or self.engine != "local"):
+        if self.wants_uncertainty and (self.backend == "onnxruntime" or self.engine != "local"):
             raise HitsStampsError("--uncertainty/--refer-above need --backend torch and --engine local "
                                   "(the Monte-Carlo samples of a Bayesian model)")
 
@@ -244,7 +250,7 @@ def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> 
     predictive = None
     if not isinstance(model_dir, TrainedModel) and config.method == "saved" and has_predictive(model_dir):
         predictive = load_predictive(model_dir, device=config.device)
-        if config.backend != "torch" or config.engine != "local":
+        if config.backend == "onnxruntime" or config.onnx_path is not None or config.engine != "local":
             raise HitsStampsError(f"{model_dir} holds a saved uncertainty method ({predictive.describe()}), which "
                                   "runs with --backend torch --engine local; pass --method raw to predict with the "
                                   "network alone")
@@ -276,12 +282,20 @@ def _predict_file(model_dir, data, out, config, resume, overwrite, progress) -> 
         # built before the output is touched, so a bad backend (e.g. a foreign ONNX file) writes nothing
         if predictive is not None:
             backend = PredictiveBackend(predictive, threads=local_threads(config))
+        elif config.backend == "auto" and config.engine == "local":
+            backend = make_auto_backend(
+                model, stream.n, onnx_model=config.onnx_path, device=config.device, mc_samples=config.mc_samples,
+                seed=config.seed, threads=local_threads(config), uncertainty=config.wants_uncertainty,
+            )
         else:
+            if config.backend == "auto":  # dask: torch, or onnxruntime with --onnx
+                config = dataclasses.replace(config, backend="onnxruntime" if config.onnx_path else "torch")
             backend = make_backend(
                 model, config.backend, onnx_model=config.onnx_path, device=config.device,
                 mc_samples=config.mc_samples, seed=config.seed,
                 threads=local_threads(config),
             )
+        config = dataclasses.replace(config, backend=backend.name)  # the one that runs (auto resolved)
         rows = chunk_rows_for(stream, config)
         identity = prediction_identity(model, stream, config, predictive)
         if config.wants_uncertainty and predictive is None and not model.spec.task.bayesian:
