@@ -380,7 +380,8 @@ def export_onnx(
 def quantize_int8(onnx_bytes: bytes) -> bytes:
     """The model with int8 weights (onnxruntime dynamic quantization: int8 weights, activations
     quantized per batch at run time). Not used by `predict`: on a CPU without VNNI (AVX2 only) it
-    ran 3.7 times slower than float32 (docs/benchmarks/speed.md, which also gives its accuracy change)."""
+    ran several times slower than float32 (docs/benchmarks/speed.md gives the measured ratio and
+    the accuracy change)."""
     import tempfile
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
