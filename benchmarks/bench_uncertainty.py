@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     domain = np.concatenate([np.full(len(sets[k]), "sim" if k.startswith("sim") else "real") for k in vnames])
     wv = domain_weights(domain) if args.domain_weighting == "equal" else np.ones(len(yv))
     folds = object_folds(gv, args.folds, args.seed)
+    # the validation samples alone (no test set), for looking at calibrators without re-predicting
+    np.savez_compressed(args.work / "validation_samples.npz", y=yv, groups=gv, domain=domain, folds=folds,
+                        set=np.array(vnames)[which],
+                        **{b: np.concatenate([raw[b][k] for k in vnames], axis=1).astype(np.float32) for b in raw})
     validation: dict[str, dict] = {}
     for base in raw:
         sv = np.concatenate([raw[base][k] for k in vnames], axis=1)
