@@ -61,6 +61,9 @@ def test_uncertainty_benchmark_smoke(tmp_path):
     assert chosen in res["validation_out_of_fold"] and chosen in res["test"]
     assert res["saved_matches_benchmark_max_abs_diff"] < 1e-9  # predict's saved method gives the same numbers
     assert (tmp_path / "work" / res["saved"]).is_file()
+    # calibrated on real-pixel and simulated validation stamps, each domain with half the weight
+    assert res["sets"]["sim_val"]["n"] == res["sets"]["sim_val"]["objects"] > 0
+    assert abs(res["domain_total_weight"]["sim"] - 0.5) < 1e-9 and res["scaling"] == "joint"
     m = res["test"][chosen]["real_test"]
     lo, hi = m["ece"]["ci95"]
     assert lo <= m["ece"]["value"] <= hi and m["n_objects"] == res["sets"]["real_test"]["objects"]

@@ -22,7 +22,11 @@ from hits_stamps.predictive import (
     TemperatureScaling,
     apply_platt,
     apply_temperature,
+    domain_weights,
     load_predictive,
+    make_calibrator,
+    object_folds,
+    out_of_fold,
 )
 from hits_stamps.serve import PredictConfig, predict_file
 from hits_stamps.training import TrainConfig, fit, load_model
@@ -110,6 +114,62 @@ def test_calibrators_refuse_use_before_fit_and_bad_labels():
         PlattScaling().transform(np.full((1, 3, 2), 0.5))
     with pytest.raises(HitsStampsError, match="class labels"):
         TemperatureScaling().fit(np.full((1, 3, 2), 0.5), np.array([0, 1, -1]))
+
+
+def test_domain_weights_give_each_domain_the_same_total_and_average_one():
+    d = np.array(["sim"] * 90 + ["real"] * 10)
+    w = domain_weights(d)
+    assert w.mean() == pytest.approx(1.0)
+    assert w[d == "sim"].sum() == pytest.approx(w[d == "real"].sum())
+    assert np.all(w[d == "real"] == w[0 + 90])
+    np.testing.assert_allclose(domain_weights(np.array(["a", "a", "a"])), 1.0)
+    with pytest.raises(HitsStampsError, match="one label per stamp"):
+        domain_weights(np.array([]))
+
+
+@pytest.mark.parametrize("kind", ["temperature", "platt", "isotonic"])
+def test_integer_weights_fit_as_repeated_stamps(kind):
+    """Weight 2 on a stamp is the same fit as the stamp twice (weighted NLL / least squares)."""
+    y, s = _overconfident(600, seed=7, scale=2.5)
+    w = np.where(np.arange(600) % 3 == 0, 2.0, 1.0)
+    rep = np.repeat(np.arange(600), w.astype(int))
+    a = make_calibrator(kind).fit(s, y, sample_weight=w)
+    b = make_calibrator(kind).fit(s[:, rep], y[rep])
+    grid = np.linspace(0.01, 0.99, 25)
+    g = np.stack([1 - grid, grid], axis=-1)[None]
+    np.testing.assert_allclose(a.transform(g), b.transform(g), atol=2e-3)
+    c = make_calibrator(kind).fit(s, y)
+    assert np.abs(a.transform(g) - c.transform(g)).max() > 1e-3  # the weights changed the fit
+
+
+def test_domain_weighted_fit_serves_the_small_domain_that_an_unweighted_fit_ignores():
+    """A few overconfident stamps (domain A) beside many calibrated ones (B): equal domain weight
+    lowers A's NLL against the stamp-weighted fit, which the many B stamps dominate."""
+    ya, sa = _overconfident(300, seed=8, scale=4.0)
+    yb, sb = _overconfident(6000, seed=9, scale=1.0)
+    s, y = np.concatenate([sa, sb], axis=1), np.concatenate([ya, yb])
+    dom = np.array(["a"] * 300 + ["b"] * 6000)
+    plain = TemperatureScaling().fit(s, y)
+    pooled = TemperatureScaling().fit(s, y, sample_weight=domain_weights(dom))
+    assert 1.0 < plain.temperature_ < pooled.temperature_ < 4.0
+    assert nll(ya, pooled.transform(sa)[0]) < nll(ya, plain.transform(sa)[0]) - 0.02
+    with pytest.raises(HitsStampsError, match="sample_weight"):
+        TemperatureScaling().fit(s, y, sample_weight=np.ones(5))
+    with pytest.raises(HitsStampsError, match="sample_weight"):
+        PlattScaling().fit(s, y, sample_weight=-np.ones(len(y)))
+
+
+def test_out_of_fold_weighted_calibration_never_sees_its_own_fold():
+    ya, sa = _overconfident(400, seed=10, scale=4.0)
+    groups = np.array([f"o{i // 4}" for i in range(400)])
+    folds = object_folds(groups, 4, seed=0)
+    assert all(len(set(folds[groups == g])) == 1 for g in np.unique(groups))  # objects stay in one fold
+    w = np.ones(400)
+    oof = out_of_fold("temperature", sa, ya, folds, sample_weight=w)
+    first = folds == 0
+    own = TemperatureScaling().fit(sa[:, ~first], ya[~first]).transform(sa[:, first])
+    np.testing.assert_allclose(oof[:, first], own, atol=1e-9)
+    np.testing.assert_allclose(out_of_fold("temperature", sa, ya, folds), oof, atol=1e-9)
 
 
 # ----------------------------------------------------------------------------- the methods

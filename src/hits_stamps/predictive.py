@@ -28,6 +28,12 @@ on the samples, so the result keeps the shape (S, N, K):
   two classes only. For S = 1 it is ordinary isotonic calibration; for S > 1 the mean of g(p_s) is
   not exactly g(mean) (g is not linear), which the validation numbers measure.
 
+Every `fit(samples, y, sample_weight=None)` takes optional stamp weights w_n: the NLL above becomes
+-sum_n w_n log (1/S) sum_s p'_{s n y_n} / sum_n w_n, and isotonic a weighted least-squares fit.
+`domain_weights` gives each domain of a pooled validation set (e.g. simulated stamps and real-pixel
+objects) the same total weight, so that one calibrator is fitted for both rather than for the
+domain with more stamps.
+
 A chosen method is saved as `predictive.json` in a model directory (one model) or an ensemble
 directory (members in sub-directories); `load_predictive(path)` rebuilds it and `hits-stamps
 predict` uses it.
@@ -90,10 +96,34 @@ def apply_temperature(samples, temperature: float) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _mean_nll(samples: np.ndarray, y: np.ndarray) -> float:
-    """-(1/N) sum_n log (1/S) sum_s p_{s n y_n}."""
+def _check_weights(sample_weight, n: int) -> np.ndarray | None:
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.shape != (n,) or not np.isfinite(w).all() or w.min() < 0 or w.sum() <= 0:
+        raise HitsStampsError(f"sample_weight: expected {n} finite weights >= 0 with a positive sum, one per "
+                              f"stamp; found shape {w.shape}")
+    return w
+
+
+def _mean_nll(samples: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float:
+    """-sum_n w_n log((1/S) sum_s p_{s n y_n}) / sum_n w_n (w_n = 1 when no weights are given)."""
     p_true = samples[:, np.arange(samples.shape[1]), y].mean(axis=0)  # (N,)
-    return float(-np.mean(np.log(np.clip(p_true, _TINY, 1.0))))
+    return float(-np.average(np.log(np.clip(p_true, _TINY, 1.0)), weights=w))
+
+
+def domain_weights(domains) -> np.ndarray:
+    """(N,) stamp weights that give every domain the same total weight: w_n = N / (D N_d(n)).
+
+    domains: (N,) labels (e.g. "real", "sim"), D distinct ones, N_d stamps in domain d. The weights
+    average 1, so a weighted NLL is the mean over domains of each domain's own mean NLL; a domain
+    with many stamps (simulated ones are cheap) does not outvote one with few (real pixels).
+    """
+    d = np.asarray(domains)
+    if d.ndim != 1 or d.size == 0:
+        raise HitsStampsError(f"domains: expected one label per stamp (N,), N >= 1; found shape {d.shape}")
+    _, inv, counts = np.unique(d, return_inverse=True, return_counts=True)
+    return d.size / (counts.size * counts[inv.reshape(-1)].astype(np.float64))
 
 
 @dataclass
@@ -102,12 +132,13 @@ class TemperatureScaling:
 
     temperature_: float | None = None
 
-    def fit(self, samples, y) -> TemperatureScaling:
+    def fit(self, samples, y, sample_weight=None) -> TemperatureScaling:
         from scipy.optimize import minimize_scalar
 
         p = _check_samples(samples)
         y = _check_labels(y, p.shape[1], p.shape[2])
-        res = minimize_scalar(lambda log_t: _mean_nll(apply_temperature(p, float(np.exp(log_t))), y),
+        w = _check_weights(sample_weight, p.shape[1])
+        res = minimize_scalar(lambda log_t: _mean_nll(apply_temperature(p, float(np.exp(log_t))), y, w),
                               bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-4})
         self.temperature_ = float(np.exp(res.x))
         return self
@@ -138,14 +169,15 @@ class PlattScaling:
     slope_: float | None = None
     offset_: float | None = None
 
-    def fit(self, samples, y) -> PlattScaling:
+    def fit(self, samples, y, sample_weight=None) -> PlattScaling:
         from scipy.optimize import minimize
 
         p = _check_samples(samples)
         if p.shape[2] != 2:
             raise HitsStampsError(f"platt calibration needs two classes; found {p.shape[2]}")
         y = _check_labels(y, p.shape[1], 2)
-        res = minimize(lambda ab: _mean_nll(apply_platt(p, ab[0], ab[1]), y), x0=np.array([1.0, 0.0]),
+        w = _check_weights(sample_weight, p.shape[1])
+        res = minimize(lambda ab: _mean_nll(apply_platt(p, ab[0], ab[1]), y, w), x0=np.array([1.0, 0.0]),
                        method="L-BFGS-B", bounds=[(0.01, 50.0), (-20.0, 20.0)])
         self.slope_, self.offset_ = float(res.x[0]), float(res.x[1])
         return self
@@ -166,14 +198,16 @@ class IsotonicCalibration:
     x_: list[float] | None = None  # knots: p_real values, increasing
     y_: list[float] | None = None  # calibrated p_real at the knots, non-decreasing
 
-    def fit(self, samples, y) -> IsotonicCalibration:
+    def fit(self, samples, y, sample_weight=None) -> IsotonicCalibration:
         from sklearn.isotonic import IsotonicRegression
 
         p = _check_samples(samples)
         if p.shape[2] != 2:
             raise HitsStampsError(f"isotonic calibration needs two classes; found {p.shape[2]}")
         y = _check_labels(y, p.shape[1], 2)
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p[:, :, 1].mean(axis=0), y)
+        w = _check_weights(sample_weight, p.shape[1])
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p[:, :, 1].mean(axis=0), y,
+                                                                                  sample_weight=w)
         self.x_ = [float(v) for v in iso.X_thresholds_]
         self.y_ = [float(v) for v in iso.y_thresholds_]
         return self
@@ -194,7 +228,7 @@ class IsotonicCalibration:
 class Identity:
     """No calibration (`transform` returns the samples as float64)."""
 
-    def fit(self, samples, y) -> Identity:
+    def fit(self, samples, y, sample_weight=None) -> Identity:
         return self
 
     def transform(self, samples) -> np.ndarray:
@@ -364,11 +398,13 @@ class Predictive:
             s += self.config.mc_samples if stochastic else 1
         return s
 
-    def fit_calibration(self, kind: str, stamps_or_samples, y=None) -> Predictive:
+    def fit_calibration(self, kind: str, stamps_or_samples, y=None, sample_weight=None) -> Predictive:
         """Fit a calibrator (`none`, `temperature`, `platt`, `isotonic`) on labelled validation data; returns self.
 
         stamps_or_samples: a labelled StampSet (then `y` defaults to its labels; unlabelled stamps are
         refused), or uncalibrated samples (S, N, K) of this predictive with labels `y`.
+        sample_weight: optional (N,) stamp weights of the fit (e.g. `domain_weights`, so that simulated
+        and real-pixel validation stamps count equally).
         """
         if isinstance(stamps_or_samples, StampSet):
             y = stamps_or_samples.labels if y is None else y
@@ -378,7 +414,7 @@ class Predictive:
             samples = self.raw_sample_proba(stamps_or_samples)
         else:
             samples = stamps_or_samples
-        self.calibrator = make_calibrator(kind).fit(samples, y)
+        self.calibrator = make_calibrator(kind).fit(samples, y, sample_weight)
         return self
 
     def save(self, directory: str | os.PathLike, members: Sequence[str] | None = None, note: str = "",
@@ -471,12 +507,17 @@ def object_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold_of_object[inv.reshape(-1)]
 
 
-def out_of_fold(kind: str, samples: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Calibrated samples (S, N, K) of every validation stamp, each fold calibrated on the other folds only."""
+def out_of_fold(kind: str, samples: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Calibrated samples (S, N, K) of every validation stamp, each fold calibrated on the other folds only.
+
+    sample_weight: optional (N,) weights of the fits (each fit uses the weights of its own stamps).
+    """
     out = np.empty_like(samples, dtype=np.float64)
+    w = _check_weights(sample_weight, samples.shape[1])
     for f in np.unique(folds):
         test = folds == f
-        cal = make_calibrator(kind).fit(samples[:, ~test], y[~test])
+        cal = make_calibrator(kind).fit(samples[:, ~test], y[~test], None if w is None else w[~test])
         out[:, test] = cal.transform(samples[:, test])
     return out
 
@@ -493,6 +534,7 @@ __all__ = [
     "apply_platt",
     "apply_temperature",
     "calibrator_from_dict",
+    "domain_weights",
     "has_predictive",
     "load_predictive",
     "make_calibrator",
