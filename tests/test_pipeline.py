@@ -232,9 +232,14 @@ def test_resume_skips_finished_steps(finished_run):
     assert not (out / "steps" / f"{FAIL_AT}.error.txt").exists()
 
 
-def test_summary_has_every_part(finished_run, tiny_config):
+def test_summary_has_every_part(finished_run, tiny_config, tmp_path):
+    from hits_stamps.results import RUN_SUMMARY_KEYS, RunSummary
+
     out, summary, _ = finished_run
     on_disk = json.loads((out / "summary.json").read_text())
+    assert list(on_disk)[: len(RUN_SUMMARY_KEYS)] == list(RUN_SUMMARY_KEYS)
+    RunSummary.read(out / "summary.json").write(tmp_path / "copy.json")  # one reader and writer: same bytes
+    assert (tmp_path / "copy.json").read_bytes() == (out / "summary.json").read_bytes()
     assert on_disk["models"] == summary["models"]
     for key in ("models", "generation", "augmentation", "durations_s", "config", "machine", "training"):
         assert on_disk[key], key

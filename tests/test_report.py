@@ -207,3 +207,16 @@ def test_leaderboard_shows_intervals_objects_and_the_validation_threshold():
     assert f"{fpr:.3f} <span class=\"muted\">[{flo:.3f}, {fhi:.3f}]</span>" in kinds
     only_old = _leaderboard({"models": {"b": {"real": old}}, "training": {}}, "real")
     assert "objects" not in macro.render(t=only_old.table) and only_old.threshold is None
+
+
+def test_stored_summary_reads_as_a_run_summary_and_a_missing_key_is_named(tmp_path):
+    from hits_stamps.errors import HitsStampsError
+    from hits_stamps.results import RunSummary
+
+    stored = json.loads(SUMMARY.read_text())
+    assert RunSummary.from_json(stored).to_json() == stored
+    broken = {k: v for k, v in stored.items() if k != "uncertainty"}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(broken))
+    with pytest.raises(HitsStampsError, match=r"summary\.json.*uncertainty"):
+        RunSummary.read(path)

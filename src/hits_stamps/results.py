@@ -9,13 +9,17 @@ raises `StampFileError` (a `HitsStampsError`) naming the file and the key.
 
 `GeneratorJudgement` is a generator's generation.json (`hits_stamps.generation.judge.evaluate_generator`
 writes it; the pipeline's summary reads it back), with the same contract.
+
+`RunSummary` is a run's summary.json (`hits_stamps.pipeline.run.collect_summary` gathers it from the
+steps' outputs; the report reads it), with the same contract; its parts stay the JSON mappings
+the steps wrote, and the report checks inside them.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hits_stamps.errors import StampFileError
@@ -221,5 +225,63 @@ class GeneratorJudgement:
         _write_json(path, self.to_json())
 
 
-__all__ = ["CLASSIFICATION_KEYS", "JUDGEMENT_KEYS", "OPTIONAL_JUDGEMENT_KEYS", "RUN_KEYS", "SUMMARY_KEYS",
-           "EvaluationResult", "GeneratorJudgement"]
+#: Top-level keys of summary.json that every summary has, in file order (the report needs each).
+RUN_SUMMARY_KEYS: tuple[str, ...] = (
+    "package_version", "config", "models", "training", "data", "calibration", "uncertainty", "generation",
+    "generator_tuning", "augmentation", "durations_s", "cpu_s", "load_avg_at_step_end", "steps", "machine",
+)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A `hits-stamps run` directory's summary.json: what ran, on what, and where each result is.
+
+    Parts that a run without that step lacks are None (`calibration`, `generation`, ...); `finished`
+    is the time of the last finished step (None before any).
+    """
+
+    package_version: str
+    config: dict[str, Any]  # the run's configuration (`pipeline.config.to_dict`)
+    models: dict[str, Any]  # per classifier and test set: its metrics.json (EvaluationResult.to_json())
+    training: dict[str, Any]  # per model: the train step's result
+    data: dict[str, Any]  # the data steps' results (simulate, build-real, user-data)
+    calibration: dict[str, Any] | None
+    uncertainty: dict[str, Any]  # {"validation": ..., "models": {model: uncertainty/<model>.json}}
+    generation: dict[str, Any] | None  # generation.json (GeneratorJudgement.to_json()) or the step's result
+    generator_tuning: dict[str, Any] | None
+    augmentation: dict[str, Any] | None
+    durations_s: dict[str, float]  # per step, and "total"
+    cpu_s: dict[str, float]
+    load_avg_at_step_end: dict[str, Any]
+    steps: dict[str, str]  # per planned step: "done", "failed" or "not run"
+    machine: dict[str, Any]
+    finished: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know, in file order
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary.json dict: RUN_SUMMARY_KEYS in order, then `finished`, then `extra`."""
+        return {**{k: getattr(self, k) for k in RUN_SUMMARY_KEYS}, "finished": self.finished, **self.extra}
+
+    @classmethod
+    def from_json(cls, d: Any, source: str | os.PathLike = "summary.json") -> RunSummary:
+        """Read back `to_json()`'s dict; `source` names it in errors (a missing key raises StampFileError)."""
+        d = _require(d, RUN_SUMMARY_KEYS, source, "run summary", "hits-stamps run")
+        known = (*RUN_SUMMARY_KEYS, "finished")
+        return cls(**{k: d[k] for k in known if k in d}, extra={k: v for k, v in d.items() if k not in known})
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> RunSummary:
+        """A summary.json file; malformed JSON or a missing key raises StampFileError naming the file."""
+        return cls.from_json(_read_json(path), path)
+
+    def write(self, path: str | os.PathLike) -> None:
+        """Write `to_json()` atomically to `path`."""
+        _write_json(path, self.to_json())
+
+    def with_machine(self, machine: dict[str, Any]) -> RunSummary:
+        """The same summary with another machine record (a rebuilt report keeps the run's machine)."""
+        return replace(self, machine=machine)
+
+
+__all__ = ["CLASSIFICATION_KEYS", "JUDGEMENT_KEYS", "OPTIONAL_JUDGEMENT_KEYS", "RUN_KEYS", "RUN_SUMMARY_KEYS",
+           "SUMMARY_KEYS", "EvaluationResult", "GeneratorJudgement", "RunSummary"]

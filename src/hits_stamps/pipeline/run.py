@@ -27,7 +27,7 @@ from hits_stamps.errors import HitsStampsError, StampFileError
 from hits_stamps.io.atomic import atomic_path, output_lock
 from hits_stamps.pipeline.config import RunConfig, config_hash, diff_configs, from_dict, to_dict, to_toml
 from hits_stamps.pipeline.steps import TEST_SETS, RunContext, Step, plan
-from hits_stamps.results import EvaluationResult, GeneratorJudgement
+from hits_stamps.results import EvaluationResult, GeneratorJudgement, RunSummary
 from hits_stamps.rundir import REPORT, RUN_CONFIG, STEPS_DIR, SUMMARY, RunDir
 from hits_stamps.training.modeldir import read_json, write_json
 
@@ -237,7 +237,7 @@ def _run_locked(config, out, overwrite, device, progress, console, steps, report
 
 
 def collect_summary(out: Path, config: RunConfig | None = None, steps: list[Step] | None = None,
-                    device: str | None = None) -> dict[str, Any]:
+                    device: str | None = None) -> RunSummary:
     """summary.json's content, gathered from the step markers and the files the steps wrote."""
     out = Path(out)
     layout = RunDir(out)
@@ -269,27 +269,25 @@ def collect_summary(out: Path, config: RunConfig | None = None, steps: list[Step
     generation = (GeneratorJudgement.read(layout.generation_json).to_json() if layout.generation_json.exists()
                   else None) or results.get("generate")
     augmentation = _read_if_present(layout.augmentation_json) or results.get("augment")
-    machine = machine_info(device or "cpu")
-    return {
-        "package_version": __version__,
-        "config": to_dict(config),
-        "models": models,
-        "training": training,
-        "data": {k: results[k] for k in ("simulate", "build-real", "user-data") if k in results},
-        "calibration": results.get("calibrate"),
-        "uncertainty": {"validation": (results.get("uncertainty") or {}).get("validation"), "models": uncertainty},
-        "generation": generation,
-        "generator_tuning": results.get("tune-cvae"),
-        "augmentation": augmentation,
-        "durations_s": durations,
-        "cpu_s": cpu,
-        "load_avg_at_step_end": load,
-        "steps": {name: ("done" if name in markers else
-                         "failed" if layout.error(name).exists() else "not run")
-                  for name in names},
-        "machine": machine,
-        "finished": max((m.get("finished", "") for m in markers.values()), default=None),
-    }
+    return RunSummary(
+        package_version=__version__,
+        config=to_dict(config),
+        models=models,
+        training=training,
+        data={k: results[k] for k in ("simulate", "build-real", "user-data") if k in results},
+        calibration=results.get("calibrate"),
+        uncertainty={"validation": (results.get("uncertainty") or {}).get("validation"), "models": uncertainty},
+        generation=generation,
+        generator_tuning=results.get("tune-cvae"),
+        augmentation=augmentation,
+        durations_s=durations,
+        cpu_s=cpu,
+        load_avg_at_step_end=load,
+        steps={name: ("done" if name in markers else "failed" if layout.error(name).exists() else "not run")
+               for name in names},
+        machine=machine_info(device or "cpu"),
+        finished=max((m.get("finished", "") for m in markers.values()), default=None),
+    )
 
 
 def _read_if_present(path: Path) -> Any:
@@ -299,8 +297,8 @@ def _read_if_present(path: Path) -> Any:
 def write_summary(out: Path, config: RunConfig, steps: list[Step] | None = None,
                   device: str | None = None) -> dict[str, Any]:
     summary = collect_summary(out, config, steps, device)
-    write_json(RunDir(out).summary, summary)
-    return summary
+    summary.write(RunDir(out).summary)
+    return summary.to_json()
 
 
 def rebuild_report(out: str | os.PathLike) -> Path:
@@ -312,9 +310,9 @@ def rebuild_report(out: str | os.PathLike) -> Path:
     summary_path = RunDir(out).summary
     stored = read_json(summary_path) if summary_path.exists() else {}
     summary = collect_summary(out, config)
-    if stored.get("machine"):
-        summary["machine"] = stored["machine"]
-    write_json(summary_path, summary)
+    if isinstance(stored, dict) and stored.get("machine"):
+        summary = summary.with_machine(stored["machine"])
+    summary.write(summary_path)
     return write_report(out)
 
 

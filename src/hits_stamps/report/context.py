@@ -28,6 +28,7 @@ import numpy as np
 from markupsafe import Markup, escape
 
 from hits_stamps.errors import HitsStampsError
+from hits_stamps.results import RUN_SUMMARY_KEYS
 from hits_stamps.runsets import PROVENANCE, TEST_SET_TITLES
 from hits_stamps.tasks import Task
 
@@ -113,9 +114,7 @@ PHYSICAL_KEYS = {
 
 #: Top-level keys of summary.json (hits_stamps.pipeline.run.collect_summary writes every one; a
 #: value may be null where its step has not run).
-SUMMARY_KEYS = ("package_version", "config", "models", "training", "data", "calibration", "uncertainty",
-                "generation", "generator_tuning", "augmentation", "durations_s", "cpu_s", "load_avg_at_step_end",
-                "steps", "machine")
+SUMMARY_KEYS = RUN_SUMMARY_KEYS
 
 #: The data section's sets: (file stem under data/, label in the report).
 DATA_SETS = (("user_train", "your training file"), ("user_val", "your validation"), ("user_test", "your test file"),
