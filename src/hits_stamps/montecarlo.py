@@ -137,6 +137,10 @@ def _batches(model: TrainedClassifier, images: np.ndarray, n_samples: int | None
         yield sample_batch(module, x, s, seed + start, sampling)
 
 
+def _n_classes(model: TrainedClassifier) -> int:
+    return len(model.config.get("class_names", (0, 1)))
+
+
 @torch.no_grad()
 def predict_samples(
     model: TrainedClassifier,
@@ -155,7 +159,7 @@ def predict_samples(
     out = [p.cpu().numpy() for p in _batches(model, images, n_samples, batch_size, seed, device)]
     if not out:
         s = (model.mc_samples if n_samples is None else n_samples) if model.spec.task.bayesian else 1
-        return np.zeros((s, 0, len(model.config.get("class_names", (0, 1)))), dtype=np.float32)
+        return np.zeros((s, 0, _n_classes(model)), dtype=np.float32)
     return np.concatenate(out, axis=1)
 
 
@@ -171,7 +175,7 @@ def predict_mean(
     """The predictive mean (N, K) float32 of `predict_samples`, averaged batch by batch (memory (N, K))."""
     images = _images(model, stamps)
     out = [p.mean(0).cpu().numpy() for p in _batches(model, images, n_samples, batch_size, seed, device)]
-    return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
+    return np.concatenate(out) if out else np.zeros((0, _n_classes(model)), dtype=np.float32)
 
 
 __all__ = ["DEFAULT_MC_SAMPLES", "SAMPLINGS", "default_mc_samples", "mc_predict_proba", "model_sampling",

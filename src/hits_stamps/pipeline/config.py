@@ -182,6 +182,8 @@ def _check_values(cfg: RunConfig) -> None:
         problems.append("models must name at least one model")
     if len(set(cfg.models)) != len(cfg.models):
         problems.append(f"models has duplicates: {list(cfg.models)}")
+    from hits_stamps.preprocess import SCALINGS  # here: this module itself loads without numpy
+
     for name, m in cfg.model.items():
         if m.epochs < 1:
             problems.append(f"model.{name}.epochs must be >= 1; got {m.epochs}")
@@ -191,8 +193,6 @@ def _check_values(cfg: RunConfig) -> None:
                 problems.append(f"model.{name}.{key} must be >= 1; got {v}")
         if m.lr is not None and not (math.isfinite(m.lr) and m.lr > 0):
             problems.append(f"model.{name}.lr must be a finite number > 0; got {m.lr}")
-        from hits_stamps.preprocess import SCALINGS
-
         if m.scaling is not None and m.scaling not in SCALINGS:
             problems.append(f"model.{name}.scaling must be one of {list(SCALINGS)}; got {m.scaling!r}")
     if cfg.evaluate.mc_samples < 1:

@@ -112,10 +112,6 @@ PHYSICAL_KEYS = {
     "snr_noise_logratio": "|ln(noise implied by SNR / border noise)|",
 }
 
-#: Top-level keys of summary.json (hits_stamps.pipeline.run.collect_summary writes every one; a
-#: value may be null where its step has not run).
-SUMMARY_KEYS = RUN_SUMMARY_KEYS
-
 #: The data section's sets: (file stem under data/, label in the report).
 DATA_SETS = (("user_train", "your training file"), ("user_val", "your validation"), ("user_test", "your test file"),
              ("train", "simulated train"), ("val", "simulated val"), ("test", "simulated test"),
@@ -1018,7 +1014,7 @@ def _cards(summary: Mapping[str, Any]) -> tuple[Card, ...]:
 def build_context(out: str | Path, summary: Mapping[str, Any]) -> ReportContext:
     """Everything the report shows, from a run directory and its summary.json content."""
     out = Path(out)
-    for key in SUMMARY_KEYS:
+    for key in RUN_SUMMARY_KEYS:  # every summary.json has them (a value may be null where its step did not run)
         need(summary, key, "")
     cfg = summary["config"]
     d = need(cfg, "data", "config")
